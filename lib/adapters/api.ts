@@ -1,0 +1,38 @@
+/**
+ * What the adapters' middleware carries besides being middleware: the core's
+ * public methods, delegated, so `app.use(rt)` and `rt.publish(...)` are one
+ * object. Shared by every adapter so none re-implements the core.
+ */
+import type { Realtime } from '../realtime'
+import type { AttachableServer, Published, RealtimeStats } from '../types'
+
+export interface RealtimeHandle<Ctx> {
+  /** The framework-free core behind this middleware. */
+  readonly core: Realtime<Ctx>
+  /** Publish an event to every subscriber of `topic` (see `Realtime.publish`). */
+  publish(topic: string, type: string, data?: unknown): Promise<Published>
+  /** Listen to a server's `upgrade` event (idempotent). */
+  attach(server: AttachableServer): this
+  /** Send 1001 to every client, stop listening, release the bus. */
+  close(): Promise<void>
+  stats(): RealtimeStats
+  /** Switch the WebSocket channel on or off at run time. */
+  webSocketEnabled: boolean
+}
+
+export function withApi<F extends object, Ctx>(fn: F, core: Realtime<Ctx>): F & RealtimeHandle<Ctx> {
+  const handle = fn as F & RealtimeHandle<Ctx>
+  Object.defineProperties(handle, {
+    core: { value: core },
+    publish: { value: core.publish.bind(core) },
+    attach: { value: (server: AttachableServer) => (core.attach(server), handle) },
+    close: { value: () => core.close() },
+    stats: { value: () => core.stats() },
+    webSocketEnabled: {
+      get: () => core.webSocketEnabled,
+      set: (value: boolean) => { core.webSocketEnabled = value },
+      enumerable: true,
+    },
+  })
+  return handle
+}

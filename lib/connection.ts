@@ -1,0 +1,232 @@
+/**
+ * One client socket: its subscriptions, the protocol it speaks, its limits
+ * (rate, errors, send buffer) and cleanup. Kept small: an idle connection
+ * should cost little more than the `ws` socket under it.
+ */
+import type { Duplex } from 'node:stream'
+import type WebSocket from 'ws'
+import debug from 'debug'
+import type { ResolvedOptions } from './options'
+import { CloseCode, encode, encodeEvent, parseClientFrame, type ErrorCode, type ServerFrame } from './protocol'
+import type { BusEvent, User } from './types'
+
+const log = debug('cms-realtime')
+
+/** What a connection needs from the core. */
+export interface Core {
+  readonly opts: ResolvedOptions<never>
+  readonly counters: Counters
+  join(conn: Connection, topic: string): void
+  leave(conn: Connection, topic: string): void
+  history(topic: string, since: string): Promise<BusEvent[] | null>
+  latest(topic: string): Promise<string>
+}
+
+export interface Counters {
+  eventsPublished: number
+  eventsDelivered: number
+  slowConsumersClosed: number
+  drops: number
+  protocolErrors: number
+  strippedUpgrades: number
+  refusals: Record<string, number>
+}
+
+const TEXT = { binary: false } as const
+/** Flush a corked socket early once this much is queued, so a burst stays bounded. */
+const FLUSH_AT = 16 * 1024
+
+/**
+ * Writes are coalesced per connection: the first send in an event-loop turn
+ * corks the socket, one nextTick uncorks every corked socket, so a burst of
+ * N events leaves as one writev instead of N syscalls, and a lone event is
+ * delayed only to the end of the current tick.
+ */
+let corked: Connection[] = []
+function uncorkAll(): void {
+  const list = corked
+  corked = []
+  for (const conn of list) conn.uncork()
+}
+
+export class Connection {
+  /** Active subscriptions. */
+  readonly topics = new Set<string>()
+  /** Subscriptions being authorised or recovered; live events for them are held here. */
+  private pending: Map<string, BusEvent[]> | undefined
+  alive = true
+  private corked = false
+  private closing = false
+  private windowStart = 0
+  private messages = 0
+  private errors = 0
+
+  constructor(
+    readonly ws: WebSocket,
+    private readonly socket: Duplex,
+    readonly user: User,
+    private readonly core: Core,
+  ) {}
+
+  /** Deliver a live event; `frame` is the event encoded once for every subscriber. */
+  deliver(event: BusEvent, frame: Buffer): void {
+    const held = this.pending?.get(event.topic)
+    if (held !== undefined) held.push(event)
+    else this.sendRaw(frame)
+  }
+
+  send(frame: ServerFrame): void {
+    this.sendRaw(Buffer.from(encode(frame)))
+  }
+
+  private sendRaw(data: Buffer): boolean {
+    if (this.closing || this.ws.readyState !== 1 /* OPEN */) {
+      this.core.counters.drops++
+      return false
+    }
+    if (this.ws.bufferedAmount > this.core.opts.maxBufferedBytes) {
+      // A slow consumer is closed, not allowed to grow memory; it reconnects
+      // and recovers from history (1013 = try again later).
+      this.core.counters.slowConsumersClosed++
+      this.core.counters.drops++
+      log('closing slow consumer: %d bytes queued', this.ws.bufferedAmount)
+      this.close(CloseCode.TRY_AGAIN_LATER, 'slow consumer')
+      return false
+    }
+    if (!this.corked) {
+      this.corked = true
+      this.socket.cork()
+      if (corked.push(this) === 1) process.nextTick(uncorkAll)
+    }
+    this.ws.send(data, TEXT)
+    this.core.counters.eventsDelivered++
+    if (this.socket.writableLength >= FLUSH_AT) this.uncork()
+    return true
+  }
+
+  uncork(): void {
+    if (!this.corked) return
+    this.corked = false
+    this.socket.uncork()
+  }
+
+  close(code: number, reason: string): void {
+    if (this.closing) return
+    this.closing = true
+    this.uncork()
+    this.ws.close(code, reason)
+    // The close handshake waits behind whatever is queued; don't let a stuck
+    // peer hold the socket (and its buffer) for ws's 30 s close timeout.
+    setTimeout(() => this.ws.terminate(), 1000).unref()
+  }
+
+  /** Client messages; never throws. */
+  onMessage(data: WebSocket.RawData, isBinary: boolean): void {
+    this.alive = true
+    const opts = this.core.opts
+    const now = Date.now()
+    if (now - this.windowStart >= 1000) {
+      this.windowStart = now
+      this.messages = 0
+    }
+    if (++this.messages > opts.maxMessagesPerSecond) {
+      this.fail('rate_limited', `more than ${opts.maxMessagesPerSecond} messages per second`)
+      return
+    }
+    if (isBinary) {
+      this.fail('bad_request', 'binary frames are not part of the protocol')
+      return
+    }
+    const parsed = parseClientFrame(data.toString(), opts.maxTopicLength)
+    if (!parsed.ok) {
+      this.fail(parsed.code, parsed.message, parsed.topic)
+      return
+    }
+    const frame = parsed.frame
+    switch (frame.op) {
+      case 'ping':
+        this.send({ op: 'pong' })
+        return
+      case 'unsubscribe':
+        this.unsubscribe(frame.topic)
+        this.send({ op: 'unsubscribed', topic: frame.topic })
+        return
+      case 'subscribe':
+        this.subscribe(frame.topic, frame.since).catch((err: unknown) => {
+          log('subscribe to %s failed: %O', frame.topic, err)
+          this.pending?.delete(frame.topic)
+          this.unsubscribe(frame.topic)
+          this.send({ op: 'error', code: 'bad_request', message: 'subscription failed', topic: frame.topic })
+        })
+    }
+  }
+
+  private async subscribe(topic: string, since: string | undefined): Promise<void> {
+    if (this.topics.has(topic)) {
+      this.send({ op: 'subscribed', topic })
+      return
+    }
+    if (this.pending?.has(topic)) return // already on its way; that one answers
+    const opts = this.core.opts
+    if (this.topics.size + (this.pending?.size ?? 0) >= opts.maxTopicsPerConnection) {
+      this.fail('bad_request', `a connection may hold at most ${opts.maxTopicsPerConnection} topics`, topic)
+      return
+    }
+    const held: BusEvent[] = []
+    ;(this.pending ??= new Map()).set(topic, held)
+    let allowed = false
+    try {
+      allowed = (await opts.authorize(this.user, topic)) === true
+    } catch (err) {
+      log('authorize(%s) threw: %O', topic, err)
+    }
+    if (this.pending.get(topic) !== held) return // unsubscribed meanwhile
+    if (!allowed || this.closing) {
+      this.pending.delete(topic)
+      if (!allowed) this.send({ op: 'error', code: 'forbidden', message: 'not allowed to subscribe to this topic', topic })
+      return
+    }
+    // Join first, then read history: an event published in between is both
+    // held and in history, and is sent once (deduplicated by id below).
+    this.topics.add(topic)
+    this.core.join(this, topic)
+    let replay: BusEvent[] | null = since === undefined ? [] : await this.core.history(topic, since)
+    const cursor = since === undefined || replay === null ? await this.core.latest(topic) : undefined
+    if (this.pending.get(topic) !== held) return
+    this.pending.delete(topic)
+    if (replay === null) {
+      // History no longer reaches back to `since`: the UI must refetch.
+      this.send({ op: 'resync', topic })
+      this.send({ op: 'subscribed', topic, cursor, recovered: false })
+      replay = []
+    } else {
+      this.send(since === undefined ? { op: 'subscribed', topic, cursor } : { op: 'subscribed', topic, recovered: true })
+    }
+    const sent = new Set<string>()
+    for (const event of replay) {
+      sent.add(event.id)
+      this.sendRaw(encodeEvent(event))
+    }
+    for (const event of held) if (!sent.has(event.id)) this.sendRaw(encodeEvent(event))
+  }
+
+  unsubscribe(topic: string): void {
+    this.pending?.delete(topic)
+    if (this.topics.delete(topic)) this.core.leave(this, topic)
+  }
+
+  /** Send an error frame; a connection that keeps erring is closed with 1008. */
+  private fail(code: ErrorCode, message: string, topic?: string): void {
+    this.core.counters.protocolErrors++
+    this.send(topic === undefined ? { op: 'error', code, message } : { op: 'error', code, message, topic })
+    if (++this.errors >= this.core.opts.maxProtocolErrors) this.close(CloseCode.POLICY, 'too many protocol errors')
+  }
+
+  /** Called once the socket is gone. */
+  cleanup(): void {
+    this.closing = true
+    this.pending = undefined
+    for (const topic of this.topics) this.core.leave(this, topic)
+    this.topics.clear()
+  }
+}

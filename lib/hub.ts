@@ -1,0 +1,44 @@
+/**
+ * Topic → connections, and the fan-out of one encoded frame to all of them.
+ * Publishing costs in proportion to the topic's subscribers, not to all clients.
+ */
+import type { Connection } from './connection'
+
+export class Hub {
+  private readonly topics = new Map<string, Set<Connection>>()
+  readonly connections = new Set<Connection>()
+  subscriptions = 0
+
+  /** Returns true when `conn` is the first local subscriber (the bus must subscribe). */
+  join(conn: Connection, topic: string): boolean {
+    let set = this.topics.get(topic)
+    const first = set === undefined
+    if (set === undefined) {
+      set = new Set()
+      this.topics.set(topic, set)
+    }
+    if (!set.has(conn)) {
+      set.add(conn)
+      this.subscriptions++
+    }
+    return first
+  }
+
+  /** Returns true when `conn` was the last local subscriber (the bus may unsubscribe). */
+  leave(conn: Connection, topic: string): boolean {
+    const set = this.topics.get(topic)
+    if (set === undefined || !set.delete(conn)) return false
+    this.subscriptions--
+    if (set.size > 0) return false
+    this.topics.delete(topic)
+    return true
+  }
+
+  subscribers(topic: string): ReadonlySet<Connection> | undefined {
+    return this.topics.get(topic)
+  }
+
+  get topicCount(): number {
+    return this.topics.size
+  }
+}

@@ -1,0 +1,24 @@
+/**
+ * cms-realtime: live updates for a Node.js CMS over WebSockets.
+ * This entry is framework-free; see `cms-realtime/koa` and `cms-realtime/express`.
+ */
+export { createRealtime, Realtime, type Binding } from './realtime'
+export { MemoryBus, type MemoryBusOptions } from './bus/memory'
+export { checkUpgrade, type Refusal } from './handshake'
+export { parseClientFrame, CloseCode, type ClientFrame, type ServerFrame, type ErrorCode } from './protocol'
+export { defaultAuthorize, userId, ENV_ENABLED, DEFAULTS } from './options'
+export type { Reply } from './http-routes'
+export {
+  PROTOCOL,
+  type RealtimeOptions,
+  type RealtimeStats,
+  type RefusalReason,
+  type ClientConfig,
+  type FallbackInfo,
+  type Bus,
+  type BusEvent,
+  type Published,
+  type AttachableServer,
+  type User,
+  type MaybePromise,
+} from './types'

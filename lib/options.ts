@@ -1,0 +1,161 @@
+/**
+ * Defaults, validation and the environment override, applied in one place.
+ * Misuse throws a TypeError naming the option (the way `ws` does), so a typo
+ * fails at startup rather than at the first editor's connection.
+ */
+import type { IncomingMessage } from 'node:http'
+import type { RealtimeOptions, User, MaybePromise, Bus } from './types'
+
+export const ENV_ENABLED = 'CMS_REALTIME_WEBSOCKETS_ENABLED'
+
+export const DEFAULTS = {
+  path: '/realtime',
+  webSocketEnabled: true,
+  requireOrigin: false,
+  maxPayload: 64 * 1024,
+  maxTopicsPerConnection: 100,
+  maxTopicLength: 200,
+  maxBufferedBytes: 1024 * 1024,
+  maxMessagesPerSecond: 50,
+  maxProtocolErrors: 10,
+  heartbeatMs: 25_000,
+  unclaimedUpgradeTimeoutMs: 10_000,
+  handshakeTimeoutMs: 10_000,
+} as const
+
+export interface ResolvedOptions<Ctx> {
+  path: string
+  webSocketEnabled: boolean
+  authenticate: ((ctx: Ctx) => MaybePromise<User | null | undefined | false>) | undefined
+  authorize: (user: User, topic: string) => MaybePromise<boolean>
+  originAllowed: (origin: string, req: IncomingMessage) => boolean
+  requireOrigin: boolean
+  maxPayload: number
+  maxTopicsPerConnection: number
+  maxTopicLength: number
+  maxBufferedBytes: number
+  maxMessagesPerSecond: number
+  maxProtocolErrors: number
+  heartbeatMs: number
+  unclaimedUpgradeTimeoutMs: number
+  handshakeTimeoutMs: number
+  bus: Bus | undefined
+}
+
+const KNOWN = new Set([
+  'server', 'path', 'webSocketEnabled', 'authenticate', 'authorize', 'allowedOrigins',
+  'requireOrigin', 'bus', ...Object.keys(DEFAULTS),
+])
+
+export function resolveOptions<Ctx>(
+  options: RealtimeOptions<Ctx> = {},
+  env: NodeJS.ProcessEnv = process.env,
+): ResolvedOptions<Ctx> {
+  if (typeof options !== 'object' || options === null) {
+    throw new TypeError('cms-realtime: options must be an object')
+  }
+  // Option bags with index signatures let typos pass silently; we refuse them.
+  for (const key of Object.keys(options)) {
+    if (!KNOWN.has(key)) throw new TypeError(`cms-realtime: unknown option "${key}"`)
+  }
+  const o = { ...DEFAULTS, ...stripUndefined(options) }
+
+  if (typeof o.path !== 'string' || !o.path.startsWith('/') || o.path.length < 2 || o.path.endsWith('/')) {
+    throw new TypeError(`cms-realtime: option "path" must start with "/" and not end with "/" (got ${JSON.stringify(o.path)})`)
+  }
+  if (typeof o.webSocketEnabled !== 'boolean') {
+    throw new TypeError('cms-realtime: option "webSocketEnabled" must be a boolean')
+  }
+  for (const key of ['maxPayload', 'maxTopicsPerConnection', 'maxTopicLength', 'maxBufferedBytes',
+    'maxMessagesPerSecond', 'maxProtocolErrors', 'heartbeatMs', 'unclaimedUpgradeTimeoutMs', 'handshakeTimeoutMs'] as const) {
+    const v = o[key]
+    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
+      throw new TypeError(`cms-realtime: option "${key}" must be a positive number (got ${String(v)})`)
+    }
+  }
+  for (const key of ['authenticate', 'authorize'] as const) {
+    if (o[key] !== undefined && typeof o[key] !== 'function') {
+      throw new TypeError(`cms-realtime: option "${key}" must be a function`)
+    }
+  }
+
+  return {
+    path: o.path,
+    webSocketEnabled: envFlag(env[ENV_ENABLED]) ?? o.webSocketEnabled,
+    authenticate: o.authenticate,
+    authorize: o.authorize ?? defaultAuthorize,
+    originAllowed: originPolicy(o.allowedOrigins),
+    requireOrigin: o.requireOrigin,
+    maxPayload: o.maxPayload,
+    maxTopicsPerConnection: o.maxTopicsPerConnection,
+    maxTopicLength: o.maxTopicLength,
+    maxBufferedBytes: o.maxBufferedBytes,
+    maxMessagesPerSecond: o.maxMessagesPerSecond,
+    maxProtocolErrors: o.maxProtocolErrors,
+    heartbeatMs: o.heartbeatMs,
+    unclaimedUpgradeTimeoutMs: o.unclaimedUpgradeTimeoutMs,
+    handshakeTimeoutMs: o.handshakeTimeoutMs,
+    bus: o.bus,
+  }
+}
+
+/** `true`/`false` from an environment value, `undefined` when unset; anything else is a startup error. */
+export function envFlag(value: string | undefined): boolean | undefined {
+  if (value === undefined || value.trim() === '') return undefined
+  const v = value.trim().toLowerCase()
+  if (['1', 'true', 'on', 'yes'].includes(v)) return true
+  if (['0', 'false', 'off', 'no'].includes(v)) return false
+  throw new TypeError(`cms-realtime: ${ENV_ENABLED} must be true or false (got ${JSON.stringify(value)})`)
+}
+
+/** The id a user is known by for `notifications:<id>`: `user.id`, or the user itself when it is a string or number. */
+export function userId(user: User): string | undefined {
+  if (typeof user === 'string' || typeof user === 'number') return String(user)
+  if (typeof user === 'object' && user !== null && 'id' in user) {
+    const id = (user as { id: unknown }).id
+    if (typeof id === 'string' || typeof id === 'number') return String(id)
+  }
+  return undefined
+}
+
+const NOTIFICATIONS = 'notifications:'
+
+/** Secure default: personal notification topics belong to their user alone. */
+export function defaultAuthorize(user: User, topic: string): boolean {
+  if (!topic.startsWith(NOTIFICATIONS)) return true
+  const id = userId(user)
+  return id !== undefined && topic === NOTIFICATIONS + id
+}
+
+function originPolicy(
+  allowed: RealtimeOptions['allowedOrigins'],
+): (origin: string, req: IncomingMessage) => boolean {
+  if (allowed === undefined) return sameOrigin
+  if (allowed === '*') return () => true
+  if (typeof allowed === 'function') return allowed
+  if (!Array.isArray(allowed)) {
+    throw new TypeError('cms-realtime: option "allowedOrigins" must be an array of origins, "*" or a function')
+  }
+  const set = new Set(allowed.map((a) => a.toLowerCase().replace(/\/$/, '')))
+  return (origin, req) => set.has(origin.toLowerCase()) || sameOrigin(origin, req)
+}
+
+/**
+ * Same origin means the Origin's host:port equals the Host header. The scheme
+ * is not compared: behind a TLS-terminating proxy the server cannot know it.
+ */
+function sameOrigin(origin: string, req: IncomingMessage): boolean {
+  let host: string
+  try {
+    host = new URL(origin).host
+  } catch {
+    return false
+  }
+  return host !== '' && host.toLowerCase() === (req.headers.host ?? '').toLowerCase()
+}
+
+function stripUndefined<T extends object>(obj: T): Partial<T> {
+  const out: Partial<T> = {}
+  for (const [k, v] of Object.entries(obj)) if (v !== undefined) (out as Record<string, unknown>)[k] = v
+  return out
+}

@@ -1,0 +1,105 @@
+/**
+ * Wire protocol `cms-realtime.v1`: JSON text frames with an `op` field.
+ * Parsing validates completely, so the rest of the server only ever sees
+ * well-formed frames; anything else becomes an `error` frame, never a throw.
+ */
+import type { BusEvent } from './types'
+
+export type ClientFrame =
+  | { op: 'subscribe'; topic: string; since?: string }
+  | { op: 'unsubscribe'; topic: string }
+  | { op: 'ping' }
+
+export type ErrorCode = 'forbidden' | 'bad_request' | 'unknown_op' | 'too_large' | 'rate_limited'
+
+export type ServerFrame =
+  /**
+   * `cursor`: the position the subscription starts at; a client that has
+   * seen no event yet sends it as `since` when it resubscribes.
+   */
+  | { op: 'subscribed'; topic: string; cursor?: string; recovered?: boolean }
+  | { op: 'unsubscribed'; topic: string }
+  | { op: 'event'; topic: string; id: string; type: string; data: unknown }
+  | { op: 'resync'; topic: string }
+  | { op: 'pong' }
+  | { op: 'error'; code: ErrorCode; message: string; topic?: string }
+
+export type ParseResult =
+  | { ok: true; frame: ClientFrame }
+  | { ok: false; code: ErrorCode; message: string; topic?: string }
+
+/** Topic names: printable, no spaces, so they are safe in URLs, logs and Redis keys. */
+const TOPIC = /^[A-Za-z0-9_.:\-/@]+$/
+
+export function validTopic(topic: unknown, maxLength: number): topic is string {
+  return typeof topic === 'string' && topic.length > 0 && topic.length <= maxLength && TOPIC.test(topic)
+}
+
+export function parseClientFrame(text: string, maxTopicLength: number): ParseResult {
+  let msg: unknown
+  try {
+    msg = JSON.parse(text)
+  } catch {
+    return { ok: false, code: 'bad_request', message: 'frame is not valid JSON' }
+  }
+  if (typeof msg !== 'object' || msg === null || Array.isArray(msg)) {
+    return { ok: false, code: 'bad_request', message: 'frame must be a JSON object' }
+  }
+  const { op, topic, since } = msg as Record<string, unknown>
+  switch (op) {
+    case 'ping':
+      return { ok: true, frame: { op } }
+    case 'subscribe':
+    case 'unsubscribe': {
+      if (!validTopic(topic, maxTopicLength)) {
+        return {
+          ok: false,
+          code: 'bad_request',
+          message: `"topic" must be 1-${maxTopicLength} characters of A-Z a-z 0-9 _ . : - / @`,
+          ...(typeof topic === 'string' ? { topic: topic.slice(0, maxTopicLength) } : {}),
+        }
+      }
+      if (op === 'unsubscribe') return { ok: true, frame: { op, topic } }
+      if (since !== undefined && (typeof since !== 'string' || since.length === 0 || since.length > 64)) {
+        return { ok: false, code: 'bad_request', message: '"since" must be a cursor string', topic }
+      }
+      return { ok: true, frame: since === undefined ? { op, topic } : { op, topic, since } }
+    }
+    default:
+      return {
+        ok: false,
+        code: typeof op === 'string' ? 'unknown_op' : 'bad_request',
+        message: typeof op === 'string' ? `unknown op ${JSON.stringify(op.slice(0, 32))}` : 'frame needs an "op" string',
+      }
+  }
+}
+
+export function encode(frame: ServerFrame): string {
+  return JSON.stringify(frame)
+}
+
+/**
+ * One event, serialised once for every recipient (as a Buffer, so `ws` does
+ * not re-encode the string per client).
+ */
+export function encodeEvent(event: BusEvent): Buffer {
+  // `data` is already JSON text (serialised once by publish): splice it in.
+  return Buffer.from(
+    `{"op":"event","topic":${JSON.stringify(event.topic)},"id":${JSON.stringify(event.id)},` +
+      `"type":${JSON.stringify(event.type)},"data":${event.data}}`,
+  )
+}
+
+/** Close codes the server uses (RFC 6455 §7.4.1 plus our 4xxx). */
+export const CloseCode = {
+  /** Server shutting down (`close()`): reconnect, maybe to another node. */
+  GOING_AWAY: 1001,
+  /** Repeated protocol abuse. */
+  POLICY: 1008,
+  /** A frame over `maxPayload`. */
+  TOO_LARGE: 1009,
+  /** Slow consumer: the send buffer passed `maxBufferedBytes`. Reconnect and recover. */
+  TRY_AGAIN_LATER: 1013,
+  /** The channel was switched off at run time: re-read config, do not retry the socket. */
+  DISABLED: 4000,
+} as const

@@ -1,0 +1,180 @@
+/**
+ * The single source of cms-realtime's public types. Everything here is
+ * framework-neutral: the Koa and Express adapters only choose `Ctx`.
+ */
+import type { IncomingMessage, Server as HttpServer } from 'node:http'
+import type { Server as HttpsServer } from 'node:https'
+
+/** Subprotocol name; also the wire-format version. */
+export const PROTOCOL = 'cms-realtime.v1'
+
+export type MaybePromise<T> = T | Promise<T>
+
+/** An HTTP(S) server whose `upgrade` event we can listen to. */
+export type AttachableServer = HttpServer | HttpsServer
+
+/**
+ * Who is on the other end. Whatever `authenticate` returns; `null` means
+ * "no user" (anonymous, allowed only when no `authenticate` is configured).
+ */
+export type User = unknown
+
+/** What the server tells the browser UI at `GET <path>/config`. */
+export type ClientConfig =
+  | {
+      webSocketEnabled: true
+      url: string
+      protocol: typeof PROTOCOL
+      heartbeatMs: number
+      fallback: FallbackInfo | null
+    }
+  | {
+      webSocketEnabled: false
+      /** `manual-refresh`: nothing will push; `fallback`: use `fallback`. */
+      mode: 'manual-refresh' | 'fallback'
+      protocol: typeof PROTOCOL
+      fallback: FallbackInfo | null
+    }
+
+export interface FallbackInfo {
+  transport: 'sse' | 'poll'
+  url: string
+}
+
+export interface RealtimeOptions<Ctx = IncomingMessage> {
+  /** Server to attach to now. Default: none (call `attach`, or let the middleware attach lazily). */
+  server?: AttachableServer
+  /**
+   * Absolute request path of the channel as the Node server sees it, mount
+   * prefix included (e.g. `/cms/realtime`). Default `/realtime`.
+   */
+  path?: string
+  /**
+   * Accept WebSocket upgrades. Default `true`; the environment variable
+   * `CMS_REALTIME_WEBSOCKETS_ENABLED=false|0|off|no` overrides it.
+   */
+  webSocketEnabled?: boolean
+  /**
+   * Who is this? Called once per connection (at the WebSocket handshake, or
+   * per fallback request) with the framework's context after the app's own
+   * middleware ran, so a session loaded there is visible. Return a user, or
+   * `null`/`undefined`/`false` to refuse with 401. Default: everyone is anonymous.
+   */
+  authenticate?: (ctx: Ctx) => MaybePromise<User | null | undefined | false>
+  /**
+   * May `user` subscribe to `topic`? Default: every topic except
+   * `notifications:<id>`, which only the user whose id is `<id>` may read.
+   */
+  authorize?: (user: User, topic: string) => MaybePromise<boolean>
+  /**
+   * Origins allowed to open a socket besides the same origin. Strings are
+   * full origins (`https://cms.example.com`); `'*'` allows any. Default: same origin only.
+   */
+  allowedOrigins?: readonly string[] | '*' | ((origin: string, req: IncomingMessage) => boolean)
+  /** Refuse handshakes that carry no `Origin` (non-browser clients). Default `false`. */
+  requireOrigin?: boolean
+  /** Largest frame accepted from a client, in bytes; larger closes with 1009. Default 65536. */
+  maxPayload?: number
+  /** Topics one connection may hold at once. Default 100. */
+  maxTopicsPerConnection?: number
+  /** Longest topic name. Default 200. */
+  maxTopicLength?: number
+  /** Bytes queued to one client before it is closed as a slow consumer (1013). Default 1 MiB. */
+  maxBufferedBytes?: number
+  /** Client messages per second before `rate_limited` errors. Default 50. */
+  maxMessagesPerSecond?: number
+  /** Protocol errors a connection may cause before it is closed with 1008. Default 10. */
+  maxProtocolErrors?: number
+  /** Server ping interval; a peer that misses one pong is terminated. Default 25000. */
+  heartbeatMs?: number
+  /**
+   * How long an upgrade for a path that is not ours may stay unanswered when
+   * other `upgrade` listeners exist, before it gets 404. Default 10000.
+   */
+  unclaimedUpgradeTimeoutMs?: number
+  /** Longest time the app's middleware may take to pass an upgrade on. Default 10000. */
+  handshakeTimeoutMs?: number
+  /** Where the event bus lives. Default: in-memory (one process). */
+  bus?: Bus
+}
+
+/**
+ * One published event as stored and delivered. `data` is the JSON text of
+ * the payload: `publish` serialises it once, and every transport and node
+ * reuses that text.
+ */
+export interface BusEvent {
+  topic: string
+  /** Cursor, increasing per topic. Opaque to clients. */
+  id: string
+  type: string
+  /** JSON text of the payload. */
+  data: string
+}
+
+/** What `publish` resolves to. */
+export interface Published {
+  topic: string
+  id: string
+  type: string
+}
+
+/**
+ * The seam between one node and the others (in the spirit of
+ * socket.io-adapter): the memory bus is the default, the Redis bus spans
+ * machines. A node subscribes only to the topics its clients hold.
+ */
+export interface Bus {
+  /** Assign the cursor, keep the event in history and deliver it to every node subscribed to the topic. */
+  publish(topic: string, type: string, data: string): Promise<BusEvent>
+  /** Start receiving events of `topic` on this node. */
+  subscribe(topic: string): MaybePromise<void>
+  unsubscribe(topic: string): MaybePromise<void>
+  /** Set the receiver of events of subscribed topics, from this node and others, in per-topic order. */
+  onEvent(listener: (event: BusEvent) => void): void
+  /**
+   * Events after cursor `since`, oldest first; `null` when history no longer
+   * reaches back to `since` or the cursor is not one of ours (the client must refetch).
+   */
+  history(topic: string, since: string): Promise<BusEvent[] | null>
+  /** A cursor for "now" on `topic`: `history(topic, latest)` later returns what came after. */
+  latest(topic: string): Promise<string>
+  close(): Promise<void>
+}
+
+/** Why a handshake or request was refused; the keys of `stats().refusals`. */
+export type RefusalReason =
+  | 'bad_method'
+  | 'bad_upgrade'
+  | 'bad_connection'
+  | 'bad_version'
+  | 'bad_key'
+  | 'missing_host'
+  | 'bad_subprotocol'
+  | 'origin'
+  | 'unauthenticated'
+  | 'disabled'
+  | 'not_found'
+  | 'timeout'
+  | 'shutting_down'
+  | 'app_response'
+  | 'stripped_upgrade'
+  | 'plain_request'
+
+export interface RealtimeStats {
+  connections: number
+  /** Sum over connections of their topics. */
+  subscriptions: number
+  topics: number
+  eventsPublished: number
+  eventsDelivered: number
+  /** Clients closed for falling behind (send buffer over `maxBufferedBytes`). */
+  slowConsumersClosed: number
+  /** Frames not sent because the client was already closing. */
+  drops: number
+  protocolErrors: number
+  refusals: Partial<Record<RefusalReason, number>>
+  /** Plain GETs on the WebSocket path that carried WebSocket headers: a proxy dropped the upgrade. */
+  strippedUpgrades: number
+  webSocketEnabled: boolean
+}
