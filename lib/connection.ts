@@ -8,6 +8,7 @@ import type WebSocket from 'ws'
 import debug from 'debug'
 import type { ResolvedOptions } from './options'
 import { CloseCode, encode, encodeEvent, parseClientFrame, type ErrorCode, type ServerFrame } from './protocol'
+import type { Subscriber } from './hub'
 import type { BusEvent, User } from './types'
 
 const log = debug('cms-realtime')
@@ -16,8 +17,9 @@ const log = debug('cms-realtime')
 export interface Core {
   readonly opts: ResolvedOptions<never>
   readonly counters: Counters
-  join(conn: Connection, topic: string): void
-  leave(conn: Connection, topic: string): void
+  /** Add `sub` to `topic` (and the bus, for the topic's first local subscriber). */
+  join(sub: Subscriber, topic: string): void
+  leave(sub: Subscriber, topic: string): void
   history(topic: string, since: string): Promise<BusEvent[] | null>
   latest(topic: string): Promise<string>
 }
@@ -49,7 +51,7 @@ function uncorkAll(): void {
   for (const conn of list) conn.uncork()
 }
 
-export class Connection {
+export class Connection implements Subscriber {
   /** Active subscriptions. */
   readonly topics = new Set<string>()
   /** Subscriptions being authorised or recovered; live events for them are held here. */

@@ -2,15 +2,21 @@
  * Topic → connections, and the fan-out of one encoded frame to all of them.
  * Publishing costs in proportion to the topic's subscribers, not to all clients.
  */
-import type { Connection } from './connection'
+import type { BusEvent } from './types'
+
+/** Anything that receives events of the topics it joined: a WebSocket connection, an SSE stream. */
+export interface Subscriber {
+  /** `frame` is the WebSocket frame of `event`, encoded once for every subscriber. */
+  deliver(event: BusEvent, frame: Buffer): void
+}
 
 export class Hub {
-  private readonly topics = new Map<string, Set<Connection>>()
-  readonly connections = new Set<Connection>()
+  private readonly topics = new Map<string, Set<Subscriber>>()
+  readonly connections = new Set<Subscriber>()
   subscriptions = 0
 
   /** Returns true when `conn` is the first local subscriber (the bus must subscribe). */
-  join(conn: Connection, topic: string): boolean {
+  join(conn: Subscriber, topic: string): boolean {
     let set = this.topics.get(topic)
     const first = set === undefined
     if (set === undefined) {
@@ -25,7 +31,7 @@ export class Hub {
   }
 
   /** Returns true when `conn` was the last local subscriber (the bus may unsubscribe). */
-  leave(conn: Connection, topic: string): boolean {
+  leave(conn: Subscriber, topic: string): boolean {
     const set = this.topics.get(topic)
     if (set === undefined || !set.delete(conn)) return false
     this.subscriptions--
@@ -34,7 +40,7 @@ export class Hub {
     return true
   }
 
-  subscribers(topic: string): ReadonlySet<Connection> | undefined {
+  subscribers(topic: string): ReadonlySet<Subscriber> | undefined {
     return this.topics.get(topic)
   }
 

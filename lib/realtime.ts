@@ -51,6 +51,8 @@ export class Realtime<Ctx = IncomingMessage> {
   private readonly viaApp: boolean
   private readonly wss: WebSocketServer
   private readonly hub = new Hub()
+  /** Open WebSocket connections. */
+  private readonly connections = new Set<Connection>()
   private readonly bus: Bus
   private readonly ownsBus: boolean
   private readonly servers = new Map<AttachableServer, (req: IncomingMessage, socket: Duplex, head: Buffer) => void>()
@@ -114,7 +116,7 @@ export class Realtime<Ctx = IncomingMessage> {
     if (value === this.enabled) return
     this.enabled = value
     log('WebSocket channel %s', value ? 'enabled' : 'disabled')
-    if (!value) for (const conn of this.hub.connections) conn.close(CloseCode.DISABLED, 'disabled by server')
+    if (!value) for (const conn of this.connections) conn.close(CloseCode.DISABLED, 'disabled by server')
   }
 
   /** Listen to `server`'s `upgrade` event (idempotent). Upgrades for other paths are left to their own listeners. */
@@ -195,7 +197,7 @@ export class Realtime<Ctx = IncomingMessage> {
   stats(): RealtimeStats {
     const c = this.counters
     return {
-      connections: this.hub.connections.size,
+      connections: this.connections.size,
       subscriptions: this.hub.subscriptions,
       topics: this.hub.topicCount,
       eventsPublished: c.eventsPublished,
@@ -220,14 +222,14 @@ export class Realtime<Ctx = IncomingMessage> {
     clearInterval(this.heartbeat)
     for (const [server, listener] of this.servers) server.off('upgrade', listener)
     this.servers.clear()
-    const closing = [...this.hub.connections].map(
+    const closing = [...this.connections].map(
       (conn) => new Promise<void>((resolve) => {
         if (conn.ws.readyState === 3 /* CLOSED */) return resolve()
         conn.ws.once('close', () => resolve())
         conn.close(CloseCode.GOING_AWAY, 'server shutting down')
       }),
     )
-    const timer = setTimeout(() => { for (const conn of this.hub.connections) conn.ws.terminate() }, timeoutMs)
+    const timer = setTimeout(() => { for (const conn of this.connections) conn.ws.terminate() }, timeoutMs)
     await Promise.all(closing)
     clearTimeout(timer)
     if (this.ownsBus) await this.bus.close()
@@ -300,14 +302,14 @@ export class Realtime<Ctx = IncomingMessage> {
   private onConnection(ws: WebSocket, socket: Duplex, user: User): void {
     socket.off('error', onSocketError)
     const conn = new Connection(ws, socket, user, this.core)
-    this.hub.connections.add(conn)
+    this.connections.add(conn)
     ws.on('message', (data, isBinary) => conn.onMessage(data, isBinary))
     ws.on('pong', () => { conn.alive = true })
     // ws closes the socket itself after an error (1009 for maxPayload, 1002
     // for bad frames); we only log, so one client can never crash the process.
     ws.on('error', (err) => log('socket error: %s', err.message))
     ws.once('close', () => {
-      this.hub.connections.delete(conn)
+      this.connections.delete(conn)
       conn.cleanup()
     })
   }
@@ -363,7 +365,7 @@ export class Realtime<Ctx = IncomingMessage> {
 
   /** Heartbeat: one timer for all sockets; a peer that missed the last ping is terminated. */
   private beat(): void {
-    for (const conn of this.hub.connections) {
+    for (const conn of this.connections) {
       if (!conn.alive) {
         log('terminating a peer that missed a heartbeat')
         conn.ws.terminate()
