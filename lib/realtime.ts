@@ -182,15 +182,28 @@ export class Realtime<Ctx = IncomingMessage> {
     return isOurs(pathname, this.opts.path) ? route(req, pathname, this.routeState) : undefined
   }
 
-  /** For plain `node:http`: answer our routes, return false for anything else. */
-  handleRequest(req: IncomingMessage, res: ServerResponse): boolean {
+  /**
+   * The one entry point for adapters: finish a pending upgrade, or answer a
+   * request to our routes on the raw `res`. Resolves `false` when the request
+   * is not ours (call the next middleware). `url` is the request's original
+   * URL (before any mount prefix was stripped); `ctx` is what `authenticate` gets.
+   */
+  async serve(req: IncomingMessage, res: ServerResponse, ctx: Ctx, url: string | undefined = req.url): Promise<boolean> {
+    this.attachFrom(req)
     if (this.pending.has(req)) {
-      void this.acceptUpgrade(req, req as Ctx)
+      await this.acceptUpgrade(req, ctx)
       return true
     }
-    const reply = this.route(req)
+    const reply = this.route(req, url)
     if (reply === undefined) return false
     res.writeHead(reply.status, reply.headers).end(reply.body) // Node omits the body for HEAD
+    return true
+  }
+
+  /** For plain `node:http`: `if (!rt.handleRequest(req, res)) yourApp(req, res)`. */
+  handleRequest(req: IncomingMessage, res: ServerResponse): boolean {
+    if (!this.pending.has(req) && !isOurs(pathnameOf(req.url), this.opts.path)) return false
+    void this.serve(req, res, req as Ctx)
     return true
   }
 

@@ -1,6 +1,6 @@
 /**
  * Koa adapter: `app.use(realtime(options))`. Thin: everything happens in the
- * core; this only speaks Koa (ctx in, ctx out).
+ * core; this only speaks Koa.
  */
 import type { Context, Middleware, Next } from 'koa'
 import { createRealtime } from '../realtime'
@@ -19,18 +19,9 @@ export type { RealtimeHandle } from './api'
 export function realtime(options: KoaRealtimeOptions = {}): KoaRealtime {
   const core = createRealtime<Context>(options, { upgradesThroughApp: true })
   async function cmsRealtime(ctx: Context, next: Next): Promise<void> {
-    core.attachFrom(ctx.req)
-    if (core.isPendingUpgrade(ctx.req)) {
-      ctx.respond = false // the socket is ours (or answered) from here on
-      await core.acceptUpgrade(ctx.req, ctx)
-      return
-    }
-    const reply = core.route(ctx.req, ctx.originalUrl)
-    if (reply === undefined) return next()
-    ctx.status = reply.status
-    const { 'Content-Length': _length, ...headers } = reply.headers
-    ctx.set(headers)
-    ctx.body = reply.body
+    // The core writes to the raw response (streams included), so Koa must not.
+    if (await core.serve(ctx.req, ctx.res, ctx, ctx.originalUrl)) ctx.respond = false
+    else await next()
   }
   return withApi(cmsRealtime, core)
 }
