@@ -13,8 +13,8 @@ export interface RealtimeHandle<Ctx> {
   publish(topic: string, type: string, data?: unknown): Promise<Published>
   /** Listen to a server's `upgrade` event (idempotent). */
   attach(server: AttachableServer): this
-  /** Send 1001 to every client, stop listening, release the bus. */
-  close(): Promise<void>
+  /** Send 1001 to every client, stop listening, release the bus; stragglers are terminated after `timeoutMs` (default 2000). */
+  close(timeoutMs?: number): Promise<void>
   stats(): RealtimeStats
   /** Switch the WebSocket channel on or off at run time. */
   webSocketEnabled: boolean
@@ -26,7 +26,7 @@ export function withApi<F extends object, Ctx>(fn: F, core: Realtime<Ctx>): F & 
     core: { value: core },
     publish: { value: core.publish.bind(core) },
     attach: { value: (server: AttachableServer) => (core.attach(server), handle) },
-    close: { value: () => core.close() },
+    close: { value: (timeoutMs?: number) => core.close(timeoutMs) },
     stats: { value: () => core.stats() },
     webSocketEnabled: {
       get: () => core.webSocketEnabled,
