@@ -169,7 +169,7 @@ describe('mountings that break the rule say so', () => {
       ['@koa/router', (rt: KoaRealtime): Koa.Middleware => {
         const router = new KoaRouter()
         router.use('/cms', rt)
-        return router.routes()
+        return router.routes() as unknown as Koa.Middleware
       }],
       ['koa-router', (rt: KoaRealtime): Koa.Middleware => {
         const router = new OldKoaRouter()
