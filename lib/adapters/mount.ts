@@ -19,6 +19,9 @@ export function mountError(path: string, originalUrl: string, url: string): Type
   if (!isOurs(stripped, path)) return undefined
   const original = pathnameOf(originalUrl)
   const prefix = original.endsWith(stripped) ? original.slice(0, original.length - stripped.length) : undefined
+  // Correctly mounted (`path` starts with the prefix): a stray URL like
+  // /cms/cms/realtime is simply not ours.
+  if (prefix !== undefined && isOurs(path, prefix)) return undefined
   const wanted = prefix === undefined ? '<mount prefix>' + path : prefix + path
   return new TypeError(
     `cms-realtime: mounted under ${prefix === undefined ? 'a prefix' : JSON.stringify(prefix)} but option "path" is ` +
