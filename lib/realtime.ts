@@ -273,7 +273,7 @@ export class Realtime<Ctx = IncomingMessage> {
         this.pending.delete(req)
         clearTimeout(timer)
         this.refused('app_response')
-        log('upgrade for %s answered by the app with %d', req.url, res.statusCode)
+        log('upgrade for %s answered by the app with %d%s', req.url, res.statusCode, res.statusCode === 404 ? NOT_PASSED_ON : '')
       }
       const s = socket as Duplex & { destroySoon?: () => void }
       if (s.destroySoon) s.destroySoon()
@@ -397,6 +397,12 @@ export class Realtime<Ctx = IncomingMessage> {
     }
   }
 }
+
+/** A 404 from the app for our own path means the middleware is not where `path` points. */
+const NOT_PASSED_ON =
+  ': the app never passed it to the cms-realtime middleware. Is it mounted where option "path" points ' +
+  '(mount prefix included)? Routers such as @koa/router run use() middleware only for requests that match ' +
+  'one of their routes: see docs/mounting.md'
 
 function onSocketError(this: Duplex): void {
   this.destroy()

@@ -6,6 +6,7 @@ import type { Context, Middleware, Next } from 'koa'
 import { createRealtime } from '../realtime'
 import type { RealtimeOptions } from '../types'
 import { withApi, type RealtimeHandle } from './api'
+import { mountError } from './mount'
 
 export type KoaRealtimeOptions = RealtimeOptions<Context>
 export type KoaRealtime = Middleware & RealtimeHandle<Context>
@@ -20,8 +21,13 @@ export function realtime(options: KoaRealtimeOptions = {}): KoaRealtime {
   const core = createRealtime<Context>(options, { upgradesThroughApp: true })
   async function cmsRealtime(ctx: Context, next: Next): Promise<void> {
     // The core writes to the raw response (streams included), so Koa must not.
-    if (await core.serve(ctx.req, ctx.res, ctx, ctx.originalUrl)) ctx.respond = false
-    else await next()
+    if (await core.serve(ctx.req, ctx.res, ctx, ctx.originalUrl)) {
+      ctx.respond = false
+      return
+    }
+    const misMounted = mountError(core.opts.path, ctx.originalUrl, ctx.url)
+    if (misMounted !== undefined) throw misMounted
+    await next()
   }
   return withApi(cmsRealtime, core)
 }

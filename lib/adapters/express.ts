@@ -1,0 +1,36 @@
+/**
+ * Express adapter (Express 5, and 4): `app.use(realtime(options))`. Thin:
+ * everything happens in the core; this only speaks Express.
+ */
+import type { NextFunction, Request, RequestHandler, Response } from 'express'
+import { createRealtime } from '../realtime'
+import type { RealtimeOptions } from '../types'
+import { withApi, type RealtimeHandle } from './api'
+import { mountError } from './mount'
+
+export type ExpressRealtimeOptions = RealtimeOptions<Request>
+export type ExpressRealtime = RequestHandler & RealtimeHandle<Request>
+export type { RealtimeHandle } from './api'
+
+/**
+ * Express middleware serving `<path>/config` and the WebSocket channel at
+ * `<path>`. Upgrades run through the app's middleware before the handshake,
+ * so `authenticate(req)` sees `req.session`/`req.user` as a normal request would.
+ * Mount it anywhere (`app.use('/cms', rt)`, a Router): it matches `req.originalUrl`.
+ */
+export function realtime(options: ExpressRealtimeOptions = {}): ExpressRealtime {
+  const core = createRealtime<Request>(options, { upgradesThroughApp: true })
+  function cmsRealtime(req: Request, res: Response, next: NextFunction): void {
+    // Express 4 ignores a returned promise, so failures go to next(err) here.
+    core.serve(req, res, req, req.originalUrl).then(
+      (served) => {
+        if (served) return
+        const misMounted = mountError(core.opts.path, req.originalUrl, req.url)
+        if (misMounted !== undefined) next(misMounted)
+        else next()
+      },
+      (err: unknown) => next(err),
+    )
+  }
+  return withApi(cmsRealtime, core)
+}
