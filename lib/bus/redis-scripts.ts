@@ -79,7 +79,17 @@ if redis.call('EXISTS', key) == 0 then
   return {0}
 end
 local i = info(key)
-if cmp(since, i['last-generated-id']) > 0 or cmp(since, i['max-deleted-entry-id']) < 0 then return {0} end
+local last = i['last-generated-id']
+if cmp(since, last) > 0 or cmp(since, i['max-deleted-entry-id']) < 0 then return {0} end
+-- Trimming does not move max-deleted-entry-id: if entries were ever
+-- trimmed, a cursor before the first kept entry may have lost some (when it
+-- is exactly the last trimmed one this resyncs needlessly, which is safe).
+if tonumber(i['entries-added']) > tonumber(i['length']) then
+  local first = i['first-entry']
+  if not first then
+    if cmp(since, last) < 0 then return {0} end
+  elseif cmp(since, first[1]) < 0 then return {0} end
+end
 return {1, redis.call('XRANGE', key, '(' .. since, '+')}
 `)
 
