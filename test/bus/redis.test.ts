@@ -1,0 +1,147 @@
+/**
+ * RedisBus against the real Redis: key layout and expiry, pub/sub only for
+ * held topics, one order for every node, age trimming, and a real outage
+ * (a loopback proxy between the bus and Redis is cut and restored).
+ */
+import { spawnSync } from 'node:child_process'
+import { RedisBus } from 'cms-realtime/redis'
+import type { BusEvent } from '../../lib/types'
+import { connectRedis, deleteKeys, redisReachable, RedisProxy, uniquePrefix, until, type TestRedis } from './redis-helpers'
+
+const d = redisReachable('RedisBus') ? describe : describe.skip
+
+d('RedisBus', () => {
+  const prefix = uniquePrefix()
+  let direct: TestRedis
+  const cleanup: Array<() => unknown> = []
+  let n = 0
+  const topic = (): string => `redis:${++n}`
+
+  beforeAll(async () => { direct = await connectRedis() })
+  afterEach(async () => { for (const fn of cleanup.splice(0).reverse()) await fn() })
+  afterAll(async () => {
+    await deleteKeys(direct, prefix)
+    await direct.close()
+  })
+
+  async function node(port?: number, options: ConstructorParameters<typeof RedisBus>[1] = {}) {
+    const client = await connectRedis(port)
+    const bus = new RedisBus(client, { keyPrefix: prefix, ...options })
+    const got: BusEvent[] = []
+    bus.onEvent((e) => got.push(e))
+    cleanup.push(() => client.destroy(), () => bus.close())
+    await until(() => bus.connected, 3000, 'bus connected')
+    return { client, bus, got }
+  }
+
+  test('rejects a client that is not a node-redis client and options that make no sense', () => {
+    expect(() => new RedisBus({} as never)).toThrow(/node-redis client/)
+    expect(() => new RedisBus(direct, { historySize: 0 })).toThrow(/historySize/)
+    expect(() => new RedisBus(direct, { idleTtlMs: 10 })).toThrow(/idleTtlMs/)
+  })
+
+  test('keeps one stream per topic under keyPrefix, expiring after idleTtlMs without a publish', async () => {
+    const { bus } = await node(undefined, { idleTtlMs: 60_000 })
+    const t = topic()
+    const e = await bus.publish(t, 'saved', '{"x":1}')
+    expect(e.id).toMatch(/^\d+-\d+$/)
+    const key = `${prefix}stream:${t}`
+    expect(await direct.xLen(key)).toBe(1)
+    const ttl = await direct.pTTL(key)
+    expect(ttl).toBeGreaterThan(50_000)
+    expect(ttl).toBeLessThanOrEqual(60_000)
+  })
+
+  test('a node listens on the channels of the topics it holds, and only those', async () => {
+    const { bus } = await node()
+    const [held, dropped] = [topic(), topic()]
+    await bus.subscribe(held)
+    await bus.subscribe(dropped)
+    await bus.unsubscribe(dropped)
+    const channels = await direct.sendCommand(['PUBSUB', 'CHANNELS', `${prefix}*`])
+    expect(channels).toEqual([`${prefix}live:${held}`])
+  })
+
+  test('events published concurrently on two nodes arrive at both in one order: the id order', async () => {
+    const a = await node()
+    const b = await node()
+    const t = topic()
+    await Promise.all([a.bus.subscribe(t), b.bus.subscribe(t)])
+    const sent = await Promise.all(Array.from({ length: 100 }, (_, i) => (i % 2 === 0 ? a : b).bus.publish(t, 'n', String(i))))
+    await until(() => a.got.length === 100 && b.got.length === 100, 5000, 'all events on both nodes')
+    const byId = [...sent].sort((x, y) => compare(x.id, y.id))
+    expect(a.got).toEqual(byId)
+    expect(b.got).toEqual(byId)
+  })
+
+  test('with historyMaxAgeMs, old events are trimmed and their cursors resync', async () => {
+    const { bus } = await node(undefined, { historyMaxAgeMs: 200, historySize: 10_000 })
+    const t = topic()
+    const first = await bus.publish(t, 'x', '0')
+    for (let i = 1; i < 150; i++) await bus.publish(t, 'x', String(i))
+    await new Promise((r) => setTimeout(r, 300))
+    const fresh = await bus.publish(t, 'x', 'fresh')
+    expect(await bus.history(t, first.id)).toBeNull()
+    expect(await direct.xLen(`${prefix}stream:${t}`)).toBeLessThan(151)
+    expect(await bus.history(t, await bus.latest(t))).toEqual([])
+    expect(fresh.id).toMatch(/^\d+-\d+$/)
+  })
+
+  test('close() leaves the client it was given open', async () => {
+    const client = await connectRedis()
+    cleanup.push(() => client.destroy())
+    const bus = new RedisBus(client, { keyPrefix: prefix })
+    await bus.close()
+    expect(await client.ping()).toBe('PONG')
+  })
+
+  test('an outage: local delivery goes on, publish resolves, and the node resubscribes and catches up when Redis returns', async () => {
+    const proxy = await new RedisProxy().start()
+    cleanup.push(() => proxy.close())
+    const a = await node(proxy.port, { commandTimeoutMs: 300 })
+    const b = await node()
+    const t = topic()
+    await Promise.all([a.bus.subscribe(t), b.bus.subscribe(t)])
+    const e1 = await a.bus.publish(t, 'before', '1')
+    await until(() => a.got.length === 1 && b.got.length === 1, 3000, 'e1 on both')
+
+    await proxy.cut()
+    await until(() => !a.bus.connected, 3000, 'outage noticed')
+    const e2 = await a.bus.publish(t, 'during', '2')
+    expect(e2.id).toMatch(/^local:/)
+    expect(a.got.at(-1)).toEqual(e2)
+    // A local cursor is foreign to every node's history: the client resyncs.
+    expect(await b.bus.history(t, e2.id)).toBeNull()
+    const e3 = await b.bus.publish(t, 'missed-by-a', '3')
+    await until(() => b.got.length === 2, 3000, 'e3 on b')
+    expect(b.got).toEqual([e1, e3])
+
+    await proxy.restore()
+    await until(() => a.bus.connected, 5000, 'reconnected')
+    await until(() => a.got.length === 3, 5000, 'a caught up on e3')
+    expect(a.got).toEqual([e1, e2, e3])
+    // The events only a's clients saw are a gap in the stream: recovering across it resyncs.
+    await until(() => b.got.length >= 2, 1000)
+    await expect(b.bus.history(t, e1.id)).resolves.toBeNull()
+    const e4 = await b.bus.publish(t, 'after', '4')
+    const e5 = await a.bus.publish(t, 'after', '5')
+    expect(e5.id).toMatch(/^\d+-\d+$/)
+    await until(() => a.got.length === 5 && b.got.length === 4, 3000, 'live again on both')
+    expect(a.got.slice(3)).toEqual([e4, e5])
+    expect(await b.bus.history(t, e4.id)).toEqual([e5])
+  })
+
+  test('the core entry point never loads a Redis client', () => {
+    const code = "require('./lib/index.ts'); const c = Object.keys(require.cache); " +
+      "process.stdout.write(String(c.some((f) => /node_modules[\\\\/](redis|@redis)[\\\\/]/.test(f))))"
+    const r = spawnSync(process.execPath, ['--require', 'tsx/cjs', '-e', code], { cwd: `${__dirname}/../..`, encoding: 'utf8', timeout: 10_000 })
+    expect(r.stderr).toBe('')
+    expect(r.stdout).toBe('false')
+  })
+})
+
+function compare(a: string, b: string): number {
+  const [am, as] = a.split('-').map(BigInt) as [bigint, bigint]
+  const [bm, bs] = b.split('-').map(BigInt) as [bigint, bigint]
+  return am === bm ? Number(as - bs) : am < bm ? -1 : 1
+}
