@@ -60,6 +60,7 @@ describeBrowser('in Chromium', () => {
   function servePage(req: IncomingMessage, res: ServerResponse): boolean {
     const path = (req.url ?? '/').split('?')[0]
     if (path === '/') res.writeHead(200, { 'Content-Type': 'text/html' }).end(PAGE)
+    else if (path === '/favicon.ico') res.writeHead(204).end()
     else if (path === '/client.js') res.writeHead(200, { 'Content-Type': 'text/javascript' }).end(bundle)
     else return false
     return true
