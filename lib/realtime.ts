@@ -13,6 +13,7 @@ import { checkUpgrade, writeRefusal, type Refusal } from './handshake'
 import { Hub } from './hub'
 import { Diagnostics } from './diagnostics'
 import { SseStreams } from './sse'
+import { serveClient } from './client-asset'
 import { isOurs, pathnameOf, route, type Reply, type RouteState } from './http-routes'
 import { resolveOptions, type ResolvedOptions } from './options'
 import { CloseCode, encodeEvent, validTopic } from './protocol'
@@ -420,6 +421,10 @@ export class Realtime<Ctx = IncomingMessage> {
     }
     if (pathname === `${this.opts.path}/diagnostics`) {
       await this.diagnostics.handle(req, res, url ?? '/')
+      return true
+    }
+    if (pathname === `${this.opts.path}/client.js`) {
+      await serveClient(req, res)
       return true
     }
     return false
