@@ -20,6 +20,10 @@ export interface RouteState {
   path: string
   webSocketEnabled: boolean
   heartbeatMs: number
+  /** Transport offered when the WebSocket fails or is disabled. */
+  fallback?: 'sse' | 'none'
+  /** A GET on the WebSocket path that should have been an upgrade (for the nonce diagnosis). */
+  sawPlainGet?(req: IncomingMessage): void
   /** Count a refusal; `stripped` marks a proxy that dropped the upgrade. */
   refuse(reason: 'stripped_upgrade' | 'plain_request' | 'not_found' | 'bad_method'): void
 }
@@ -57,10 +61,11 @@ export function route(req: IncomingMessage, pathname: string, state: RouteState)
   return json(404, { error: 'not_found', reason: `no such cms-realtime route: ${pathname}` }, NO_STORE)
 }
 
-export function config(state: Pick<RouteState, 'path' | 'webSocketEnabled' | 'heartbeatMs'>): ClientConfig {
+export function config(state: Pick<RouteState, 'path' | 'webSocketEnabled' | 'heartbeatMs' | 'fallback'>): ClientConfig {
+  const fallback = state.fallback === 'sse' ? { transport: 'sse' as const, url: `${state.path}/events` } : null
   return state.webSocketEnabled
-    ? { webSocketEnabled: true, url: state.path, protocol: PROTOCOL, heartbeatMs: state.heartbeatMs, fallback: null }
-    : { webSocketEnabled: false, mode: 'manual-refresh', protocol: PROTOCOL, fallback: null }
+    ? { webSocketEnabled: true, url: state.path, protocol: PROTOCOL, heartbeatMs: state.heartbeatMs, fallback }
+    : { webSocketEnabled: false, mode: fallback === null ? 'manual-refresh' : 'fallback', protocol: PROTOCOL, fallback }
 }
 
 /**
@@ -81,6 +86,7 @@ function upgradeRequired(req: IncomingMessage, state: RouteState): Reply {
   // Upgrade is hop-by-hop, so it is named in Connection (RFC 9110 §7.8); and
   // `close`, because this connection will not be upgraded.
   const headers = { ...NO_STORE, Upgrade: 'websocket', Connection: 'Upgrade, close' }
+  state.sawPlainGet?.(req)
   if (stripped) {
     state.refuse('stripped_upgrade')
     if (!warnedStripped) {

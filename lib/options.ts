@@ -21,6 +21,7 @@ export const DEFAULTS = {
   heartbeatMs: 25_000,
   unclaimedUpgradeTimeoutMs: 10_000,
   handshakeTimeoutMs: 10_000,
+  fallback: 'sse',
 } as const
 
 export interface ResolvedOptions<Ctx> {
@@ -40,6 +41,7 @@ export interface ResolvedOptions<Ctx> {
   unclaimedUpgradeTimeoutMs: number
   handshakeTimeoutMs: number
   bus: Bus | undefined
+  fallback: 'sse' | 'none'
 }
 
 const KNOWN = new Set([
@@ -73,6 +75,9 @@ export function resolveOptions<Ctx>(
       throw new TypeError(`cms-realtime: option "${key}" must be a positive number (got ${String(v)})`)
     }
   }
+  if (o.fallback !== 'sse' && o.fallback !== 'none') {
+    throw new TypeError(`cms-realtime: option "fallback" must be "sse" or "none" (got ${JSON.stringify(o.fallback)})`)
+  }
   for (const key of ['authenticate', 'authorize'] as const) {
     if (o[key] !== undefined && typeof o[key] !== 'function') {
       throw new TypeError(`cms-realtime: option "${key}" must be a function`)
@@ -96,6 +101,7 @@ export function resolveOptions<Ctx>(
     unclaimedUpgradeTimeoutMs: o.unclaimedUpgradeTimeoutMs,
     handshakeTimeoutMs: o.handshakeTimeoutMs,
     bus: o.bus,
+    fallback: o.fallback,
   }
 }
 

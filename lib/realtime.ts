@@ -11,6 +11,9 @@ import { MemoryBus } from './bus/memory'
 import { Connection, type Core, type Counters } from './connection'
 import { checkUpgrade, writeRefusal, type Refusal } from './handshake'
 import { Hub } from './hub'
+import { Diagnostics } from './diagnostics'
+import { SseStreams } from './sse'
+import { serveClient } from './client-asset'
 import { isOurs, pathnameOf, route, type Reply, type RouteState } from './http-routes'
 import { resolveOptions, type ResolvedOptions } from './options'
 import { CloseCode, encodeEvent, validTopic } from './protocol'
@@ -64,6 +67,9 @@ export class Realtime<Ctx = IncomingMessage> {
   private readonly core: Core
   private readonly routeState: RouteState
   private heartbeat: NodeJS.Timeout | undefined
+  /** What each nonce'd handshake looked like to us, and what browsers reported. */
+  private readonly diagnostics = new Diagnostics()
+  private readonly sse: SseStreams
   private enabled: boolean
   private closed = false
 
@@ -101,8 +107,14 @@ export class Realtime<Ctx = IncomingMessage> {
       get webSocketEnabled() {
         return self.enabled
       },
+      fallback: this.opts.fallback,
+      sawPlainGet: (req) => this.diagnostics.stripped(req),
       refuse: (reason) => this.refused(reason),
     }
+    this.sse = new SseStreams(this.core, {
+      heartbeatMs: this.opts.heartbeatMs,
+      authenticate: (ctx) => this.authenticateFallback(ctx as Ctx),
+    })
     if (options.server !== undefined) this.attach(options.server)
   }
 
@@ -194,6 +206,7 @@ export class Realtime<Ctx = IncomingMessage> {
       await this.acceptUpgrade(req, ctx)
       return true
     }
+    if (await this.serveFallback(req, res, ctx, url)) return true
     const reply = this.route(req, url)
     if (reply === undefined) return false
     res.writeHead(reply.status, reply.headers).end(reply.body) // Node omits the body for HEAD
@@ -221,6 +234,9 @@ export class Realtime<Ctx = IncomingMessage> {
       refusals: { ...c.refusals },
       strippedUpgrades: c.strippedUpgrades,
       webSocketEnabled: this.enabled,
+      fallbackStreams: this.sse.streams.size,
+      diagnoses: { ...this.diagnostics.reports },
+      diagnosesRejected: this.diagnostics.rejected,
     }
   }
 
@@ -235,6 +251,7 @@ export class Realtime<Ctx = IncomingMessage> {
     clearInterval(this.heartbeat)
     for (const [server, listener] of this.servers) server.off('upgrade', listener)
     this.servers.clear()
+    this.sse.closeAll()
     const closing = [...this.connections].map(
       (conn) => new Promise<void>((resolve) => {
         if (conn.ws.readyState === 3 /* CLOSED */) return resolve()
@@ -257,6 +274,7 @@ export class Realtime<Ctx = IncomingMessage> {
     }
     // Until `ws` owns the socket, a reset must not become an uncaught error.
     socket.on('error', onSocketError)
+    this.diagnostics.watch(req, socket)
     const refusal = this.closed ? closing() : (checkUpgrade(req, this.enabled) ?? this.checkOrigin(req))
     if (refusal !== null) return this.refuse(socket, refusal)
     if (!this.viaApp || server.listenerCount('request') === 0) {
@@ -314,6 +332,7 @@ export class Realtime<Ctx = IncomingMessage> {
 
   private onConnection(ws: WebSocket, socket: Duplex, user: User): void {
     socket.off('error', onSocketError)
+    this.diagnostics.accepted(socket)
     const conn = new Connection(ws, socket, user, this.core)
     this.connections.add(conn)
     ws.on('message', (data, isBinary) => conn.onMessage(data, isBinary))
@@ -360,6 +379,7 @@ export class Realtime<Ctx = IncomingMessage> {
 
   private refuse(socket: Duplex, refusal: Refusal): void {
     this.refused(refusal.reason)
+    this.diagnostics.refused(socket, refusal)
     log('refused handshake: %d %s', refusal.status, refusal.reason)
     writeRefusal(socket, refusal)
   }
@@ -387,6 +407,39 @@ export class Realtime<Ctx = IncomingMessage> {
       conn.alive = false
       conn.ws.ping()
     }
+  }
+
+  /**
+   * The fallback and diagnostics routes, which need the adapter's `ctx` or
+   * stream their answer. `false` when `url` is none of them.
+   */
+  private async serveFallback(req: IncomingMessage, res: ServerResponse, ctx: Ctx, url: string | undefined): Promise<boolean> {
+    const pathname = pathnameOf(url)
+    if (pathname === `${this.opts.path}/events` && this.opts.fallback === 'sse' && !this.closed) {
+      await this.sse.handle(req, res, ctx, url ?? '/')
+      return true
+    }
+    if (pathname === `${this.opts.path}/diagnostics`) {
+      await this.diagnostics.handle(req, res, url ?? '/')
+      return true
+    }
+    if (pathname === `${this.opts.path}/client.js`) {
+      await serveClient(req, res)
+      return true
+    }
+    return false
+  }
+
+  /** `authenticate` for a fallback request: the same rule as the handshake's. */
+  private async authenticateFallback(ctx: Ctx): Promise<{ user: User } | { status: 401 }> {
+    if (this.opts.authenticate === undefined) return { user: null }
+    let user: User = null
+    try {
+      user = await this.opts.authenticate(ctx)
+    } catch (err) {
+      log('authenticate threw: %O', err)
+    }
+    return user === null || user === undefined || user === false ? { status: 401 } : { user }
   }
 
   private async busCall(fn: () => unknown): Promise<void> {

@@ -4,6 +4,9 @@
  */
 import type { IncomingMessage, Server as HttpServer } from 'node:http'
 import type { Server as HttpsServer } from 'node:https'
+import type { DiagnosisCause } from './client/wire'
+
+export type { DiagnosisCause } from './client/wire'
 
 /** Subprotocol name; also the wire-format version. */
 export const PROTOCOL = 'cms-realtime.v1'
@@ -96,6 +99,13 @@ export interface RealtimeOptions<Ctx = IncomingMessage> {
   handshakeTimeoutMs?: number
   /** Where the event bus lives. Default: in-memory (one process). */
   bus?: Bus
+  /**
+   * Transport offered to browsers whose WebSocket fails (a proxy strips the
+   * upgrade) or when `webSocketEnabled` is false: `'sse'` serves Server-Sent
+   * Events at `<path>/events`; `'none'` offers nothing, so a disabled
+   * channel means manual refresh. Default `'sse'`.
+   */
+  fallback?: 'sse' | 'none'
 }
 
 /**
@@ -177,4 +187,10 @@ export interface RealtimeStats {
   /** Plain GETs on the WebSocket path that carried WebSocket headers: a proxy dropped the upgrade. */
   strippedUpgrades: number
   webSocketEnabled: boolean
+  /** Open fallback (SSE) streams: editors whose WebSocket does not get through. */
+  fallbackStreams: number
+  /** Diagnoses browsers reported (`POST <path>/diagnostics`), by cause. */
+  diagnoses: Partial<Record<DiagnosisCause, number>>
+  /** Reports refused as malformed or over the rate limit. */
+  diagnosesRejected: number
 }

@@ -1,0 +1,440 @@
+/**
+ * The browser client: reads config, connects over WebSocket, falls back to
+ * Server-Sent Events when the upgrade does not get through, keeps probing
+ * the WebSocket, and never loses or repeats an event across reconnects and
+ * switches (each topic's cursor is sent back as `since`). No Node built-ins
+ * and no DOM types: the transports are structural, so Node tests inject
+ * `ws` and `eventsource` and run this very code.
+ */
+import { BACKOFF, backoff, type BackoffOptions } from './backoff'
+import { encodeCursors } from './cursor-vector'
+import { PROTOCOL, type DiagnosisCause, type HandshakeSeen, type WireConfig, type WireFrame } from './wire'
+
+/** A handler slot that accepts `ws`'s and the DOM's own event types (checked bivariantly). */
+type Handler<E> = { bivarianceHack(event: E): void }['bivarianceHack']
+
+export interface WebSocketLike {
+  onopen: Handler<unknown> | null
+  onmessage: Handler<{ data: unknown }> | null
+  onclose: Handler<{ code: number }> | null
+  onerror: Handler<unknown> | null
+  send(data: string): void
+  close(code?: number, reason?: string): void
+}
+export type WebSocketCtor = new (url: string, protocols?: string | string[]) => WebSocketLike
+
+export interface EventSourceLike {
+  readonly readyState: number
+  onopen: Handler<unknown> | null
+  onmessage: Handler<{ data: unknown }> | null
+  onerror: Handler<unknown> | null
+  close(): void
+}
+export type EventSourceCtor = new (url: string) => EventSourceLike
+
+export type FetchLike = (url: string, init?: {
+  method?: string
+  body?: string
+  headers?: Record<string, string>
+  cache?: 'no-store'
+  credentials?: 'same-origin'
+  keepalive?: boolean
+}) => Promise<{ ok: boolean; json(): Promise<unknown> }>
+
+/**
+ * - `connecting`: reading config or opening the WebSocket;
+ * - `live`: the WebSocket is open;
+ * - `fallback`: events come over Server-Sent Events (the WebSocket is retried in the background);
+ * - `manual-refresh`: the server pushes nothing; the UI should offer a refresh button. Nothing is retried;
+ * - `offline`: nothing gets through; retrying with backoff.
+ */
+export type ClientState = 'connecting' | 'live' | 'fallback' | 'manual-refresh' | 'offline'
+
+export interface RealtimeEvent<T = unknown> {
+  topic: string
+  /** Cursor of this event (opaque). */
+  id: string
+  type: string
+  data: T
+}
+
+export interface Diagnosis {
+  cause: DiagnosisCause
+  /** The server's refusal reason, for `refused`. */
+  detail?: string
+}
+
+export interface ClientEvents {
+  state: ClientState
+  /** History could not cover a gap on this topic: refetch its data. */
+  resync: string
+  /** Why the WebSocket is not in use (`null` once it is live again). */
+  diagnosis: Diagnosis | null
+  /** The server refused something, e.g. a subscription (`forbidden`). */
+  error: { code: string; message: string; topic?: string }
+}
+
+export interface ClientOptions {
+  /** `GET <path>/config` of the server, absolute or relative to the page. */
+  configUrl: string
+  /** Default: the global `WebSocket`. Inject `ws` in Node. */
+  WebSocket?: WebSocketCtor
+  /** Default: the global `EventSource`; `null` disables the fallback on this client. */
+  EventSource?: EventSourceCtor | null
+  /** Default: the global `fetch`. */
+  fetch?: FetchLike
+  /** Reconnection delays; see `BackoffOptions`. */
+  backoff?: Partial<BackoffOptions>
+  /** A WebSocket not open after this long has failed. Default 10000. */
+  openTimeoutMs?: number
+  /** After a quiet heartbeat period the client pings; no answer within this long means a dead link. Default 10000. */
+  heartbeatTimeoutMs?: number
+  /** Report the diagnosis once to `POST <path>/diagnostics`. Default true. */
+  report?: boolean
+}
+
+export interface RealtimeClient {
+  readonly state: ClientState
+  readonly diagnosis: Diagnosis | null
+  /** Receive the events of `topic`; returns the function that stops. */
+  subscribe<T = unknown>(topic: string, handler: (event: RealtimeEvent<T>) => void): () => void
+  on<K extends keyof ClientEvents>(name: K, listener: (value: ClientEvents[K]) => void): () => void
+  /** Stop for good: close every transport and timer. */
+  close(): void
+}
+
+type Globals = Partial<{
+  WebSocket: WebSocketCtor
+  EventSource: EventSourceCtor
+  fetch: FetchLike
+  location: { href: string }
+  crypto: { getRandomValues(a: Uint8Array): Uint8Array }
+  addEventListener(name: string, fn: () => void): void
+}>
+
+const CLOSED = 2 // EventSource.CLOSED
+const DISABLED = 4000 // close code: the channel was switched off at run time
+const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+
+export function createClient(options: ClientOptions): RealtimeClient {
+  return new Client(options)
+}
+
+class Client implements RealtimeClient {
+  state: ClientState = 'connecting'
+  diagnosis: Diagnosis | null = null
+  private readonly handlers = new Map<string, Set<(e: RealtimeEvent) => void>>()
+  /** Per topic: where to resume (`since`). */
+  private readonly cursors = new Map<string, string>()
+  /** Per topic: id of the last event handed out, so a replay overlap is never shown twice. */
+  private readonly last = new Map<string, string>()
+  private readonly listeners = new Map<string, Set<(v: never) => void>>()
+  private readonly base: string
+  private readonly WS: WebSocketCtor | undefined
+  private readonly ES: EventSourceCtor | undefined
+  private readonly fetch: FetchLike
+  private readonly bo: BackoffOptions
+  private cfg: WireConfig | undefined
+  private ws: WebSocketLike | undefined
+  private open = false
+  private es: EventSourceLike | undefined
+  private timer: ReturnType<typeof setTimeout> | undefined
+  private beat: ReturnType<typeof setTimeout> | undefined
+  private attempt = 0
+  private closed = false
+  private reported = false
+  private reopening = false
+
+  constructor(private readonly o: ClientOptions) {
+    const g = globalThis as Globals
+    this.WS = o.WebSocket ?? g.WebSocket
+    this.ES = o.EventSource === null ? undefined : o.EventSource ?? g.EventSource
+    this.fetch = o.fetch ?? ((url, init) => g.fetch!(url, init))
+    this.base = new URL(o.configUrl, g.location?.href).href
+    this.bo = { ...BACKOFF, ...o.backoff }
+    // Back online: try now rather than at the end of a long backoff.
+    g.addEventListener?.('online', () => {
+      if (!this.closed && this.state !== 'live' && this.state !== 'manual-refresh') {
+        this.attempt = 0
+        void this.start()
+      }
+    })
+    void this.start()
+  }
+
+  subscribe<T = unknown>(topic: string, handler: (event: RealtimeEvent<T>) => void): () => void {
+    let set = this.handlers.get(topic)
+    if (set === undefined) {
+      this.handlers.set(topic, (set = new Set()))
+      if (this.open) this.sub(topic)
+      this.restream()
+    }
+    const h = handler as (e: RealtimeEvent) => void
+    set.add(h)
+    return () => {
+      if (!set.delete(h) || set.size > 0 || this.handlers.get(topic) !== set) return
+      this.handlers.delete(topic)
+      this.cursors.delete(topic)
+      this.last.delete(topic)
+      if (this.open) this.send({ op: 'unsubscribe', topic })
+      this.restream()
+    }
+  }
+
+  on<K extends keyof ClientEvents>(name: K, listener: (value: ClientEvents[K]) => void): () => void {
+    let set = this.listeners.get(name)
+    if (set === undefined) this.listeners.set(name, (set = new Set()))
+    set.add(listener)
+    return () => void set.delete(listener)
+  }
+
+  close(): void {
+    this.closed = true
+    clearTimeout(this.timer)
+    if (this.ws !== undefined) this.drop(this.ws)
+    this.closeStream()
+    this.set('offline')
+  }
+
+  // ---- connection cycle: config → WebSocket → (fallback + probe) ----
+
+  /** Read config and act on it. Every (re)connection starts here, so a switched-off channel is always noticed. */
+  private async start(): Promise<void> {
+    clearTimeout(this.timer)
+    let cfg: WireConfig
+    try {
+      const r = await this.fetch(this.base, { cache: 'no-store', credentials: 'same-origin' })
+      if (!r.ok) throw new Error('config')
+      cfg = (await r.json()) as WireConfig
+    } catch {
+      if (this.closed) return
+      if (this.es === undefined) this.set('offline')
+      return this.retry()
+    }
+    if (this.closed || this.ws !== undefined) return
+    this.cfg = cfg
+    if (cfg.webSocketEnabled && cfg.url !== undefined && this.WS !== undefined) return this.connect(cfg.url)
+    if (!cfg.webSocketEnabled) this.diagnose({ cause: 'disabled' }, false)
+    if (cfg.fallback !== null && this.ES !== undefined) {
+      if (this.es === undefined) this.stream()
+      return this.retry() // the channel may come back: re-read config later
+    }
+    // Degraded mode: stay quiet, no connection attempts.
+    this.closeStream()
+    this.set('manual-refresh')
+  }
+
+  private connect(path: string): void {
+    const nonce = Array.from((globalThis as Globals).crypto!.getRandomValues(new Uint8Array(22)), (b) => ALPHABET[b & 63]).join('')
+    const url = new URL(path, this.base)
+    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:'
+    url.searchParams.set('nonce', nonce)
+    const ws = new this.WS!(url.href, PROTOCOL)
+    this.ws = ws
+    this.timer = setTimeout(() => {
+      this.drop(ws)
+      this.failed(nonce)
+    }, this.o.openTimeoutMs ?? 10_000)
+    ws.onopen = () => {
+      clearTimeout(this.timer)
+      this.open = true
+      this.attempt = 0
+      // Close the stream before reading cursors: nothing arrives from it
+      // after this, and the socket resumes every topic from there.
+      this.closeStream()
+      this.set('live')
+      this.diagnose(null, false)
+      for (const topic of this.handlers.keys()) this.sub(topic)
+      this.alive()
+    }
+    ws.onmessage = (e) => {
+      this.alive()
+      this.frame(e.data)
+    }
+    ws.onclose = (e) => {
+      if (this.ws !== ws) return
+      const wasOpen = this.open
+      this.drop(ws)
+      if (this.closed) return
+      if (!wasOpen) return this.failed(nonce)
+      if (e.code === DISABLED) return void this.start()
+      this.set('connecting')
+      this.retry()
+    }
+    ws.onerror = () => {} // a close follows
+  }
+
+  /** The WebSocket did not open: fall back at once, ask the server why, probe again later. */
+  private failed(nonce: string): void {
+    if (this.cfg?.fallback == null || this.ES === undefined) this.set('offline')
+    else if (this.es === undefined) this.stream()
+    void this.ask(nonce)
+    this.retry()
+  }
+
+  private retry(): void {
+    clearTimeout(this.timer)
+    this.timer = setTimeout(() => void this.start(), backoff(this.attempt++, this.bo))
+  }
+
+  /** Forget `ws` without waiting for its close handshake. */
+  private drop(ws: WebSocketLike): void {
+    ws.onopen = ws.onmessage = ws.onclose = null
+    clearTimeout(this.timer)
+    clearTimeout(this.beat)
+    if (this.ws === ws) {
+      this.ws = undefined
+      this.open = false
+    }
+    try {
+      ws.close(1000)
+    } catch {
+      // not yet open in some browsers: nothing to close
+    }
+  }
+
+  /** Heartbeat: after a quiet period, ping; no frame within the timeout means a dead link. */
+  private alive(): void {
+    clearTimeout(this.beat)
+    this.beat = setTimeout(() => {
+      this.send({ op: 'ping' })
+      this.beat = setTimeout(() => {
+        if (this.ws === undefined) return
+        this.drop(this.ws)
+        this.set('connecting')
+        this.retry()
+      }, this.o.heartbeatTimeoutMs ?? 10_000)
+    }, this.cfg?.heartbeatMs ?? 25_000)
+  }
+
+  // ---- fallback stream ----
+
+  /** (Re)open the event stream for the current topics, resuming each from its cursor. */
+  private stream(): void {
+    const fb = this.cfg?.fallback
+    this.closeStream()
+    if (fb == null || this.ES === undefined) return
+    const topics = [...this.handlers.keys()]
+    if (topics.length === 0) return this.set('fallback')
+    const url = new URL(fb.url, this.base)
+    url.searchParams.set('topics', topics.join(','))
+    if (topics.some((t) => this.cursors.has(t))) url.searchParams.set('since', encodeCursors(topics.map((t) => this.cursors.get(t))))
+    const es = new this.ES(url.href)
+    this.es = es
+    es.onopen = () => this.es === es && this.set('fallback')
+    es.onmessage = (e) => this.es === es && this.frame(e.data)
+    // EventSource retries by itself (with Last-Event-ID) unless the answer
+    // was an HTTP error; the WebSocket probe retries the rest.
+    es.onerror = () => {
+      if (this.es !== es) return
+      if (es.readyState === CLOSED) this.closeStream()
+      this.set('offline')
+    }
+  }
+
+  private closeStream(): void {
+    this.es?.close()
+    this.es = undefined
+  }
+
+  /** Topics changed while streaming: reopen once, after the caller's loop of subscribes. */
+  private restream(): void {
+    if (this.reopening || (this.es === undefined && this.state !== 'fallback')) return
+    this.reopening = true
+    queueMicrotask(() => {
+      this.reopening = false
+      if (!this.closed && this.ws === undefined) this.stream()
+    })
+  }
+
+  // ---- frames ----
+
+  private sub(topic: string): void {
+    const since = this.cursors.get(topic)
+    this.send(since === undefined ? { op: 'subscribe', topic } : { op: 'subscribe', topic, since })
+  }
+
+  private send(frame: object): void {
+    if (this.open) this.ws?.send(JSON.stringify(frame))
+  }
+
+  private frame(text: unknown): void {
+    let f: WireFrame
+    try {
+      f = JSON.parse(String(text)) as WireFrame
+    } catch {
+      return
+    }
+    switch (f.op) {
+      case 'event': {
+        const set = this.handlers.get(f.topic)
+        if (set === undefined || this.last.get(f.topic) === f.id) return
+        this.cursors.set(f.topic, f.id)
+        this.last.set(f.topic, f.id)
+        const event: RealtimeEvent = { topic: f.topic, id: f.id, type: f.type, data: f.data }
+        for (const h of set) call(h, event)
+        return
+      }
+      case 'subscribed':
+        if (f.cursor !== undefined && this.handlers.has(f.topic)) this.cursors.set(f.topic, f.cursor)
+        return
+      case 'resync':
+        return this.emit('resync', f.topic)
+      case 'error':
+        return this.emit('error', f.topic === undefined ? { code: f.code, message: f.message } : { code: f.code, message: f.message, topic: f.topic })
+    }
+  }
+
+  // ---- state, diagnosis ----
+
+  private set(state: ClientState): void {
+    if (state === this.state) return
+    this.state = state
+    this.emit('state', state)
+  }
+
+  private emit<K extends keyof ClientEvents>(name: K, value: ClientEvents[K]): void {
+    for (const fn of this.listeners.get(name) ?? []) call(fn as (v: ClientEvents[K]) => void, value)
+  }
+
+  /** Ask the server what it saw for this handshake's nonce. */
+  private async ask(nonce: string): Promise<void> {
+    let d: Diagnosis
+    try {
+      const r = await this.fetch(new URL(`${this.cfg!.url!}/diagnostics?nonce=${nonce}`, this.base).href, { cache: 'no-store' })
+      const s = (await r.json()) as HandshakeSeen
+      d = s.seen === 'refused'
+        ? { cause: ['unauthenticated', 'origin', 'disabled'].includes(s.reason) ? (s.reason as DiagnosisCause) : 'refused', detail: s.reason }
+        : { cause: s.seen === 'stripped_upgrade' ? s.seen : s.seen === 'accepted' ? 'interrupted' : 'unreachable' }
+    } catch {
+      d = { cause: 'offline' }
+    }
+    if (!this.closed && !this.open) this.diagnose(d, true)
+  }
+
+  private diagnose(d: Diagnosis | null, report: boolean): void {
+    if (d?.cause !== this.diagnosis?.cause || d?.detail !== this.diagnosis?.detail) {
+      this.diagnosis = d
+      this.emit('diagnosis', d)
+    }
+    if (!report || d === null || this.reported || this.o.report === false || d.cause === 'offline') return
+    this.reported = true
+    this.fetch(new URL(`${this.cfg!.url!}/diagnostics`, this.base).href, {
+      method: 'POST',
+      body: JSON.stringify({ cause: d.cause, transport: this.cfg?.fallback?.transport ?? 'none' }),
+      headers: { 'Content-Type': 'application/json' },
+      keepalive: true,
+    }).catch(() => {})
+  }
+}
+
+/** A throwing handler must not stop the others, nor the client: report it asynchronously. */
+function call<V>(fn: (v: V) => void, v: V): void {
+  try {
+    fn(v)
+  } catch (err) {
+    setTimeout(() => {
+      throw err
+    })
+  }
+}

@@ -1,0 +1,61 @@
+/**
+ * What the browser client and the server agree on, with no DOM or Node
+ * types, so both sides import it (the server's `types.ts` pulls in
+ * `node:http`, which the browser build must never see).
+ */
+
+export const PROTOCOL = 'cms-realtime.v1'
+
+/** The client's view of `GET <path>/config` (the server's `ClientConfig`). */
+export interface WireConfig {
+  webSocketEnabled: boolean
+  /** WebSocket path; present when enabled. */
+  url?: string
+  protocol: string
+  heartbeatMs?: number
+  mode?: 'manual-refresh' | 'fallback'
+  fallback: { transport: 'sse' | 'poll'; url: string } | null
+}
+
+/** Frames the server sends, over the WebSocket and as SSE `data`. */
+export type WireFrame =
+  | { op: 'subscribed'; topic: string; cursor?: string; recovered?: boolean }
+  | { op: 'unsubscribed'; topic: string }
+  | { op: 'event'; topic: string; id: string; type: string; data: unknown }
+  | { op: 'resync'; topic: string }
+  | { op: 'pong' }
+  | { op: 'error'; code: string; message: string; topic?: string }
+
+/**
+ * Why the WebSocket is not in use, as the client concludes it:
+ * - `disabled`: config says the channel is off;
+ * - `stripped_upgrade`: the handshake reached the server as a plain GET (a proxy dropped the upgrade);
+ * - `unauthenticated`, `origin`: the server refused the handshake for that reason;
+ * - `refused`: refused for another reason (see `detail`);
+ * - `interrupted`: the server accepted the handshake but the browser never saw it open;
+ * - `unreachable`: the handshake never reached the server (a firewall or proxy ate it);
+ * - `offline`: the server could not be asked at all.
+ */
+export type DiagnosisCause =
+  | 'disabled'
+  | 'stripped_upgrade'
+  | 'unauthenticated'
+  | 'origin'
+  | 'refused'
+  | 'interrupted'
+  | 'unreachable'
+  | 'offline'
+
+export const DIAGNOSIS_CAUSES: readonly DiagnosisCause[] = [
+  'disabled', 'stripped_upgrade', 'unauthenticated', 'origin', 'refused', 'interrupted', 'unreachable', 'offline',
+]
+
+/** What the server saw for a handshake nonce (`GET <path>/diagnostics?nonce=`). */
+export type HandshakeSeen =
+  | { seen: 'stripped_upgrade' }
+  | { seen: 'refused'; reason: string; status: number }
+  | { seen: 'accepted' }
+  | { seen: 'nothing' }
+
+/** Nonces the client puts on the WebSocket URL: 16-64 URL-safe characters. */
+export const NONCE = /^[A-Za-z0-9_-]{16,64}$/

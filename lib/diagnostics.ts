@@ -1,0 +1,199 @@
+/**
+ * Why did a browser's WebSocket fail? The browser cannot tell: through a
+ * header-stripping proxy Chromium reports only `error` and close 1006. So
+ * the client puts a one-time nonce on the WebSocket URL, the server records
+ * what it saw for that nonce (a stripped upgrade, a refusal and its reason,
+ * an accepted handshake, or nothing at all) and the client asks over plain
+ * HTTP. The client then reports its conclusion once, so `stats()` shows
+ * operators how many editors fall back and why.
+ *
+ *   GET  <path>/diagnostics?nonce=N   → HandshakeSeen (the entry is consumed)
+ *   POST <path>/diagnostics           ← {"cause": DiagnosisCause, "transport": "sse" | "poll" | "none"}
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { Duplex } from 'node:stream'
+import { DIAGNOSIS_CAUSES, NONCE, type DiagnosisCause, type HandshakeSeen } from './client/wire'
+
+export interface DiagnosticsOptions {
+  /** Nonces remembered at once; the oldest is forgotten first. Default 10000. */
+  maxEntries?: number
+  /** How long a nonce's record is kept. Default 60000. */
+  ttlMs?: number
+  /** Reports accepted per second, on average, across all clients. Default 1. */
+  reportsPerSecond?: number
+  /** Reports accepted in one burst. Default 60. */
+  reportBurst?: number
+}
+
+/** Largest report body, in bytes. */
+const MAX_BODY = 1024
+const TRANSPORTS = new Set(['sse', 'poll', 'none'])
+const CAUSES = new Set<string>(DIAGNOSIS_CAUSES)
+
+interface Entry {
+  seen: HandshakeSeen
+  expires: number
+}
+
+export class Diagnostics {
+  /** Insertion-ordered, and every entry lives `ttlMs`: the oldest is always first. */
+  private readonly entries = new Map<string, Entry>()
+  /** Nonce of each handshake socket not yet answered. */
+  private readonly sockets = new WeakMap<Duplex, string>()
+  private readonly maxEntries: number
+  private readonly ttlMs: number
+  private readonly rate: number
+  private readonly burst: number
+  private tokens: number
+  private refilledAt = Date.now()
+  /** Client reports by cause. */
+  readonly reports: Partial<Record<DiagnosisCause, number>> = {}
+  /** Reports refused as malformed or over the rate limit. */
+  rejected = 0
+
+  constructor(options: DiagnosticsOptions = {}) {
+    this.maxEntries = options.maxEntries ?? 10_000
+    this.ttlMs = options.ttlMs ?? 60_000
+    this.rate = options.reportsPerSecond ?? 1
+    this.burst = options.reportBurst ?? 60
+    this.tokens = this.burst
+  }
+
+  /** A handshake for our path began on `socket`: remember its nonce, if it has one. */
+  watch(req: IncomingMessage, socket: Duplex): void {
+    const nonce = nonceOf(req.url)
+    if (nonce !== undefined) this.sockets.set(socket, nonce)
+  }
+
+  refused(socket: Duplex, refusal: { status: number; reason: string }): void {
+    this.settle(socket, { seen: 'refused', reason: refusal.reason, status: refusal.status })
+  }
+
+  accepted(socket: Duplex): void {
+    this.settle(socket, { seen: 'accepted' })
+  }
+
+  /** A plain GET on the WebSocket path carrying a nonce: only our client's WebSocket URL has one, so a proxy stripped the upgrade. */
+  stripped(req: IncomingMessage): void {
+    const nonce = nonceOf(req.url)
+    if (nonce !== undefined) this.record(nonce, { seen: 'stripped_upgrade' })
+  }
+
+  /** What was seen for `nonce`; each record is read once. */
+  lookup(nonce: string): HandshakeSeen {
+    const entry = this.entries.get(nonce)
+    if (entry === undefined || entry.expires < Date.now()) return { seen: 'nothing' }
+    this.entries.delete(nonce)
+    return entry.seen
+  }
+
+  /** `<path>/diagnostics`. */
+  async handle(req: IncomingMessage, res: ServerResponse, url: string): Promise<void> {
+    const method = req.method ?? 'GET'
+    if (method === 'GET' || method === 'HEAD') {
+      const nonce = new URL(url, 'http://x').searchParams.get('nonce')
+      if (nonce === null || !NONCE.test(nonce)) return send(res, 400, { error: 'bad_nonce', reason: 'nonce must be 16-64 characters of A-Z a-z 0-9 _ -' })
+      return send(res, 200, this.lookup(nonce))
+    }
+    if (method !== 'POST') return send(res, 405, { error: 'method_not_allowed', reason: 'use GET or POST' }, { Allow: 'GET, HEAD, POST' })
+    const body = await readBody(req, MAX_BODY)
+    if (body === null) {
+      this.rejected++
+      return send(res, 413, { error: 'too_large', reason: `a report is at most ${MAX_BODY} bytes` })
+    }
+    const report = parseReport(body)
+    if (report === null) {
+      this.rejected++
+      return send(res, 400, {
+        error: 'bad_report',
+        reason: `expected {"cause": one of ${DIAGNOSIS_CAUSES.join(', ')}, "transport": "sse" | "poll" | "none"}`,
+      })
+    }
+    if (!this.take()) {
+      this.rejected++
+      return send(res, 429, { error: 'rate_limited', reason: 'too many reports; try again later' }, { 'Retry-After': '60' })
+    }
+    this.reports[report.cause] = (this.reports[report.cause] ?? 0) + 1
+    res.writeHead(204, { 'Cache-Control': 'no-store' }).end()
+  }
+
+  private settle(socket: Duplex, seen: HandshakeSeen): void {
+    const nonce = this.sockets.get(socket)
+    if (nonce === undefined) return
+    this.sockets.delete(socket)
+    this.record(nonce, seen)
+  }
+
+  private record(nonce: string, seen: HandshakeSeen): void {
+    const now = Date.now()
+    for (const [key, entry] of this.entries) {
+      if (entry.expires >= now && this.entries.size < this.maxEntries) break
+      this.entries.delete(key)
+    }
+    this.entries.delete(nonce) // re-inserted last, keeping the order by expiry
+    this.entries.set(nonce, { seen, expires: now + this.ttlMs })
+  }
+
+  /** Token bucket shared by all clients: reports are counters, not a channel. */
+  private take(): boolean {
+    const now = Date.now()
+    this.tokens = Math.min(this.burst, this.tokens + ((now - this.refilledAt) / 1000) * this.rate)
+    this.refilledAt = now
+    if (this.tokens < 1) return false
+    this.tokens--
+    return true
+  }
+}
+
+function nonceOf(url: string | undefined): string | undefined {
+  const q = url?.indexOf('?') ?? -1
+  if (q < 0) return undefined
+  const nonce = new URLSearchParams(url!.slice(q + 1)).get('nonce')
+  return nonce !== null && NONCE.test(nonce) ? nonce : undefined
+}
+
+function parseReport(text: string): { cause: DiagnosisCause; transport: string } | null {
+  let v: unknown
+  try {
+    v = JSON.parse(text)
+  } catch {
+    return null
+  }
+  if (typeof v !== 'object' || v === null) return null
+  const { cause, transport } = v as Record<string, unknown>
+  if (typeof cause !== 'string' || !CAUSES.has(cause)) return null
+  if (typeof transport !== 'string' || !TRANSPORTS.has(transport)) return null
+  return { cause: cause as DiagnosisCause, transport }
+}
+
+/** The body as text, or `null` once it passes `max` bytes (the rest is not read). */
+function readBody(req: IncomingMessage, max: number): Promise<string | null> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = []
+    let size = 0
+    const done = (v: string | null) => {
+      req.off('data', onData)
+      resolve(v)
+    }
+    const onData = (c: Buffer) => {
+      size += c.length
+      if (size > max) return done(null)
+      chunks.push(c)
+    }
+    req.on('data', onData)
+    req.once('end', () => done(Buffer.concat(chunks).toString('utf8')))
+    req.once('error', () => done(null))
+    // A body parser mounted before us already read the stream.
+    if (req.readableEnded) done('')
+  })
+}
+
+function send(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  const text = JSON.stringify(body)
+  res.writeHead(status, {
+    ...headers,
+    'Cache-Control': 'no-store',
+    'Content-Type': 'application/json; charset=utf-8',
+    'Content-Length': String(Buffer.byteLength(text)),
+  }).end(text)
+}

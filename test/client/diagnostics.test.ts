@@ -1,0 +1,144 @@
+/**
+ * The nonce diagnosis and the diagnostics report: what the server saw for a
+ * handshake's nonce (stripped, refused and why, accepted, nothing), read
+ * once; reports validated, bounded, rate-limited and counted in stats().
+ */
+import WebSocket from 'ws'
+import { Diagnostics } from '../../lib/diagnostics'
+import { PROTOCOL } from '../../lib/client'
+import { Cleanup, handshake, rawRequest } from '../helpers/net'
+import { startApp, startProxy } from './helpers'
+
+const cleanup = new Cleanup()
+afterEach(() => cleanup.run())
+
+const NONCE = 'abcdefghijklmnop0123456789_-'
+
+async function app(options: Parameters<typeof startApp>[0] = {}) {
+  const a = await startApp(options)
+  cleanup.add(() => a.srv.close())
+  cleanup.add(() => a.rt.close())
+  return a
+}
+
+async function seen(base: string, nonce = NONCE) {
+  const r = await fetch(`${base}/realtime/diagnostics?nonce=${nonce}`)
+  return { status: r.status, body: (await r.json()) as Record<string, unknown> }
+}
+
+function tryWs(url: string): Promise<void> {
+  return new Promise((resolve) => {
+    const ws = new WebSocket(url, PROTOCOL)
+    ws.on('open', () => { ws.close(); resolve() })
+    ws.on('error', () => resolve())
+  })
+}
+
+describe('what the server saw for a nonce', () => {
+  test('a handshake stripped by a proxy', async () => {
+    const a = await app()
+    const proxy = await startProxy(a.srv.port, true)
+    cleanup.add(() => proxy.srv.close())
+    await tryWs(`ws://127.0.0.1:${proxy.srv.port}/realtime?nonce=${NONCE}`)
+    expect((await seen(a.srv.base)).body).toEqual({ seen: 'stripped_upgrade' })
+  })
+
+  test('a stripped handshake that lost its Sec-WebSocket headers too is still recognised by its nonce', async () => {
+    const a = await app()
+    await fetch(`${a.srv.base}/realtime?nonce=${NONCE}`)
+    expect((await seen(a.srv.base)).body).toEqual({ seen: 'stripped_upgrade' })
+  })
+
+  test('a refusal and its reason', async () => {
+    const a = await app({ authenticate: () => null })
+    await tryWs(`ws://127.0.0.1:${a.srv.port}/realtime?nonce=${NONCE}`)
+    expect((await seen(a.srv.base)).body).toEqual({ seen: 'refused', reason: 'unauthenticated', status: 401 })
+  })
+
+  test('a refusal before authentication (bad version) on a raw socket', async () => {
+    const a = await app()
+    await rawRequest(a.srv.port, handshake(a.srv.port, `/realtime?nonce=${NONCE}`, { 'Sec-WebSocket-Version': '8' }))
+    expect((await seen(a.srv.base)).body).toEqual({ seen: 'refused', reason: 'bad_version', status: 426 })
+  })
+
+  test('an accepted handshake; then the record is gone (read once)', async () => {
+    const a = await app()
+    await tryWs(`ws://127.0.0.1:${a.srv.port}/realtime?nonce=${NONCE}`)
+    expect((await seen(a.srv.base)).body).toEqual({ seen: 'accepted' })
+    expect((await seen(a.srv.base)).body).toEqual({ seen: 'nothing' })
+  })
+
+  test('nothing at all', async () => {
+    const a = await app()
+    expect(await seen(a.srv.base)).toEqual({ status: 200, body: { seen: 'nothing' } })
+  })
+
+  test('a malformed nonce is a 400', async () => {
+    const a = await app()
+    expect((await seen(a.srv.base, 'short')).status).toBe(400)
+    expect((await seen(a.srv.base, `${'x'.repeat(65)}`)).status).toBe(400)
+  })
+
+  test('records are bounded: the oldest is forgotten first', () => {
+    const d = new Diagnostics({ maxEntries: 2 })
+    for (const n of ['a', 'b', 'c']) d.stripped({ url: `/realtime?nonce=${n.repeat(16)}` } as never)
+    expect(d.lookup('a'.repeat(16))).toEqual({ seen: 'nothing' })
+    expect(d.lookup('c'.repeat(16))).toEqual({ seen: 'stripped_upgrade' })
+  })
+
+  test('records expire', () => {
+    const d = new Diagnostics({ ttlMs: -1 })
+    d.stripped({ url: `/realtime?nonce=${NONCE}` } as never)
+    expect(d.lookup(NONCE)).toEqual({ seen: 'nothing' })
+  })
+})
+
+describe('POST <path>/diagnostics', () => {
+  const post = (base: string, body: string) =>
+    fetch(`${base}/realtime/diagnostics`, { method: 'POST', body, headers: { 'Content-Type': 'application/json' } })
+
+  test('a valid report is counted in stats() by cause', async () => {
+    const a = await app()
+    expect((await post(a.srv.base, JSON.stringify({ cause: 'stripped_upgrade', transport: 'sse' }))).status).toBe(204)
+    expect((await post(a.srv.base, JSON.stringify({ cause: 'stripped_upgrade', transport: 'sse' }))).status).toBe(204)
+    expect((await post(a.srv.base, JSON.stringify({ cause: 'unreachable', transport: 'none' }))).status).toBe(204)
+    expect(a.rt.stats()).toMatchObject({ diagnoses: { stripped_upgrade: 2, unreachable: 1 }, diagnosesRejected: 0 })
+  })
+
+  test.each([
+    ['not JSON', 'nope'],
+    ['an unknown cause', JSON.stringify({ cause: 'aliens', transport: 'sse' })],
+    ['an unknown transport', JSON.stringify({ cause: 'offline', transport: 'pigeon' })],
+    ['a JSON array', '[]'],
+  ])('%s gets 400 and counts nothing', async (_t, body) => {
+    const a = await app()
+    const r = await post(a.srv.base, body)
+    expect(r.status).toBe(400)
+    expect(((await r.json()) as { error: string }).error).toBe('bad_report')
+    expect(a.rt.stats()).toMatchObject({ diagnoses: {}, diagnosesRejected: 1 })
+  })
+
+  test('a body over 1 KiB gets 413', async () => {
+    const a = await app()
+    const r = await post(a.srv.base, JSON.stringify({ cause: 'offline', transport: 'sse', pad: 'x'.repeat(2000) }))
+    expect(r.status).toBe(413)
+  })
+
+  test('a PUT gets 405', async () => {
+    const a = await app()
+    expect((await fetch(`${a.srv.base}/realtime/diagnostics`, { method: 'PUT' })).status).toBe(405)
+  })
+
+  test('reports past the rate limit get 429 and are not counted', async () => {
+    const d = new Diagnostics({ reportBurst: 2, reportsPerSecond: 0.001 })
+    const a = await app()
+    // Swap in a tight limiter to keep the test short.
+    ;(a.rt as unknown as { diagnostics: Diagnostics }).diagnostics = d
+    const body = JSON.stringify({ cause: 'offline', transport: 'sse' })
+    const codes = []
+    for (let i = 0; i < 4; i++) codes.push((await post(a.srv.base, body)).status)
+    expect(codes).toEqual([204, 204, 429, 429])
+    expect(d.reports).toEqual({ offline: 2 })
+    expect(d.rejected).toBe(2)
+  })
+})

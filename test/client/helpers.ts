@@ -1,0 +1,131 @@
+/**
+ * Helpers for the client tests: an app (core + node:http) on port 0, a
+ * reverse proxy in front of it built with http-proxy (one that strips the
+ * upgrade the way nginx's plain proxy_pass does, one that forwards it), and
+ * the real client with `ws` and `eventsource` injected.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { Socket } from 'node:net'
+import httpProxy from 'http-proxy'
+import WebSocket from 'ws'
+import { EventSource } from 'eventsource'
+import { createRealtime, type Realtime } from '../../lib/realtime'
+import type { RealtimeOptions } from '../../lib/types'
+import { createClient, type ClientOptions, type RealtimeClient, type RealtimeEvent } from '../../lib/client'
+import { listen, type Listening } from '../helpers/net'
+
+export interface App {
+  rt: Realtime
+  srv: Listening
+  /** Every socket the server accepted, upgraded ones included (to kill them in a "restart"). */
+  sockets: Set<Socket>
+  /** Upgrade requests seen. */
+  upgrades: number
+  /** Requests seen, by pathname. */
+  hits: Map<string, number>
+}
+
+export async function startApp(
+  options: RealtimeOptions = {},
+  page: (req: IncomingMessage, res: ServerResponse) => boolean = () => false,
+): Promise<App> {
+  const rt = createRealtime(options)
+  const hits = new Map<string, number>()
+  const app: App = { rt, srv: undefined as unknown as Listening, sockets: new Set(), upgrades: 0, hits }
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0]!
+    hits.set(path, (hits.get(path) ?? 0) + 1)
+    if (rt.handleRequest(req, res)) return
+    if (!page(req, res)) res.writeHead(404).end()
+  })
+  trackSockets(server, app.sockets)
+  server.on('upgrade', () => { app.upgrades++ })
+  rt.attach(server)
+  app.srv = await listen(server)
+  return app
+}
+
+export function trackSockets(server: Server, sockets: Set<Socket>): void {
+  server.on('connection', (s: Socket) => {
+    sockets.add(s)
+    s.once('close', () => sockets.delete(s))
+  })
+}
+
+export interface Proxy {
+  srv: Listening
+  /** Strip the upgrade (true) or forward it (false); may change while running. */
+  strip: boolean
+}
+
+/**
+ * A reverse proxy in front of `target`. Stripping emulates nginx's plain
+ * `proxy_pass`: the browser's handshake is forwarded as an ordinary GET
+ * without Upgrade/Connection (hop-by-hop headers a WebSocket-unaware proxy
+ * drops) but with Sec-WebSocket-Key/-Version, and the answer goes back as an
+ * ordinary response. Forwarding proxies the upgrade (`ws: true`).
+ */
+export async function startProxy(target: number, strip: boolean): Promise<Proxy> {
+  const proxy = httpProxy.createProxyServer({ target: `http://127.0.0.1:${target}`, ws: true })
+  proxy.on('error', (_err, _req, res) => {
+    if ('writeHead' in res && !res.headersSent) res.writeHead(502).end()
+    else res.destroy()
+  })
+  proxy.on('proxyReq', (proxyReq, _req, res) => {
+    proxyReq.removeHeader('upgrade')
+    proxyReq.setHeader('connection', 'close')
+    // http-proxy 1.x notices only a request aborted before its end; a client
+    // leaving a stream must close the upstream request too, as nginx does.
+    res.once('close', () => { if (!res.writableFinished) proxyReq.destroy() })
+  })
+  const server = createServer((req, res) => proxy.web(req, res))
+  // Without an 'upgrade' listener Node hands an upgrade request to the
+  // 'request' listeners like any GET: exactly a WebSocket-unaware proxy.
+  const forward = (req: IncomingMessage, socket: Socket, head: Buffer) => proxy.ws(req, socket, head)
+  const sockets = new Set<Socket>()
+  trackSockets(server, sockets)
+  const srv = await listen(server)
+  let stripping = true
+  const p: Proxy = {
+    srv: { ...srv, close: async () => { for (const s of sockets) s.destroy(); await srv.close(); proxy.close() } },
+    get strip() { return stripping },
+    set strip(v: boolean) {
+      if (v === stripping) return
+      stripping = v
+      if (v) server.off('upgrade', forward)
+      else server.on('upgrade', forward)
+    },
+  }
+  p.strip = strip
+  return p
+}
+
+export const FAST = { initialMs: 50, maxMs: 400, factor: 2, jitter: 0.5 }
+
+export function client(base: string, options: Partial<ClientOptions> = {}): RealtimeClient {
+  return createClient({
+    configUrl: `${base}/realtime/config`,
+    WebSocket,
+    EventSource,
+    backoff: FAST,
+    ...options,
+  })
+}
+
+/** Subscribe and keep what arrives. */
+export function collect(c: RealtimeClient, topic: string): RealtimeEvent[] {
+  const got: RealtimeEvent[] = []
+  c.subscribe(topic, (e) => got.push(e))
+  return got
+}
+
+/** Wait until `pred()` holds (polled), or fail with `what`. */
+export async function waitFor(pred: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!pred()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 10))
+  }
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
