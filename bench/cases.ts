@@ -52,14 +52,14 @@ async function connect(s: Started, system: System, n: number, topicsOf: string[]
 }
 
 /** Publish a burst and wait until the client counted `expected` events. */
-async function burst(s: Started, topics: string[], count: number, expected: number, timeoutMs: number): Promise<{ ms: number; loopMs: number; cpuUs: number; clientCpuUs: number; eldMaxMs: number; ok: boolean; received: number; closed: number }> {
+async function burst(s: Started, topics: string[], count: number, expected: number, timeoutMs: number): Promise<{ ms: number; loopMs: number; firstMs: number; cpuUs: number; clientCpuUs: number; eldMaxMs: number; ok: boolean; received: number; closed: number }> {
   await s.client.call('expect', { count: expected })
   await s.server.call('mark')
-  const b = await s.server.call<{ t0: string; loopMs: number }>('burst', { topics, count })
+  const b = await s.server.call<{ t0: string; loopMs: number; firstMs: number }>('burst', { topics, count })
   const w = await s.client.call<Waited>('wait', { timeoutMs }, timeoutMs + 10_000)
   const m = await s.server.call<Measured>('measure')
   const ms = w.ok ? Number(BigInt(w.last!) - BigInt(b.t0)) / 1e6 : NaN
-  return { ms, loopMs: b.loopMs, cpuUs: m.cpuUs, clientCpuUs: w.cpuUs ?? NaN, eldMaxMs: m.eldMaxMs, ok: w.ok, received: w.received, closed: w.closed }
+  return { ms, loopMs: b.loopMs, firstMs: b.firstMs, cpuUs: m.cpuUs, clientCpuUs: w.cpuUs ?? NaN, eldMaxMs: m.eldMaxMs, ok: w.ok, received: w.received, closed: w.closed }
 }
 
 export interface FanoutRun {
@@ -168,6 +168,10 @@ export interface LongBurstRun {
   ms: number
   rate: number
   loopMs: number
+  /** The first publish of the loop, delivered at once to every client. */
+  firstMs: number
+  /** The app's share of the loop: building and serialising `events` payloads, timed alone. */
+  appMs: number
   eldMaxMs: number
   cpuUsPerDelivery: number
   slowConsumersClosed: number
@@ -181,6 +185,7 @@ export async function longBurst(system: System, cfg: Config): Promise<LongBurstR
     const c = await connect(s, system, cfg.clients, [['all']], 100)
     if (c.open !== cfg.clients) throw new Error(`${system}: only ${c.open}/${cfg.clients} clients connected`)
     const n = cfg.clients
+    const { appMs } = await s.server.call<{ appMs: number }>('appCost', { count: cfg.longBurst })
     const b = await burst(s, ['all'], cfg.longBurst, cfg.longBurst * n, 120_000)
     const stats = await s.server.call<Stats>('stats')
     return {
@@ -190,6 +195,8 @@ export async function longBurst(system: System, cfg: Config): Promise<LongBurstR
       ms: b.ms,
       rate: (cfg.longBurst * n) / (b.ms / 1000),
       loopMs: b.loopMs,
+      firstMs: b.firstMs,
+      appMs,
       eldMaxMs: b.eldMaxMs,
       cpuUsPerDelivery: b.cpuUs / (cfg.longBurst * n),
       slowConsumersClosed: stats.slowConsumersClosed ?? 0,

@@ -88,7 +88,7 @@ export function table(summary: Summary, systems: System[]): string {
 export function longBurstLine(l: LongBurstRun): string {
   return (
     `${l.events.toLocaleString('en-US')}-event burst: ${l.ok ? 'complete' : `INCOMPLETE (${l.received} events)`}, ` +
-    `${fmt(l.rate, 0)} deliveries/s, publish loop ${l.loopMs.toFixed(1)} ms, event-loop delay max ${l.eldMaxMs.toFixed(1)} ms, ` +
+    `${fmt(l.rate, 0)} deliveries/s, publish loop ${l.loopMs.toFixed(1)} ms (first event ${l.firstMs.toFixed(1)} ms; building + JSON.stringify of the data alone ${l.appMs.toFixed(1)} ms), event-loop delay max ${l.eldMaxMs.toFixed(1)} ms, ` +
     `${l.cpuUsPerDelivery.toFixed(2)} µs CPU/delivery, slow consumers closed ${l.slowConsumersClosed}`
   )
 }
