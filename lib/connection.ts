@@ -8,6 +8,7 @@ import type WebSocket from 'ws'
 import debug from 'debug'
 import type { ResolvedOptions } from './options'
 import { CloseCode, encode, encodeEvent, parseClientFrame, wsTextFrames, type ErrorCode, type ServerFrame } from './protocol'
+import { holdForSlice } from './delivery'
 import type { Subscriber } from './hub'
 import type { BusEvent, User } from './types'
 
@@ -93,6 +94,7 @@ export class Connection implements Subscriber {
       this.close(CloseCode.TRY_AGAIN_LATER, 'slow consumer')
       return false
     }
+    holdForSlice(this.socket)
     this.socket.write(wire)
     this.core.counters.eventsDelivered += events
     return true

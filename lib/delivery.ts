@@ -10,6 +10,7 @@
  * Order: the queue is FIFO and a run never spans topics, so every
  * subscriber sees each topic's events in publish order.
  */
+import type { Duplex } from 'node:stream'
 import { wsTextFrames, encodeEvent } from './protocol'
 import type { Subscriber } from './hub'
 import type { BusEvent } from './types'
@@ -18,6 +19,20 @@ import type { BusEvent } from './types'
 const SLICE_MS = 8
 /** Payload bytes framed into one write: a run stops growing here. */
 const RUN_BYTES = 32 * 1024
+
+/** Sockets corked during the current drain slice; `null` outside a slice. */
+let sliceSockets: Duplex[] | null = null
+
+/**
+ * Inside a drain slice, hold `socket`'s writes until the slice ends, so a
+ * client subscribed to several busy topics gets one write per slice rather
+ * than one per run. Outside a slice (a lone event) writes go out at once.
+ */
+export function holdForSlice(socket: Duplex): void {
+  if (sliceSockets === null || socket.writableCorked > 0) return
+  socket.cork()
+  sliceSockets.push(socket)
+}
 
 export class Delivery {
   private queue: BusEvent[] = []
@@ -58,6 +73,29 @@ export class Delivery {
   private readonly drain = (): void => {
     const end = performance.now() + SLICE_MS
     const q = this.queue
+    sliceSockets = []
+    try {
+      this.slice(q, end)
+    } finally {
+      const corked = sliceSockets
+      sliceSockets = null
+      for (const socket of corked) socket.uncork()
+    }
+    if (this.head === q.length) {
+      this.queue = []
+      this.head = 0
+      this.scheduled = false
+    } else {
+      if (this.head > 4096) {
+        this.queue = q.slice(this.head)
+        this.head = 0
+      }
+      setImmediate(this.drain)
+    }
+    if (this.barriers.length > 0) this.release()
+  }
+
+  private slice(q: BusEvent[], end: number): void {
     while (this.head < q.length) {
       const first = q[this.head]!
       const events = [first]
@@ -74,20 +112,8 @@ export class Delivery {
       this.taken += i - this.head
       this.head = i
       this.send(first.topic, events, frames)
-      if (performance.now() >= end) break
+      if (performance.now() >= end) return
     }
-    if (this.head === q.length) {
-      this.queue = []
-      this.head = 0
-      this.scheduled = false
-    } else {
-      if (this.head > 4096) {
-        this.queue = q.slice(this.head)
-        this.head = 0
-      }
-      setImmediate(this.drain)
-    }
-    if (this.barriers.length > 0) this.release()
   }
 
   private send(topic: string, events: BusEvent[], frames: Buffer[]): void {
