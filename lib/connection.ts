@@ -37,6 +37,9 @@ export interface Counters {
   refusals: Record<string, number>
 }
 
+/** Bytes a socket may hold corked within a delivery slice before they go out. */
+const FLUSH_AT = 64 * 1024
+
 export class Connection implements Subscriber {
   /** Active subscriptions. */
   readonly topics = new Set<string>()
@@ -94,7 +97,7 @@ export class Connection implements Subscriber {
       this.close(CloseCode.TRY_AGAIN_LATER, 'slow consumer')
       return false
     }
-    holdForSlice(this.socket)
+    holdForSlice(this.socket, Math.min(FLUSH_AT, this.core.opts.maxBufferedBytes / 4))
     this.socket.write(wire)
     this.core.counters.eventsDelivered += events
     return true

@@ -27,11 +27,18 @@ let sliceSockets: Duplex[] | null = null
  * Inside a drain slice, hold `socket`'s writes until the slice ends, so a
  * client subscribed to several busy topics gets one write per slice rather
  * than one per run. Outside a slice (a lone event) writes go out at once.
+ * Once `flushAt` bytes are held they go out early: corked bytes count as
+ * buffered, and must not make a healthy client look like a slow consumer.
  */
-export function holdForSlice(socket: Duplex): void {
-  if (sliceSockets === null || socket.writableCorked > 0) return
-  socket.cork()
-  sliceSockets.push(socket)
+export function holdForSlice(socket: Duplex, flushAt: number): void {
+  if (sliceSockets === null) return
+  if (socket.writableCorked === 0) {
+    socket.cork()
+    sliceSockets.push(socket)
+  } else if (socket.writableLength >= flushAt) {
+    socket.uncork()
+    socket.cork()
+  }
 }
 
 export class Delivery {
