@@ -9,7 +9,7 @@
  * server into bench/results/prof).
  */
 import { mkdirSync, writeFileSync } from 'node:fs'
-import { cpus, totalmem, release } from 'node:os'
+import { cpus, loadavg, totalmem, release } from 'node:os'
 import { join } from 'node:path'
 import { connections, fanout, longBurst, type Config, type ConnectionsRun, type FanoutRun, type LongBurstRun } from './cases'
 import { printTable, summarise } from './report'
@@ -48,6 +48,8 @@ const cfg: Config = {
 
 async function main(): Promise<void> {
   const t0 = Date.now()
+  // Other work on a shared machine skews absolute figures; record how busy it was.
+  const loadBefore = loadavg()[0]
   const fan: Record<string, FanoutRun[]> = {}
   const conns: Record<string, ConnectionsRun[]> = {}
   let long: LongBurstRun | null = null
@@ -76,6 +78,7 @@ async function main(): Promise<void> {
     memoryGiB: Math.round(totalmem() / 2 ** 30),
     node: process.version,
     kernel: release(),
+    loadAverage1m: { before: loadBefore, after: loadavg()[0] },
   }
   const out = flag('out') ?? join(resultsDir, `bench-${new Date().toISOString().replace(/[:.]/g, '-')}.json`)
   mkdirSync(join(out, '..'), { recursive: true })
