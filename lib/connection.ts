@@ -172,7 +172,7 @@ export class Connection implements Subscriber {
     } catch (err) {
       log('authorize(%s) threw: %O', topic, err)
     }
-    if (this.pending.get(topic) !== held) return // unsubscribed meanwhile
+    if (this.pending?.get(topic) !== held) return // unsubscribed meanwhile
     if (!allowed || this.closing) {
       this.pending.delete(topic)
       if (!allowed) this.send({ op: 'error', code: 'forbidden', message: 'not allowed to subscribe to this topic', topic })
@@ -187,8 +187,9 @@ export class Connection implements Subscriber {
     // Events published before the history read may still be queued for
     // delivery: let them reach `held` first, where they are deduplicated.
     await this.core.drained()
-    if (this.pending.get(topic) !== held) return
+    if (this.pending?.get(topic) !== held) return
     this.pending.delete(topic)
+    if (this.pending.size === 0) this.pending = undefined // an idle connection keeps no empty map
     const out: ServerFrame[] = []
     if (replay === null) {
       // History no longer reaches back to `since`: the UI must refetch.

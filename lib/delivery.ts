@@ -41,60 +41,70 @@ export function holdForSlice(socket: Duplex, flushAt: number): void {
   }
 }
 
+/** Events of one topic on their way out; `rest` is set when a slice ran out of time mid-way. */
+interface Run {
+  events: BusEvent[]
+  frames: Buffer[]
+  wire: Buffer | undefined
+  rest: Subscriber[] | undefined
+}
+
 export class Delivery {
   private queue: BusEvent[] = []
   private head = 0
   /** A drain is scheduled: new events must queue behind it. */
   private scheduled = false
-  /** Events ever queued / ever taken off the queue; barriers compare the two. */
+  /** A run whose remaining subscribers are served first in the next slice. */
+  private partial: Run | undefined
+  private deadline = 0
+  /** Events ever queued / fully handed out; barriers compare the two. */
   private queued = 0
-  private taken = 0
+  private handed = 0
   private barriers: Array<{ at: number; resolve: () => void }> = []
 
   constructor(private readonly subscribers: (topic: string) => ReadonlySet<Subscriber> | undefined) {}
 
   push(event: BusEvent): void {
+    this.queued++
     if (!this.scheduled) {
       // Idle: deliver now (no added latency), and let anything else
       // published in this same turn queue up and go out batched.
       this.scheduled = true
       setImmediate(this.drain)
-      const frame = encodeEvent(event)
-      this.send(event.topic, [event], [frame])
+      this.deadline = performance.now() + SLICE_MS
+      this.send({ events: [event], frames: [encodeEvent(event)], wire: undefined, rest: undefined })
       return
     }
     this.queue.push(event)
-    this.queued++
   }
 
-  /** Resolves once every event queued before the call has been handed to its subscribers. */
+  /** Resolves once every event published before the call has been handed to its subscribers. */
   drained(): Promise<void> {
-    if (this.taken === this.queued) return Promise.resolve()
+    if (this.handed === this.queued) return Promise.resolve()
     return new Promise((resolve) => this.barriers.push({ at: this.queued, resolve }))
   }
 
   get backlog(): number {
-    return this.queued - this.taken
+    return this.queued - this.handed
   }
 
   private readonly drain = (): void => {
-    const end = performance.now() + SLICE_MS
-    const q = this.queue
+    this.deadline = performance.now() + SLICE_MS
     sliceSockets = []
     try {
-      this.slice(q, end)
+      this.slice()
     } finally {
       const corked = sliceSockets
       sliceSockets = null
       for (const socket of corked) socket.uncork()
     }
-    if (this.head === q.length) {
+    if (this.partial === undefined && this.head === this.queue.length) {
       this.queue = []
       this.head = 0
       this.scheduled = false
     } else {
       if (this.head > 4096) {
-        this.queue = q.slice(this.head)
+        this.queue = this.queue.slice(this.head)
         this.head = 0
       }
       setImmediate(this.drain)
@@ -102,41 +112,55 @@ export class Delivery {
     if (this.barriers.length > 0) this.release()
   }
 
-  private slice(q: BusEvent[], end: number): void {
+  private slice(): void {
+    if (this.partial !== undefined && !this.send(this.partial)) return
+    const q = this.queue
     while (this.head < q.length) {
       const first = q[this.head]!
-      const events = [first]
-      const frames = [encodeEvent(first)]
-      let bytes = frames[0]!.length
+      const run: Run = { events: [first], frames: [encodeEvent(first)], wire: undefined, rest: undefined }
+      let bytes = run.frames[0]!.length
       let i = this.head + 1
       while (i < q.length && bytes < RUN_BYTES && q[i]!.topic === first.topic) {
         const frame = encodeEvent(q[i]!)
-        events.push(q[i]!)
-        frames.push(frame)
+        run.events.push(q[i]!)
+        run.frames.push(frame)
         bytes += frame.length
         i++
       }
-      this.taken += i - this.head
       this.head = i
-      this.send(first.topic, events, frames)
-      if (performance.now() >= end) return
+      if (!this.send(run) || performance.now() >= this.deadline) return
     }
   }
 
-  private send(topic: string, events: BusEvent[], frames: Buffer[]): void {
-    const subs = this.subscribers(topic)
-    if (subs === undefined) return
-    let wire: Buffer | undefined
-    for (const sub of subs) {
-      if (sub.deliverBatch !== undefined) sub.deliverBatch(events, frames, (wire ??= wsTextFrames(frames)))
-      else for (let k = 0; k < events.length; k++) sub.deliver(events[k]!, frames[k]!)
+  /**
+   * Hand `run` to its subscribers until the slice's time is up; returns
+   * false (and keeps the rest as `partial`) if it could not finish. The rest
+   * go first next time, so every subscriber still sees events in order.
+   */
+  private send(run: Run): boolean {
+    const subs = run.rest ?? this.subscribers(run.events[0]!.topic)
+    const it = subs === undefined ? undefined : subs[Symbol.iterator]()
+    let n = 0
+    for (let next = it?.next(); next !== undefined && next.done !== true; next = it!.next()) {
+      // Check the clock every 32 sockets: one write can cost tens of µs.
+      if ((++n & 31) === 0 && performance.now() >= this.deadline) {
+        run.rest = [next.value, ...it!]
+        this.partial = run
+        return false
+      }
+      const sub = next.value
+      if (sub.deliverBatch !== undefined) sub.deliverBatch(run.events, run.frames, (run.wire ??= wsTextFrames(run.frames)))
+      else for (let k = 0; k < run.events.length; k++) sub.deliver(run.events[k]!, run.frames[k]!)
     }
+    this.partial = undefined
+    this.handed += run.events.length
+    return true
   }
 
   private release(): void {
-    const due = this.barriers.filter((b) => b.at <= this.taken)
+    const due = this.barriers.filter((b) => b.at <= this.handed)
     if (due.length === 0) return
-    this.barriers = this.barriers.filter((b) => b.at > this.taken)
+    this.barriers = this.barriers.filter((b) => b.at > this.handed)
     for (const b of due) b.resolve()
   }
 }
