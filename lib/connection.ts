@@ -7,7 +7,8 @@ import type { Duplex } from 'node:stream'
 import type WebSocket from 'ws'
 import debug from 'debug'
 import type { ResolvedOptions } from './options'
-import { CloseCode, encode, encodeEvent, parseClientFrame, type ErrorCode, type ServerFrame } from './protocol'
+import { CloseCode, encode, encodeEvent, parseClientFrame, wsTextFrames, type ErrorCode, type ServerFrame } from './protocol'
+import { holdForSlice } from './delivery'
 import type { Subscriber } from './hub'
 import type { BusEvent, User } from './types'
 
@@ -22,6 +23,8 @@ export interface Core {
   leave(sub: Subscriber, topic: string): void
   history(topic: string, since: string): Promise<BusEvent[] | null>
   latest(topic: string): Promise<string>
+  /** Resolves once every event published so far has been handed to its subscribers (delivery is paced). */
+  drained(): Promise<void>
 }
 
 export interface Counters {
@@ -34,22 +37,8 @@ export interface Counters {
   refusals: Record<string, number>
 }
 
-const TEXT = { binary: false } as const
-/** Flush a corked socket early once this much is queued, so a burst stays bounded. */
-const FLUSH_AT = 16 * 1024
-
-/**
- * Writes are coalesced per connection: the first send in an event-loop turn
- * corks the socket, one nextTick uncorks every corked socket, so a burst of
- * N events leaves as one writev instead of N syscalls, and a lone event is
- * delayed only to the end of the current tick.
- */
-let corked: Connection[] = []
-function uncorkAll(): void {
-  const list = corked
-  corked = []
-  for (const conn of list) conn.uncork()
-}
+/** Bytes a socket may hold corked within a delivery slice before they go out. */
+const FLUSH_AT = 64 * 1024
 
 export class Connection implements Subscriber {
   /** Active subscriptions. */
@@ -57,7 +46,6 @@ export class Connection implements Subscriber {
   /** Subscriptions being authorised or recovered; live events for them are held here. */
   private pending: Map<string, BusEvent[]> | undefined
   alive = true
-  private corked = false
   private closing = false
   private windowStart = 0
   private messages = 0
@@ -74,48 +62,50 @@ export class Connection implements Subscriber {
   deliver(event: BusEvent, frame: Buffer): void {
     const held = this.pending?.get(event.topic)
     if (held !== undefined) held.push(event)
-    else this.sendRaw(frame)
+    else this.write(wsTextFrames([frame]), 1)
+  }
+
+  /** Consecutive events of one topic; `wire` is their frames, built once for every subscriber. */
+  deliverBatch(events: readonly BusEvent[], _frames: readonly Buffer[], wire: Buffer): void {
+    const held = this.pending?.get(events[0]!.topic)
+    if (held !== undefined) held.push(...events)
+    else this.write(wire, events.length)
   }
 
   send(frame: ServerFrame): void {
-    this.sendRaw(Buffer.from(encode(frame)))
+    this.write(wsTextFrames([Buffer.from(encode(frame))]), 0)
   }
 
-  private sendRaw(data: Buffer): boolean {
+  /**
+   * Write complete frames (`events` of them are events) straight to the
+   * socket rather than through `ws.send`: they were framed once for every
+   * subscriber, and several go out in one write. This is safe because with
+   * perMessageDeflate off `ws`'s Sender never queues: it writes pings and
+   * close frames synchronously too, so whole frames interleave in call order.
+   */
+  private write(wire: Buffer, events: number): boolean {
     if (this.closing || this.ws.readyState !== 1 /* OPEN */) {
-      this.core.counters.drops++
+      this.core.counters.drops += events
       return false
     }
     if (this.ws.bufferedAmount > this.core.opts.maxBufferedBytes) {
       // A slow consumer is closed, not allowed to grow memory; it reconnects
       // and recovers from history (1013 = try again later).
       this.core.counters.slowConsumersClosed++
-      this.core.counters.drops++
+      this.core.counters.drops += events
       log('closing slow consumer: %d bytes queued', this.ws.bufferedAmount)
       this.close(CloseCode.TRY_AGAIN_LATER, 'slow consumer')
       return false
     }
-    if (!this.corked) {
-      this.corked = true
-      this.socket.cork()
-      if (corked.push(this) === 1) process.nextTick(uncorkAll)
-    }
-    this.ws.send(data, TEXT)
-    this.core.counters.eventsDelivered++
-    if (this.socket.writableLength >= FLUSH_AT) this.uncork()
+    holdForSlice(this.socket, Math.min(FLUSH_AT, this.core.opts.maxBufferedBytes / 4))
+    this.socket.write(wire)
+    this.core.counters.eventsDelivered += events
     return true
-  }
-
-  uncork(): void {
-    if (!this.corked) return
-    this.corked = false
-    this.socket.uncork()
   }
 
   close(code: number, reason: string): void {
     if (this.closing) return
     this.closing = true
-    this.uncork()
     this.ws.close(code, reason)
     // The close handshake waits behind whatever is queued; don't let a stuck
     // peer hold the socket (and its buffer) for ws's 30 s close timeout.
@@ -182,7 +172,7 @@ export class Connection implements Subscriber {
     } catch (err) {
       log('authorize(%s) threw: %O', topic, err)
     }
-    if (this.pending.get(topic) !== held) return // unsubscribed meanwhile
+    if (this.pending?.get(topic) !== held) return // unsubscribed meanwhile
     if (!allowed || this.closing) {
       this.pending.delete(topic)
       if (!allowed) this.send({ op: 'error', code: 'forbidden', message: 'not allowed to subscribe to this topic', topic })
@@ -194,22 +184,29 @@ export class Connection implements Subscriber {
     this.core.join(this, topic)
     let replay: BusEvent[] | null = since === undefined ? [] : await this.core.history(topic, since)
     const cursor = since === undefined || replay === null ? await this.core.latest(topic) : undefined
-    if (this.pending.get(topic) !== held) return
+    // Events published before the history read may still be queued for
+    // delivery: let them reach `held` first, where they are deduplicated.
+    await this.core.drained()
+    if (this.pending?.get(topic) !== held) return
     this.pending.delete(topic)
+    if (this.pending.size === 0) this.pending = undefined // an idle connection keeps no empty map
+    const out: ServerFrame[] = []
     if (replay === null) {
       // History no longer reaches back to `since`: the UI must refetch.
-      this.send({ op: 'resync', topic })
-      this.send({ op: 'subscribed', topic, cursor, recovered: false })
+      out.push({ op: 'resync', topic }, { op: 'subscribed', topic, cursor, recovered: false })
       replay = []
     } else {
-      this.send(since === undefined ? { op: 'subscribed', topic, cursor } : { op: 'subscribed', topic, recovered: true })
+      out.push(since === undefined ? { op: 'subscribed', topic, cursor } : { op: 'subscribed', topic, recovered: true })
     }
+    const frames: Buffer[] = out.map((f) => Buffer.from(encode(f)))
     const sent = new Set<string>()
     for (const event of replay) {
       sent.add(event.id)
-      this.sendRaw(encodeEvent(event))
+      frames.push(encodeEvent(event))
     }
-    for (const event of held) if (!sent.has(event.id)) this.sendRaw(encodeEvent(event))
+    for (const event of held) if (!sent.has(event.id)) frames.push(encodeEvent(event))
+    // One write for the acknowledgement and everything recovered.
+    this.write(wsTextFrames(frames), frames.length - out.length)
   }
 
   unsubscribe(topic: string): void {

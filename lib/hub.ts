@@ -8,6 +8,12 @@ import type { BusEvent } from './types'
 export interface Subscriber {
   /** `frame` is the WebSocket frame of `event`, encoded once for every subscriber. */
   deliver(event: BusEvent, frame: Buffer): void
+  /**
+   * Optional fast path for consecutive events of one topic: `wire` is
+   * `frames` as complete WebSocket frames in one buffer, shared by every
+   * subscriber. Without it, `deliver` is called per event.
+   */
+  deliverBatch?(events: readonly BusEvent[], frames: readonly Buffer[], wire: Buffer): void
 }
 
 export class Hub {

@@ -90,6 +90,35 @@ export function encodeEvent(event: BusEvent): Buffer {
   )
 }
 
+/**
+ * Complete, unmasked WebSocket text frames (RFC 6455 §5.2) for `payloads`,
+ * back to back in one buffer: the connection writes them to its socket in
+ * one call. Still one frame per event; only the TCP write is shared.
+ */
+export function wsTextFrames(payloads: readonly Buffer[]): Buffer {
+  let size = 0
+  for (const p of payloads) size += p.length + (p.length < 126 ? 2 : p.length < 65536 ? 4 : 10)
+  const out = Buffer.allocUnsafe(size)
+  let at = 0
+  for (const p of payloads) {
+    out[at] = 0x81 // FIN + text
+    if (p.length < 126) {
+      out[at + 1] = p.length
+      at += 2
+    } else if (p.length < 65536) {
+      out[at + 1] = 126
+      out.writeUInt16BE(p.length, at + 2)
+      at += 4
+    } else {
+      out[at + 1] = 127
+      out.writeBigUInt64BE(BigInt(p.length), at + 2)
+      at += 10
+    }
+    at += p.copy(out, at)
+  }
+  return out
+}
+
 /** Close codes the server uses (RFC 6455 §7.4.1 plus our 4xxx). */
 export const CloseCode = {
   /** Server shutting down (`close()`): reconnect, maybe to another node. */

@@ -9,6 +9,7 @@ import debug from 'debug'
 import { WebSocketServer, type WebSocket } from 'ws'
 import { MemoryBus } from './bus/memory'
 import { Connection, type Core, type Counters } from './connection'
+import { Delivery } from './delivery'
 import { checkUpgrade, writeRefusal, type Refusal } from './handshake'
 import { Hub } from './hub'
 import { Diagnostics } from './diagnostics'
@@ -16,7 +17,7 @@ import { SseStreams } from './sse'
 import { serveClient } from './client-asset'
 import { isOurs, pathnameOf, route, type Reply, type RouteState } from './http-routes'
 import { resolveOptions, type ResolvedOptions } from './options'
-import { CloseCode, encodeEvent, validTopic } from './protocol'
+import { CloseCode, validTopic } from './protocol'
 import {
   PROTOCOL,
   type AttachableServer,
@@ -54,6 +55,7 @@ export class Realtime<Ctx = IncomingMessage> {
   private readonly viaApp: boolean
   private readonly wss: WebSocketServer
   private readonly hub = new Hub()
+  private readonly delivery = new Delivery((topic) => this.hub.subscribers(topic))
   /** Open WebSocket connections. */
   private readonly connections = new Set<Connection>()
   private readonly bus: Bus
@@ -100,6 +102,7 @@ export class Realtime<Ctx = IncomingMessage> {
       },
       history: (topic, since) => this.bus.history(topic, since),
       latest: (topic) => this.bus.latest(topic),
+      drained: () => this.delivery.drained(),
     }
     this.routeState = {
       path: this.opts.path,
@@ -390,10 +393,8 @@ export class Realtime<Ctx = IncomingMessage> {
   }
 
   private fanOut(event: BusEvent): void {
-    const subs = this.hub.subscribers(event.topic)
-    if (subs === undefined) return
-    const frame = encodeEvent(event)
-    for (const conn of subs) conn.deliver(event, frame)
+    // Paced: a burst must not block the event loop (see delivery.ts).
+    if (this.hub.subscribers(event.topic) !== undefined) this.delivery.push(event)
   }
 
   /** Heartbeat: one timer for all sockets; a peer that missed the last ping is terminated. */

@@ -1,0 +1,99 @@
+/** Medians, spreads and ratios of the bench runs, and the printed table. */
+import type { ConnectionsRun, FanoutRun, LongBurstRun } from './cases'
+import type { System } from './systems'
+
+export interface Spread { median: number; min: number; max: number }
+
+interface Metric {
+  key: string
+  label: string
+  /** Which way is better, for the reader of the ratio. */
+  better: 'higher' | 'lower'
+  digits: number
+  pick: (f: FanoutRun, c: ConnectionsRun) => number
+}
+
+export const METRICS: Metric[] = [
+  { key: 'burstRate', label: 'burst fan-out, deliveries/s', better: 'higher', digits: 0, pick: (f) => f.burstRate },
+  { key: 'burstCpuUs', label: 'burst: server CPU µs/delivery', better: 'lower', digits: 2, pick: (f) => f.burstCpuUsPerDelivery },
+  { key: 'burstServerLoad', label: 'burst: server CPU load (1 = core)', better: 'lower', digits: 2, pick: (f) => f.burstServerLoad },
+  { key: 'burstClientLoad', label: 'burst: client CPU load (1 = core)', better: 'lower', digits: 2, pick: (f) => f.burstClientLoad },
+  { key: 'loneRate', label: 'lone publish, deliveries/s', better: 'higher', digits: 0, pick: (f) => f.loneRate },
+  { key: 'firstP50', label: 'publish→first client p50, ms', better: 'lower', digits: 3, pick: (f) => f.latencyFirstP50 },
+  { key: 'lastP50', label: 'publish→last client p50, ms', better: 'lower', digits: 2, pick: (f) => f.latencyLastP50 },
+  { key: 'lastP99', label: 'publish→last client p99, ms', better: 'lower', digits: 2, pick: (f) => f.latencyLastP99 },
+  { key: 'selectiveUs', label: 'selective burst: CPU µs/publish, 1 topic of 100', better: 'lower', digits: 1, pick: (f) => f.selectiveCpuUsPerPublish },
+  { key: 'allUs', label: 'burst: CPU µs/publish, all clients', better: 'lower', digits: 1, pick: (f) => f.allCpuUsPerPublish },
+  { key: 'selectivity', label: 'selective ÷ all-clients burst, CPU per publish', better: 'lower', digits: 3, pick: (f) => f.selectiveCpuUsPerPublish / f.allCpuUsPerPublish },
+  { key: 'connRate', label: 'connections opened/s', better: 'higher', digits: 0, pick: (_f, c) => c.perSecond },
+  { key: 'rssPerConn', label: 'RSS per connection, KB', better: 'lower', digits: 1, pick: (_f, c) => c.rssPerConn / 1024 },
+  { key: 'heapPerConn', label: 'heap per connection, KB', better: 'lower', digits: 1, pick: (_f, c) => c.heapPerConn / 1024 },
+  { key: 'connErrors', label: 'connection errors', better: 'lower', digits: 0, pick: (_f, c) => c.errors },
+]
+
+export type Summary = Record<string, Partial<Record<System, Spread>>>
+
+export function spread(values: number[]): Spread {
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = sorted.length >> 1
+  const median = sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2
+  return { median, min: sorted[0]!, max: sorted[sorted.length - 1]! }
+}
+
+export function summarise(fan: Record<string, FanoutRun[]>, conns: Record<string, ConnectionsRun[]>, systems: System[]): Summary {
+  const out: Summary = {}
+  for (const m of METRICS) {
+    const row: Partial<Record<System, Spread>> = {}
+    for (const s of systems) {
+      const f = fan[s] ?? []
+      const c = conns[s] ?? []
+      row[s] = spread(f.map((run, i) => m.pick(run, c[i]!)))
+    }
+    out[m.key] = row
+  }
+  return out
+}
+
+function fmt(v: number, digits: number): string {
+  if (!Number.isFinite(v)) return 'n/a'
+  return digits === 0 ? Math.round(v).toLocaleString('en-US') : v.toFixed(digits)
+}
+
+function cell(s: Spread | undefined, digits: number, runs: boolean): string {
+  if (s === undefined) return ''
+  const med = fmt(s.median, digits)
+  return runs && s.min !== s.max ? `${med} (${fmt(s.min, digits)}–${fmt(s.max, digits)})` : med
+}
+
+/** Markdown table: one row per metric, one column per system, then cms-realtime ÷ each baseline. */
+export function table(summary: Summary, systems: System[]): string {
+  const others = systems.filter((s) => s !== 'cms-realtime')
+  const ours = systems.includes('cms-realtime')
+  const head = ['metric (median, min–max)', ...systems, ...(ours ? others.map((o) => `÷ ${o}`) : [])]
+  const rows = [head, head.map(() => '---')]
+  for (const m of METRICS) {
+    const row = summary[m.key] ?? {}
+    const ratios = ours
+      ? others.map((o) => {
+          const a = row['cms-realtime']?.median ?? NaN
+          const b = row[o]?.median ?? NaN
+          return b === 0 ? (a === 0 ? '=' : 'n/a') : `${(a / b).toFixed(2)}×`
+        })
+      : []
+    rows.push([`${m.label} (${m.better} is better)`, ...systems.map((s) => cell(row[s], m.digits, true)), ...ratios])
+  }
+  return rows.map((r) => `| ${r.join(' | ')} |`).join('\n')
+}
+
+export function longBurstLine(l: LongBurstRun): string {
+  return (
+    `${l.events.toLocaleString('en-US')}-event burst: ${l.ok ? 'complete' : `INCOMPLETE (${l.received} events)`}, ` +
+    `${fmt(l.rate, 0)} deliveries/s, publish loop ${l.loopMs.toFixed(1)} ms (first event ${l.firstMs.toFixed(1)} ms; building + JSON.stringify of the data alone ${l.appMs.toFixed(1)} ms), event-loop delay max ${l.eldMaxMs.toFixed(1)} ms, ` +
+    `${l.cpuUsPerDelivery.toFixed(2)} µs CPU/delivery, slow consumers closed ${l.slowConsumersClosed}`
+  )
+}
+
+export function printTable(summary: Summary, systems: System[], long: LongBurstRun | null): void {
+  console.log('\n' + table(summary, systems))
+  if (long !== null) console.log('\ncms-realtime ' + longBurstLine(long))
+}

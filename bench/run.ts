@@ -1,0 +1,93 @@
+/**
+ * `npm run bench`: cms-realtime side by side with raw `ws` and Socket.IO.
+ * Every server runs in its own process, the clients in another, all on
+ * 127.0.0.1; each case runs `--runs` times and the table shows medians with
+ * the min–max spread and cms-realtime's ratio to each baseline.
+ *
+ * Flags: --smoke (a few hundred clients, seconds), --runs N, --clients N,
+ * --connections N, --systems a,b, --out FILE, --cpu-prof (profiles each
+ * server into bench/results/prof).
+ */
+import { mkdirSync, writeFileSync } from 'node:fs'
+import { cpus, loadavg, totalmem, release } from 'node:os'
+import { join } from 'node:path'
+import { connections, fanout, longBurst, type Config, type ConnectionsRun, type FanoutRun, type LongBurstRun } from './cases'
+import { printTable, summarise } from './report'
+import { SYSTEMS, type System } from './systems'
+
+function flag(name: string): string | undefined {
+  const i = process.argv.indexOf(`--${name}`)
+  return i < 0 ? undefined : (process.argv[i + 1] ?? '')
+}
+const has = (name: string): boolean => process.argv.includes(`--${name}`)
+const num = (name: string, dflt: number): number => {
+  const v = flag(name)
+  if (v === undefined) return dflt
+  const n = Number(v)
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name} must be a positive number`)
+  return n
+}
+
+const smoke = has('smoke')
+const resultsDir = join(__dirname, 'results')
+const systems = (flag('systems')?.split(',') ?? [...SYSTEMS]) as System[]
+for (const s of systems) if (!SYSTEMS.includes(s)) throw new Error(`unknown system ${s}; known: ${SYSTEMS.join(', ')}`)
+
+const cfg: Config = {
+  clients: num('clients', smoke ? 200 : 1000),
+  topics: num('topics', smoke ? 20 : 100),
+  events: num('events', smoke ? 20 : 200),
+  publishes: num('publishes', smoke ? 20 : 200),
+  selective: num('selective', smoke ? 100 : 2000),
+  connections: num('connections', smoke ? 300 : 10_000),
+  longBurst: num('long-burst', smoke ? 200 : 10_000),
+  runs: num('runs', smoke ? 1 : 3),
+  systems,
+  serverFlags: has('cpu-prof') ? ['--cpu-prof', `--cpu-prof-dir=${join(resultsDir, 'prof')}`] : [],
+}
+
+async function main(): Promise<void> {
+  const t0 = Date.now()
+  // Other work on a shared machine skews absolute figures; record how busy it was.
+  const loadBefore = loadavg()[0]
+  const fan: Record<string, FanoutRun[]> = {}
+  const conns: Record<string, ConnectionsRun[]> = {}
+  let long: LongBurstRun | null = null
+  console.log(`cms-realtime bench: ${cfg.clients} clients, ${cfg.runs} run(s), systems ${systems.join(', ')}`)
+  // Systems interleave within each run, so drift on a shared machine spreads over all of them.
+  for (let run = 1; run <= cfg.runs; run++) {
+    for (const system of systems) {
+      process.stdout.write(`run ${run}/${cfg.runs} ${system}: fan-out`)
+      ;(fan[system] ??= []).push(await fanout(system, cfg))
+      process.stdout.write(', connections')
+      ;(conns[system] ??= []).push(await connections(system, cfg))
+      process.stdout.write('\n')
+    }
+  }
+  if (systems.includes('cms-realtime') && !has('no-long-burst')) {
+    // Only cms-realtime: the baselines have no pacing, so a 10k-event loop
+    // blocks them for seconds and buffers gigabytes; there is nothing to compare.
+    process.stdout.write(`cms-realtime: ${cfg.longBurst}-event burst to ${cfg.clients} clients\n`)
+    long = await longBurst('cms-realtime', cfg)
+  }
+  const summary = summarise(fan, conns, systems)
+  printTable(summary, systems, long)
+  const machine = {
+    cpus: cpus().length,
+    cpu: cpus()[0]?.model ?? 'unknown',
+    memoryGiB: Math.round(totalmem() / 2 ** 30),
+    node: process.version,
+    kernel: release(),
+    loadAverage1m: { before: loadBefore, after: loadavg()[0] },
+  }
+  const out = flag('out') ?? join(resultsDir, `bench-${new Date().toISOString().replace(/[:.]/g, '-')}.json`)
+  mkdirSync(join(out, '..'), { recursive: true })
+  const json = { date: new Date().toISOString(), seconds: (Date.now() - t0) / 1000, machine, config: cfg, summary, longBurst: long, runs: { fanout: fan, connections: conns } }
+  writeFileSync(out, JSON.stringify(json, null, 2))
+  console.log(`\n${json.seconds.toFixed(0)} s on ${machine.cpus} × ${machine.cpu}, Node ${machine.node}; JSON: ${out}`)
+}
+
+main().catch((err: unknown) => {
+  console.error(err)
+  process.exit(1)
+})

@@ -1,0 +1,166 @@
+/**
+ * Paced fan-out. A lone event goes to every subscriber at once, one write per
+ * socket. Events published while the server is already busy delivering (a
+ * bulk import publishing thousands in a loop) queue up, and are sent from
+ * setImmediate slices of at most SLICE_MS each, so the event loop keeps
+ * serving requests and sockets keep draining between slices; runs of
+ * consecutive events of one topic are framed once and written to each
+ * socket as one buffer (N frames, one syscall) instead of N writes.
+ *
+ * Order: the queue is FIFO and a run never spans topics, so every
+ * subscriber sees each topic's events in publish order.
+ */
+import type { Duplex } from 'node:stream'
+import { wsTextFrames, encodeEvent } from './protocol'
+import type { Subscriber } from './hub'
+import type { BusEvent } from './types'
+
+/** Longest a delivery slice may hold the event loop. */
+const SLICE_MS = 8
+/** Payload bytes framed into one write: a run stops growing here. */
+const RUN_BYTES = 32 * 1024
+
+/** Sockets corked during the current drain slice; `null` outside a slice. */
+let sliceSockets: Duplex[] | null = null
+
+/**
+ * Inside a drain slice, hold `socket`'s writes until the slice ends, so a
+ * client subscribed to several busy topics gets one write per slice rather
+ * than one per run. Outside a slice (a lone event) writes go out at once.
+ * Once `flushAt` bytes are held they go out early: corked bytes count as
+ * buffered, and must not make a healthy client look like a slow consumer.
+ */
+export function holdForSlice(socket: Duplex, flushAt: number): void {
+  if (sliceSockets === null) return
+  if (socket.writableCorked === 0) {
+    socket.cork()
+    sliceSockets.push(socket)
+  } else if (socket.writableLength >= flushAt) {
+    socket.uncork()
+    socket.cork()
+  }
+}
+
+/** Events of one topic on their way out; `rest` is set when a slice ran out of time mid-way. */
+interface Run {
+  events: BusEvent[]
+  frames: Buffer[]
+  wire: Buffer | undefined
+  rest: Subscriber[] | undefined
+}
+
+export class Delivery {
+  private queue: BusEvent[] = []
+  private head = 0
+  /** A drain is scheduled: new events must queue behind it. */
+  private scheduled = false
+  /** A run whose remaining subscribers are served first in the next slice. */
+  private partial: Run | undefined
+  private deadline = 0
+  /** Events ever queued / fully handed out; barriers compare the two. */
+  private queued = 0
+  private handed = 0
+  private barriers: Array<{ at: number; resolve: () => void }> = []
+
+  constructor(private readonly subscribers: (topic: string) => ReadonlySet<Subscriber> | undefined) {}
+
+  push(event: BusEvent): void {
+    this.queued++
+    if (!this.scheduled) {
+      // Idle: deliver now (no added latency), and let anything else
+      // published in this same turn queue up and go out batched.
+      this.scheduled = true
+      setImmediate(this.drain)
+      this.deadline = performance.now() + SLICE_MS
+      this.send({ events: [event], frames: [encodeEvent(event)], wire: undefined, rest: undefined })
+      return
+    }
+    this.queue.push(event)
+  }
+
+  /** Resolves once every event published before the call has been handed to its subscribers. */
+  drained(): Promise<void> {
+    if (this.handed === this.queued) return Promise.resolve()
+    return new Promise((resolve) => this.barriers.push({ at: this.queued, resolve }))
+  }
+
+  get backlog(): number {
+    return this.queued - this.handed
+  }
+
+  private readonly drain = (): void => {
+    this.deadline = performance.now() + SLICE_MS
+    sliceSockets = []
+    try {
+      this.slice()
+    } finally {
+      const corked = sliceSockets
+      sliceSockets = null
+      for (const socket of corked) socket.uncork()
+    }
+    if (this.partial === undefined && this.head === this.queue.length) {
+      this.queue = []
+      this.head = 0
+      this.scheduled = false
+    } else {
+      if (this.head > 4096) {
+        this.queue = this.queue.slice(this.head)
+        this.head = 0
+      }
+      setImmediate(this.drain)
+    }
+    if (this.barriers.length > 0) this.release()
+  }
+
+  private slice(): void {
+    if (this.partial !== undefined && !this.send(this.partial)) return
+    const q = this.queue
+    while (this.head < q.length) {
+      const first = q[this.head]!
+      const run: Run = { events: [first], frames: [encodeEvent(first)], wire: undefined, rest: undefined }
+      let bytes = run.frames[0]!.length
+      let i = this.head + 1
+      while (i < q.length && bytes < RUN_BYTES && q[i]!.topic === first.topic) {
+        const frame = encodeEvent(q[i]!)
+        run.events.push(q[i]!)
+        run.frames.push(frame)
+        bytes += frame.length
+        i++
+      }
+      this.head = i
+      if (!this.send(run) || performance.now() >= this.deadline) return
+    }
+  }
+
+  /**
+   * Hand `run` to its subscribers until the slice's time is up; returns
+   * false (and keeps the rest as `partial`) if it could not finish. The rest
+   * go first next time, so every subscriber still sees events in order.
+   */
+  private send(run: Run): boolean {
+    const subs = run.rest ?? this.subscribers(run.events[0]!.topic)
+    const it = subs === undefined ? undefined : subs[Symbol.iterator]()
+    let n = 0
+    for (let next = it?.next(); next !== undefined && next.done !== true; next = it!.next()) {
+      // Check the clock every 32 sockets: one write can cost tens of µs.
+      if ((++n & 31) === 0 && performance.now() >= this.deadline) {
+        run.rest = [next.value, ...it!]
+        this.partial = run
+        return false
+      }
+      const sub = next.value
+      if (sub.deliverBatch !== undefined) sub.deliverBatch(run.events, run.frames, (run.wire ??= wsTextFrames(run.frames)))
+      else for (let k = 0; k < run.events.length; k++) sub.deliver(run.events[k]!, run.frames[k]!)
+    }
+    this.partial = undefined
+    this.handed += run.events.length
+    return true
+  }
+
+  private release(): void {
+    const due = this.barriers.filter((b) => b.at <= this.handed)
+    if (due.length === 0) return
+    this.barriers = this.barriers.filter((b) => b.at > this.handed)
+    for (const b of due) b.resolve()
+  }
+}

@@ -1,0 +1,46 @@
+/**
+ * The bench must not rot: run it small (a few hundred clients, seconds) and
+ * check it produced its table and JSON for every system. A check that it
+ * runs, not a timed assertion: figures are never compared here.
+ */
+import { spawn } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+const SYSTEMS = ['cms-realtime', 'ws', 'socket.io']
+
+test('npm run bench:smoke runs every case against every system and writes the table and JSON', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'cms-realtime-bench-'))
+  const out = join(dir, 'smoke.json')
+  try {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'bench/run.ts', '--smoke', '--out', out], {
+      cwd: join(__dirname, '..'),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (c: Buffer) => { stdout += c.toString() })
+    child.stderr.on('data', (c: Buffer) => { stderr += c.toString() })
+    const timer = setTimeout(() => child.kill('SIGKILL'), 110_000)
+    const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)))
+    clearTimeout(timer)
+    expect({ code, stderr: code === 0 ? '' : stderr }).toEqual({ code: 0, stderr: '' })
+
+    expect(stdout).toContain('| metric (median, min–max) | cms-realtime | ws | socket.io | ÷ ws | ÷ socket.io |')
+    expect(stdout).toMatch(/-event burst: complete/)
+    const json = JSON.parse(readFileSync(out, 'utf8')) as {
+      summary: Record<string, Record<string, { median: number }>>
+      longBurst: { ok: boolean; received: number; events: number }
+    }
+    for (const system of SYSTEMS) {
+      expect(json.summary.burstRate?.[system]?.median).toBeGreaterThan(0)
+      expect(json.summary.lastP50?.[system]?.median).toBeGreaterThan(0)
+      expect(json.summary.rssPerConn?.[system]).toBeDefined()
+      expect(json.summary.connErrors?.[system]?.median).toBe(0)
+    }
+    expect(json.longBurst.ok).toBe(true)
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+}, 120_000)
