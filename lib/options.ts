@@ -22,6 +22,7 @@ export const DEFAULTS = {
   unclaimedUpgradeTimeoutMs: 10_000,
   handshakeTimeoutMs: 10_000,
   fallback: 'sse',
+  fallbackWhenDisabled: false,
 } as const
 
 export interface ResolvedOptions<Ctx> {
@@ -42,6 +43,7 @@ export interface ResolvedOptions<Ctx> {
   handshakeTimeoutMs: number
   bus: Bus | undefined
   fallback: 'sse' | 'none'
+  fallbackWhenDisabled: boolean
 }
 
 const KNOWN = new Set([
@@ -75,6 +77,9 @@ export function resolveOptions<Ctx>(
       throw new TypeError(`cms-realtime: option "${key}" must be a positive number (got ${String(v)})`)
     }
   }
+  if (typeof o.fallbackWhenDisabled !== 'boolean') {
+    throw new TypeError('cms-realtime: option "fallbackWhenDisabled" must be a boolean')
+  }
   if (o.fallback !== 'sse' && o.fallback !== 'none') {
     throw new TypeError(`cms-realtime: option "fallback" must be "sse" or "none" (got ${JSON.stringify(o.fallback)})`)
   }
@@ -102,6 +107,7 @@ export function resolveOptions<Ctx>(
     handshakeTimeoutMs: o.handshakeTimeoutMs,
     bus: o.bus,
     fallback: o.fallback,
+    fallbackWhenDisabled: o.fallbackWhenDisabled,
   }
 }
 

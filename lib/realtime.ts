@@ -110,7 +110,9 @@ export class Realtime<Ctx = IncomingMessage> {
       get webSocketEnabled() {
         return self.enabled
       },
-      fallback: this.opts.fallback,
+      get fallback() {
+        return self.fallbackOffered() ? 'sse' : 'none'
+      },
       sawPlainGet: (req) => this.diagnostics.stripped(req),
       refuse: (reason) => this.refused(reason),
     }
@@ -131,7 +133,11 @@ export class Realtime<Ctx = IncomingMessage> {
     if (value === this.enabled) return
     this.enabled = value
     log('WebSocket channel %s', value ? 'enabled' : 'disabled')
-    if (!value) for (const conn of this.connections) conn.close(CloseCode.DISABLED, 'disabled by server')
+    if (value) return
+    for (const conn of this.connections) conn.close(CloseCode.DISABLED, 'disabled by server')
+    // Fallback streams end too unless they outlive the switch; their clients
+    // re-read config and settle in manual-refresh.
+    if (!this.opts.fallbackWhenDisabled) this.sse.closeAll()
   }
 
   /** Listen to `server`'s `upgrade` event (idempotent). Upgrades for other paths are left to their own listeners. */
@@ -417,6 +423,11 @@ export class Realtime<Ctx = IncomingMessage> {
   private async serveFallback(req: IncomingMessage, res: ServerResponse, ctx: Ctx, url: string | undefined): Promise<boolean> {
     const pathname = pathnameOf(url)
     if (pathname === `${this.opts.path}/events` && this.opts.fallback === 'sse' && !this.closed) {
+      if (!this.fallbackOffered()) {
+        res.writeHead(503, { 'Content-Type': 'application/json; charset=utf-8', 'Cache-Control': 'no-store' })
+        res.end(JSON.stringify({ error: 'disabled', reason: 'no fallback transport is offered now; see GET <path>/config' }))
+        return true
+      }
       await this.sse.handle(req, res, ctx, url ?? '/')
       return true
     }
@@ -429,6 +440,11 @@ export class Realtime<Ctx = IncomingMessage> {
       return true
     }
     return false
+  }
+
+  /** Is the SSE fallback on offer right now? Not when the channel is off, unless `fallbackWhenDisabled`. */
+  private fallbackOffered(): boolean {
+    return this.opts.fallback === 'sse' && (this.enabled || this.opts.fallbackWhenDisabled)
   }
 
   /** `authenticate` for a fallback request: the same rule as the handshake's. */

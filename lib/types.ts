@@ -101,11 +101,17 @@ export interface RealtimeOptions<Ctx = IncomingMessage> {
   bus?: Bus
   /**
    * Transport offered to browsers whose WebSocket fails (a proxy strips the
-   * upgrade) or when `webSocketEnabled` is false: `'sse'` serves Server-Sent
-   * Events at `<path>/events`; `'none'` offers nothing, so a disabled
-   * channel means manual refresh. Default `'sse'`.
+   * upgrade): `'sse'` serves Server-Sent Events at `<path>/events`; `'none'`
+   * offers nothing. Default `'sse'`.
    */
   fallback?: 'sse' | 'none'
+  /**
+   * Keep the fallback transport when `webSocketEnabled` is false. Default
+   * `false`: switching the channel off means manual refresh, as with
+   * Optimizely's `UIOptions.WebSocketEnabled`; an operator who disables
+   * WebSockets only because a proxy cannot carry them sets this to `true`.
+   */
+  fallbackWhenDisabled?: boolean
 }
 
 /**

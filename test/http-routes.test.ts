@@ -10,13 +10,38 @@ describe('GET <path>/config', () => {
     f = await fixture({ heartbeatMs: 5000 })
     const res = await request(f.srv.server).get('/realtime/config').expect(200)
     expect(res.headers['cache-control']).toBe('no-store')
-    expect(res.body).toEqual({ webSocketEnabled: true, url: '/realtime', protocol: 'cms-realtime.v1', heartbeatMs: 5000, fallback: null })
+    expect(res.body).toEqual({
+      webSocketEnabled: true, url: '/realtime', protocol: 'cms-realtime.v1', heartbeatMs: 5000,
+      fallback: { transport: 'sse', url: '/realtime/events' },
+    })
   })
 
   test('says manual-refresh when the channel is off', async () => {
     f = await fixture({ webSocketEnabled: false })
     const res = await request(f.srv.server).get('/realtime/config').expect(200)
     expect(res.body).toEqual({ webSocketEnabled: false, mode: 'manual-refresh', protocol: 'cms-realtime.v1', fallback: null })
+  })
+
+  test('with fallbackWhenDisabled the off channel still offers SSE; fallback "none" offers nothing', async () => {
+    f = await fixture({ webSocketEnabled: false, fallbackWhenDisabled: true })
+    expect((await request(f.srv.server).get('/realtime/config')).body)
+      .toMatchObject({ webSocketEnabled: false, mode: 'fallback', fallback: { transport: 'sse', url: '/realtime/events' } })
+    await f.close()
+    f = await fixture({ fallback: 'none' })
+    expect((await request(f.srv.server).get('/realtime/config')).body).toMatchObject({ webSocketEnabled: true, fallback: null })
+  })
+
+  test('the SSE endpoint of a switched-off channel answers 503, and open streams end', async () => {
+    f = await fixture()
+    const ac = new AbortController()
+    const stream = await fetch(`${f.srv.base}/realtime/events?topics=projects`, { signal: ac.signal })
+    expect(stream.status).toBe(200)
+    expect(f.rt.stats().fallbackStreams).toBe(1)
+    f.rt.webSocketEnabled = false
+    const body = await stream.text() // resolves only when the server ends the stream
+    expect(typeof body).toBe('string')
+    expect(f.rt.stats().fallbackStreams).toBe(0)
+    await request(f.srv.server).get('/realtime/events?topics=projects').expect(503)
   })
 
   test('url is the configured absolute path, mount prefix included', async () => {

@@ -104,8 +104,8 @@ test('switched off at run time with fallback "none", it re-reads config and goes
   expect(a.hits.get('/realtime/config')).toBe(configReads)
 })
 
-test('switched off at run time with the SSE fallback, it moves to the stream and keeps every event', async () => {
-  const a = await app()
+test('switched off at run time with fallbackWhenDisabled, it moves to the stream and keeps every event', async () => {
+  const a = await app({ fallbackWhenDisabled: true })
   const c = client(a.srv.base)
   cleanup.add(() => c.close())
   const got = collect(c, 'projects')
@@ -118,6 +118,20 @@ test('switched off at run time with the SSE fallback, it moves to the stream and
   await a.rt.publish('projects', 'e', { n: 2 })
   await waitFor(() => got.length === 3, 'three events')
   expect(got.map((e) => (e.data as { n: number }).n)).toEqual([0, 1, 2])
+})
+
+test('switched off at run time with the defaults, it settles in manual-refresh and stops connecting', async () => {
+  const a = await app()
+  const c = client(a.srv.base)
+  cleanup.add(() => c.close())
+  c.subscribe('projects', () => {})
+  await waitFor(() => c.state === 'live' && a.rt.stats().subscriptions === 1, 'live')
+  a.rt.webSocketEnabled = false
+  await waitFor(() => c.state === 'manual-refresh', 'manual-refresh')
+  const upgrades = a.upgrades
+  await sleep(300)
+  expect(a.upgrades).toBe(upgrades)
+  expect(a.rt.stats()).toMatchObject({ connections: 0, fallbackStreams: 0 })
 })
 
 test('disabled from the start with fallback "none": manual-refresh, and no socket is ever opened', async () => {

@@ -30,8 +30,8 @@ test("SSE authenticates with the app's ctx: a user reads their own notifications
   expect(await other.json()).toMatchObject({ error: 'forbidden' })
 })
 
-test('the client on the demo CMS, WebSocket disabled: it streams over SSE and gets the API writes', async () => {
-  const { rt, srv } = await demo({ webSocketEnabled: false })
+test('the client on the demo CMS, WebSocket disabled with fallbackWhenDisabled: it streams over SSE and gets the API writes', async () => {
+  const { rt, srv } = await demo({ webSocketEnabled: false, fallbackWhenDisabled: true })
   const c = client(srv.base)
   cleanup.add(() => c.close())
   const got = collect(c, 'project:1')
