@@ -12,6 +12,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Duplex } from 'node:stream'
+import { sendJson } from './http-routes'
 import { DIAGNOSIS_CAUSES, NONCE, type DiagnosisCause, type HandshakeSeen } from './client/wire'
 
 export interface DiagnosticsOptions {
@@ -92,26 +93,26 @@ export class Diagnostics {
     const method = req.method ?? 'GET'
     if (method === 'GET' || method === 'HEAD') {
       const nonce = new URL(url, 'http://x').searchParams.get('nonce')
-      if (nonce === null || !NONCE.test(nonce)) return send(res, 400, { error: 'bad_nonce', reason: 'nonce must be 16-64 characters of A-Z a-z 0-9 _ -' })
-      return send(res, 200, this.lookup(nonce))
+      if (nonce === null || !NONCE.test(nonce)) return sendJson(res, 400, { error: 'bad_nonce', reason: 'nonce must be 16-64 characters of A-Z a-z 0-9 _ -' })
+      return sendJson(res, 200, this.lookup(nonce))
     }
-    if (method !== 'POST') return send(res, 405, { error: 'method_not_allowed', reason: 'use GET or POST' }, { Allow: 'GET, HEAD, POST' })
+    if (method !== 'POST') return sendJson(res, 405, { error: 'method_not_allowed', reason: 'use GET or POST' }, { Allow: 'GET, HEAD, POST' })
     const body = await readBody(req, MAX_BODY)
     if (body === null) {
       this.rejected++
-      return send(res, 413, { error: 'too_large', reason: `a report is at most ${MAX_BODY} bytes` })
+      return sendJson(res, 413, { error: 'too_large', reason: `a report is at most ${MAX_BODY} bytes` })
     }
     const report = parseReport(body)
     if (report === null) {
       this.rejected++
-      return send(res, 400, {
+      return sendJson(res, 400, {
         error: 'bad_report',
         reason: `expected {"cause": one of ${DIAGNOSIS_CAUSES.join(', ')}, "transport": "sse" | "poll" | "none"}`,
       })
     }
     if (!this.take()) {
       this.rejected++
-      return send(res, 429, { error: 'rate_limited', reason: 'too many reports; try again later' }, { 'Retry-After': '60' })
+      return sendJson(res, 429, { error: 'rate_limited', reason: 'too many reports; try again later' }, { 'Retry-After': '60' })
     }
     this.reports[report.cause] = (this.reports[report.cause] ?? 0) + 1
     res.writeHead(204, { 'Cache-Control': 'no-store' }).end()
@@ -186,14 +187,4 @@ function readBody(req: IncomingMessage, max: number): Promise<string | null> {
     // A body parser mounted before us already read the stream.
     if (req.readableEnded) done('')
   })
-}
-
-function send(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
-  const text = JSON.stringify(body)
-  res.writeHead(status, {
-    ...headers,
-    'Cache-Control': 'no-store',
-    'Content-Type': 'application/json; charset=utf-8',
-    'Content-Length': String(Buffer.byteLength(text)),
-  }).end(text)
 }

@@ -4,7 +4,7 @@
  *   <path>          a GET that should have been an upgrade → 426
  *   <path>/config   what the browser UI should do
  */
-import type { IncomingMessage } from 'node:http'
+import type { IncomingMessage, ServerResponse } from 'node:http'
 import debug from 'debug'
 import { PROTOCOL, type ClientConfig } from './types'
 
@@ -121,6 +121,12 @@ function upgradeRequired(req: IncomingMessage, state: RouteState): Reply {
 function methodNotAllowed(state: RouteState, allow: string): Reply {
   state.refuse('bad_method')
   return json(405, { error: 'method_not_allowed', reason: `use ${allow}` }, { ...NO_STORE, Allow: allow })
+}
+
+/** Write a JSON answer (never cached) on a raw response: the one way every route answers. */
+export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  const reply = json(status, body, { ...headers, ...NO_STORE })
+  res.writeHead(reply.status, reply.headers).end(reply.body)
 }
 
 /** Bodies are always given; the HTTP layer drops them for HEAD. */

@@ -15,7 +15,7 @@ import { Hub } from './hub'
 import { Diagnostics } from './diagnostics'
 import { SseStreams } from './sse'
 import { serveClient } from './client-asset'
-import { isOurs, pathnameOf, route, type Reply, type RouteState } from './http-routes'
+import { isOurs, pathnameOf, route, sendJson, type Reply, type RouteState } from './http-routes'
 import { resolveOptions, type ResolvedOptions } from './options'
 import { CloseCode, validTopic } from './protocol'
 import {
@@ -424,8 +424,7 @@ export class Realtime<Ctx = IncomingMessage> {
     const pathname = pathnameOf(url)
     if (pathname === `${this.opts.path}/events` && this.opts.fallback === 'sse' && !this.closed) {
       if (!this.fallbackOffered()) {
-        res.writeHead(503, { 'Content-Type': 'application/json; charset=utf-8', 'Cache-Control': 'no-store' })
-        res.end(JSON.stringify({ error: 'disabled', reason: 'no fallback transport is offered now; see GET <path>/config' }))
+        sendJson(res, 503, { error: 'disabled', reason: 'no fallback transport is offered now; see GET <path>/config' })
         return true
       }
       await this.sse.handle(req, res, ctx, url ?? '/')

@@ -15,6 +15,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import debug from 'debug'
 import type { Core } from './connection'
 import type { Subscriber } from './hub'
+import { sendJson } from './http-routes'
 import { encodeEvent, validTopic } from './protocol'
 import { decodeCursors, encodeCursors } from './client/cursor-vector'
 import type { BusEvent, MaybePromise, User } from './types'
@@ -203,11 +204,5 @@ class SseStream implements Subscriber {
 }
 
 function fail(res: ServerResponse, status: number, error: string, reason: string, headers: Record<string, string> = {}): void {
-  const text = JSON.stringify({ error, reason })
-  res.writeHead(status, {
-    ...headers,
-    'Cache-Control': 'no-store',
-    'Content-Type': 'application/json; charset=utf-8',
-    'Content-Length': String(Buffer.byteLength(text)),
-  }).end(text)
+  sendJson(res, status, { error, reason }, headers)
 }
