@@ -157,7 +157,7 @@ function renderProject(flashId) {
     ? [el('li', { className: 'empty', textContent: empty })]
     : [...map.values()].sort((a, b) => a.id - b.id).map((x) => el('li', { className: x.id === flashId ? 'flash' : '' }, ...render(x)))
   $('items').replaceChildren(...rows(project.items, (i) => [i.title], 'No items yet.'))
-  $('comments').replaceChildren(...rows(project.comments, (c) => [el('span', { className: 'by', textContent: c.by }), c.text], 'No comments yet.'))
+  $('comments').replaceChildren(...rows(project.comments, (c) => [el('span', { className: 'by', textContent: c.by }), ' ', c.text], 'No comments yet.'))
 }
 
 function renderBell() {
@@ -167,7 +167,7 @@ function renderBell() {
   const list = [...notes.values()].reverse()
   $('bell-list').replaceChildren(...(list.length === 0
     ? [el('li', { className: 'empty', textContent: 'Nothing yet.' })]
-    : list.map((n) => el('li', {}, el('span', { className: 'by', textContent: `${n.from}:` }), n.text))))
+    : list.map((n) => el('li', {}, el('span', { className: 'by', textContent: `${n.from}:` }), ' ', n.text))))
 }
 
 function showError(text) {
