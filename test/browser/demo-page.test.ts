@@ -52,7 +52,7 @@ describeBrowser('the demo page in Chromium', () => {
 
   /** A page in its own browser context, so each user has their own cookie, as two people would. */
   async function open(url: string): Promise<Page> {
-    const context = await browser.newContext({ viewport: { width: 1180, height: 640 } })
+    const context = await browser.newContext({ viewport: { width: 1180, height: 500 } })
     cleanup.add(() => context.close())
     const page = await context.newPage()
     const list: string[] = []
@@ -107,8 +107,8 @@ describeBrowser('the demo page in Chromium', () => {
     await submit(anna, 'item-form', { title: 'Spring hero banner' })
     await submit(anna, 'item-form', { title: 'Newsletter teaser' })
     await submit(ben, 'note-form', { to: 'anna', text: 'Can you review the pricing table?' })
+    await submit(anna, 'comment-form', { text: 'Banner copy is final' })
     await anna.locator('#bell-count', { hasText: '1' }).waitFor({ timeout: 5000 })
-    await anna.click('#bell-button')
     await anna.locator('#projects li[data-project="1"] .n', { hasText: '2 items' }).waitFor({ timeout: 5000 })
     mkdirSync(ARTIFACTS, { recursive: true })
     await anna.waitForTimeout(1300) // let the highlight fade
