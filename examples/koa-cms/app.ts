@@ -6,6 +6,7 @@ import Koa from 'koa'
 import Router from '@koa/router'
 import { bodyParser } from '@koa/bodyparser'
 import { realtime, type KoaRealtimeOptions } from 'cms-realtime/koa'
+import { servePage, USER_COOKIE } from './page'
 
 interface Item { id: number; title: string }
 interface Comment { id: number; text: string; by: string }
@@ -19,11 +20,12 @@ export function createApp(options: KoaRealtimeOptions = {}) {
   let nextId = 1
 
   const app = new Koa()
-  // Demo sign-in: `?user=anna` or an `x-demo-user` header. A real CMS puts
-  // its session user here; cms-realtime only reads what this middleware set.
+  // Demo sign-in: an `x-demo-user` header, `?user=anna`, or the `demo-user`
+  // cookie the page's GET sets (WebSocket upgrades and SSE requests carry no
+  // page query string, but do carry cookies). A real CMS puts its session
+  // user here; cms-realtime only reads what this middleware set.
   app.use(async (ctx, next) => {
-    const user = ctx.get('x-demo-user') || (typeof ctx.query.user === 'string' ? ctx.query.user : '') || 'anna'
-    ctx.state.user = { id: user }
+    ctx.state.user = { id: demoUser(ctx.get('x-demo-user'), ctx.query.user, ctx.cookies.get(USER_COOKIE)) }
     await next()
   })
 
@@ -75,5 +77,12 @@ export function createApp(options: KoaRealtimeOptions = {}) {
     ctx.body = note
   })
   app.use(router.routes()).use(router.allowedMethods())
+  app.use(servePage)
   return { app, rt }
+}
+
+/** The first non-empty of header, query and cookie; `anna` when none is given. */
+function demoUser(...candidates: unknown[]): string {
+  for (const c of candidates) if (typeof c === 'string' && c !== '') return c
+  return 'anna'
 }

@@ -1,18 +1,18 @@
 /**
  * Helpers for the client tests: an app (core + node:http) on port 0, a
- * reverse proxy in front of it built with http-proxy (one that strips the
- * upgrade the way nginx's plain proxy_pass does, one that forwards it), and
+ * reverse proxy in front of it (examples/behind-proxy/proxy.ts: one that strips
+ * the upgrade the way nginx's plain proxy_pass does, one that forwards it), and
  * the real client with `ws` and `eventsource` injected.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
-import httpProxy from 'http-proxy'
 import WebSocket from 'ws'
 import { EventSource } from 'eventsource'
 import { createRealtime, type Realtime } from '../../lib/realtime'
 import type { RealtimeOptions } from '../../lib/types'
 import { createClient, type ClientOptions, type RealtimeClient, type RealtimeEvent } from '../../lib/client'
 import { listen, type Listening } from '../helpers/net'
+import { startUpgradeProxy } from '../../examples/behind-proxy/proxy'
 
 export interface App {
   rt: Realtime
@@ -58,46 +58,14 @@ export interface Proxy {
   strip: boolean
 }
 
-/**
- * A reverse proxy in front of `target`. Stripping emulates nginx's plain
- * `proxy_pass`: the browser's handshake is forwarded as an ordinary GET
- * without Upgrade/Connection (hop-by-hop headers a WebSocket-unaware proxy
- * drops) but with Sec-WebSocket-Key/-Version, and the answer goes back as an
- * ordinary response. Forwarding proxies the upgrade (`ws: true`).
- */
+/** A reverse proxy in front of `target` that strips upgrades (true) or forwards them (false). */
 export async function startProxy(target: number, strip: boolean): Promise<Proxy> {
-  const proxy = httpProxy.createProxyServer({ target: `http://127.0.0.1:${target}`, ws: true })
-  proxy.on('error', (_err, _req, res) => {
-    if ('writeHead' in res && !res.headersSent) res.writeHead(502).end()
-    else res.destroy()
-  })
-  proxy.on('proxyReq', (proxyReq, _req, res) => {
-    proxyReq.removeHeader('upgrade')
-    proxyReq.setHeader('connection', 'close')
-    // http-proxy 1.x notices only a request aborted before its end; a client
-    // leaving a stream must close the upstream request too, as nginx does.
-    res.once('close', () => { if (!res.writableFinished) proxyReq.destroy() })
-  })
-  const server = createServer((req, res) => proxy.web(req, res))
-  // Without an 'upgrade' listener Node hands an upgrade request to the
-  // 'request' listeners like any GET: exactly a WebSocket-unaware proxy.
-  const forward = (req: IncomingMessage, socket: Socket, head: Buffer) => proxy.ws(req, socket, head)
-  const sockets = new Set<Socket>()
-  trackSockets(server, sockets)
-  const srv = await listen(server)
-  let stripping = true
-  const p: Proxy = {
-    srv: { ...srv, close: async () => { for (const s of sockets) s.destroy(); await srv.close(); proxy.close() } },
-    get strip() { return stripping },
-    set strip(v: boolean) {
-      if (v === stripping) return
-      stripping = v
-      if (v) server.off('upgrade', forward)
-      else server.on('upgrade', forward)
-    },
+  const p = await startUpgradeProxy(target, { strip })
+  return {
+    srv: { server: p.server, port: p.port, base: p.base, close: p.close },
+    get strip() { return p.strip },
+    set strip(v: boolean) { p.strip = v },
   }
-  p.strip = strip
-  return p
 }
 
 export const FAST = { initialMs: 50, maxMs: 400, factor: 2, jitter: 0.5 }

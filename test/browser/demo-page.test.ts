@@ -1,0 +1,174 @@
+/**
+ * The demo CMS page (examples/koa-cms, `npm start`) in real Chromium: two
+ * editors see each other's comments and the overview's counts without a
+ * reload; a notification reaches only its user's bell (the page's realtime
+ * requests are made as the signed-in user); with the channel switched off
+ * the badge says manual-refresh and the banner asks for a refresh; behind
+ * a proxy that strips upgrades it says fallback and names the proxy.
+ */
+import { execFileSync } from 'node:child_process'
+import { existsSync, mkdirSync } from 'node:fs'
+import { chromium, type Browser, type Page } from 'playwright-core'
+import type { KoaRealtimeOptions } from 'cms-realtime/koa'
+import { createApp } from '../../examples/koa-cms/app'
+import { Cleanup, listen } from '../helpers/net'
+import { startBehindProxy } from '../../examples/behind-proxy/start'
+
+const CHROMIUM = '/usr/bin/chromium'
+const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+  '--disable-sync', '--no-first-run', '--disable-quic']
+const ARTIFACTS = 'test-artifacts'
+
+const available = existsSync(CHROMIUM)
+if (!available && process.env.CI !== 'true') {
+  console.log(`skipping the demo page tests: ${CHROMIUM} is missing (apt-get install -y chromium); under CI=true they run and fail`)
+}
+const describeBrowser = available || process.env.CI === 'true' ? describe : describe.skip
+
+describeBrowser('the demo page in Chromium', () => {
+  let browser: Browser
+  const cleanup = new Cleanup()
+  const errors = new Map<Page, string[]>()
+  let socketMayFail = false
+
+  beforeAll(async () => {
+    // The page loads the bundle the middleware serves from dist/ (npm start builds it the same way).
+    execFileSync(process.execPath, ['scripts/build-client.mjs'], { stdio: 'ignore' })
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS })
+  }, 30_000)
+  afterAll(async () => { await browser?.close() })
+  afterEach(async () => {
+    // Chromium itself logs a failed handshake; behind the stripping proxy that is the point.
+    const seen = [...errors.values()].flat().filter((m) => !(socketMayFail && /^WebSocket connection to .* failed/.test(m)))
+    errors.clear()
+    socketMayFail = false
+    await cleanup.run()
+    expect(seen).toEqual([]) // no script error, no failed request
+  })
+
+  async function demo(options: KoaRealtimeOptions = {}): Promise<string> {
+    const { app, rt } = createApp(options)
+    const srv = await listen(app.callback())
+    rt.attach(srv.server)
+    cleanup.add(() => srv.close())
+    cleanup.add(() => rt.close(200))
+    return srv.base
+  }
+
+  /** A page in its own browser context, so each user has their own cookie, as two people would. */
+  async function open(url: string): Promise<Page> {
+    const context = await browser.newContext({ viewport: { width: 1180, height: 500 } })
+    cleanup.add(() => context.close())
+    const page = await context.newPage()
+    const list: string[] = []
+    errors.set(page, list)
+    page.on('pageerror', (e) => list.push(e.message))
+    page.on('console', (m) => { if (m.type() === 'error') list.push(m.text()) })
+    await page.goto(url)
+    // A marker a reload would lose.
+    await page.evaluate(() => { (window as unknown as { marker: number }).marker = 1 })
+    return page
+  }
+
+  const badge = (page: Page) => page.locator('#badge')
+  const live = async (page: Page) => {
+    await page.waitForFunction(() => document.getElementById('badge')?.dataset.state === 'live', undefined, { timeout: 10_000 })
+  }
+  const notReloaded = (page: Page) => page.evaluate(() => (window as unknown as { marker?: number }).marker === 1)
+
+  async function submit(page: Page, form: string, values: Record<string, string>): Promise<void> {
+    for (const [name, value] of Object.entries(values)) await page.fill(`#${form} [name="${name}"]`, value)
+    await page.click(`#${form} button`)
+  }
+
+  test('a comment added in one window appears in the other without a reload, and the overview count follows an item', async () => {
+    const base = await demo()
+    const anna = await open(`${base}/?user=anna`)
+    const ben = await open(`${base}/?user=ben`)
+    await live(anna)
+    await live(ben)
+    expect(await anna.locator('#user').textContent()).toBe('anna')
+
+    await submit(ben, 'comment-form', { text: 'Hero copy looks good' })
+    await anna.locator('#comments li', { hasText: 'Hero copy looks good' }).waitFor({ timeout: 5000 })
+    expect(await anna.locator('#comments li').first().innerText()).toMatch(/^ben Hero copy looks good$/)
+
+    // Ben looks at project 2; an item added there by anna updates his overview and his list.
+    await ben.click('#projects li[data-project="2"] a')
+    await ben.locator('#project-name', { hasText: 'Product pages' }).waitFor({ timeout: 5000 })
+    await anna.click('#projects li[data-project="2"] a')
+    await submit(anna, 'item-form', { title: 'Pricing table' })
+    await ben.locator('#items li', { hasText: 'Pricing table' }).waitFor({ timeout: 5000 })
+    await ben.locator('#projects li[data-project="2"] .n', { hasText: '1 item' }).waitFor({ timeout: 5000 })
+    await submit(ben, 'item-form', { title: 'Feature grid' })
+    await anna.locator('#projects li[data-project="2"] .n', { hasText: '2 items' }).waitFor({ timeout: 5000 })
+    await anna.locator('#items li', { hasText: 'Feature grid' }).waitFor({ timeout: 5000 })
+    expect(await notReloaded(anna)).toBe(true)
+    expect(await notReloaded(ben)).toBe(true)
+    expect(await badge(anna).textContent()).toBe('live')
+
+    // A tidy state for the screenshot: a bit more content, and anna's bell with something in it.
+    await anna.click('#projects li[data-project="1"] a')
+    await submit(anna, 'item-form', { title: 'Spring hero banner' })
+    await submit(anna, 'item-form', { title: 'Newsletter teaser' })
+    await submit(ben, 'note-form', { to: 'anna', text: 'Can you review the pricing table?' })
+    await submit(anna, 'comment-form', { text: 'Banner copy is final' })
+    await anna.locator('#bell-count', { hasText: '1' }).waitFor({ timeout: 5000 })
+    await anna.locator('#projects li[data-project="1"] .n', { hasText: '2 items' }).waitFor({ timeout: 5000 })
+    mkdirSync(ARTIFACTS, { recursive: true })
+    await anna.waitForTimeout(1300) // let the highlight fade
+    await anna.screenshot({ path: `${ARTIFACTS}/demo-page.png` })
+  }, 30_000)
+
+  test('a notification reaches only the bell of the user it is for', async () => {
+    const base = await demo()
+    const anna = await open(`${base}/?user=anna`)
+    const ben = await open(`${base}/?user=ben`)
+    await live(anna)
+    await live(ben)
+    await submit(ben, 'note-form', { to: 'anna', text: 'Please review' })
+    await anna.locator('#bell-count', { hasText: '1' }).waitFor({ timeout: 5000 })
+    // Ben's page connects as ben (the default user is anna): his bell works, and anna's note is not in it.
+    await submit(anna, 'note-form', { to: 'ben', text: 'Done' })
+    await ben.locator('#bell-count', { hasText: '1' }).waitFor({ timeout: 5000 })
+    await ben.click('#bell-button')
+    await anna.click('#bell-button')
+    expect(await ben.locator('#bell-list li').allInnerTexts()).toEqual(['anna: Done'])
+    expect(await anna.locator('#bell-list li').allInnerTexts()).toEqual(['ben: Please review'])
+    expect(await ben.locator('#bell-count').isHidden()).toBe(true) // seen once opened
+  })
+
+  test('with the channel switched off: manual-refresh badge, the refresh banner, and Refresh shows others\' changes', async () => {
+    const base = await demo({ webSocketEnabled: false })
+    const page = await open(`${base}/?user=anna`)
+    await page.waitForFunction(() => document.getElementById('badge')?.dataset.state === 'manual-refresh', undefined, { timeout: 10_000 })
+    expect(await badge(page).textContent()).toBe('manual-refresh')
+    expect(await page.locator('#banner').innerText()).toContain('Refresh to see changes')
+    expect(await page.locator('#banner').isVisible()).toBe(true)
+    await fetch(`${base}/api/projects/1/comments`, {
+      method: 'POST', headers: { 'content-type': 'application/json', 'x-demo-user': 'ben' }, body: JSON.stringify({ text: 'from elsewhere' }),
+    })
+    await page.click('#refresh')
+    await page.locator('#comments li', { hasText: 'from elsewhere' }).waitFor({ timeout: 5000 })
+    expect(await notReloaded(page)).toBe(true)
+    mkdirSync(ARTIFACTS, { recursive: true })
+    await page.screenshot({ path: `${ARTIFACTS}/demo-page-manual-refresh.png` })
+  })
+
+  test('behind the upgrade-stripping proxy (examples/behind-proxy): fallback badge, a hint naming the proxy, and changes still arrive', async () => {
+    socketMayFail = true
+    const demoBehind = await startBehindProxy()
+    cleanup.add(() => demoBehind.close())
+    const page = await open(`${demoBehind.proxy.base}/?user=anna`)
+    await page.waitForFunction(() => document.getElementById('badge')?.dataset.state === 'fallback', undefined, { timeout: 10_000 })
+    await page.locator('#diagnosis', { hasText: 'dropped the WebSocket upgrade' }).waitFor({ timeout: 5000 })
+    await fetch(`${demoBehind.proxy.base}/api/projects/1/comments`, {
+      method: 'POST', headers: { 'content-type': 'application/json', 'x-demo-user': 'ben' }, body: JSON.stringify({ text: 'over SSE' }),
+    })
+    await page.locator('#comments li', { hasText: 'over SSE' }).waitFor({ timeout: 5000 })
+    expect(await page.locator('#banner').isHidden()).toBe(true)
+    expect(await notReloaded(page)).toBe(true)
+    mkdirSync(ARTIFACTS, { recursive: true })
+    await page.screenshot({ path: `${ARTIFACTS}/demo-page-behind-proxy.png` })
+  })
+})
