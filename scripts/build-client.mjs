@@ -4,13 +4,18 @@
 // and print its minified and gzipped sizes.
 import { build } from 'esbuild'
 import { gzipSync } from 'node:zlib'
-import { readFileSync } from 'node:fs'
+import { readFileSync, renameSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
 const common = { entryPoints: [`${root}lib/client/index.ts`], bundle: true, format: 'esm', target: 'es2020', platform: 'browser', legalComments: 'none' }
 
-await build({ ...common, outfile: `${root}dist/client.mjs` })
-await build({ ...common, outfile: `${root}dist/client.min.js`, minify: true })
+// Write beside, then rename: tests in parallel workers rebuild while others
+// serve the file, and a rename is atomic where a rewrite is not.
+const tmp = `.${process.pid}.tmp`
+await build({ ...common, outfile: `${root}dist/client.mjs${tmp}` })
+await build({ ...common, outfile: `${root}dist/client.min.js${tmp}`, minify: true })
+renameSync(`${root}dist/client.mjs${tmp}`, `${root}dist/client.mjs`)
+renameSync(`${root}dist/client.min.js${tmp}`, `${root}dist/client.min.js`)
 const code = readFileSync(`${root}dist/client.min.js`)
 console.log(`client: ${code.length} bytes minified, ${gzipSync(code, { level: 9 }).length} bytes gzipped (dist/client.min.js)`)
