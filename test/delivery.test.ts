@@ -44,12 +44,19 @@ function byTopic(frames: Frame[]): Map<string, number[]> {
 
 const range = (from: number, to: number): number[] => Array.from({ length: to - from + 1 }, (_, i) => from + i)
 
-/** Publish `count` events in one synchronous loop, alternating over `topics`; `n` counts per topic from `start`. */
-function burst(f: Fixture, topics: string[], count: number, start = 1): Promise<{ id: string }>[] {
+/**
+ * Publish `count` events in one synchronous loop over `topics`, `block`
+ * consecutive events per topic at a time (so runs of one topic span several
+ * writes); each topic's `n` counts up from `start`.
+ */
+function burst(f: Fixture, topics: string[], count: number, start = 1, block = 500): Promise<{ id: string }>[] {
   const promises: Promise<{ id: string }>[] = []
+  const next = new Map(topics.map((t) => [t, start]))
   for (let i = 0; i < count; i++) {
-    const topic = topics[i % topics.length]!
-    promises.push(f.rt.publish(topic, 'import', { n: start + Math.floor(i / topics.length), pad: 'x'.repeat(150) }))
+    const topic = topics[Math.floor(i / block) % topics.length]!
+    const n = next.get(topic)!
+    next.set(topic, n + 1)
+    promises.push(f.rt.publish(topic, 'import', { n, pad: 'x'.repeat(150) }))
   }
   return promises
 }
