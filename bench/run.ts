@@ -5,8 +5,9 @@
  * the min–max spread and cms-realtime's ratio to each baseline.
  *
  * Flags: --smoke (a few hundred clients, seconds), --runs N, --clients N,
- * --connections N, --systems a,b, --out FILE, --cpu-prof (profiles each
- * server into bench/results/prof).
+ * --connections N, --systems a,b, --cases fanout,connections,long-burst
+ * (default all), --out FILE, --cpu-prof (profiles each server into
+ * bench/results/prof).
  */
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg, totalmem, release } from 'node:os'
@@ -32,6 +33,9 @@ const smoke = has('smoke')
 const resultsDir = join(__dirname, 'results')
 const systems = (flag('systems')?.split(',') ?? [...SYSTEMS]) as System[]
 for (const s of systems) if (!SYSTEMS.includes(s)) throw new Error(`unknown system ${s}; known: ${SYSTEMS.join(', ')}`)
+const CASES = ['fanout', 'connections', 'long-burst'] as const
+const cases = flag('cases')?.split(',') ?? [...CASES]
+for (const c of cases) if (!(CASES as readonly string[]).includes(c)) throw new Error(`unknown case ${c}; known: ${CASES.join(', ')}`)
 
 const cfg: Config = {
   clients: num('clients', smoke ? 200 : 1000),
@@ -57,14 +61,19 @@ async function main(): Promise<void> {
   // Systems interleave within each run, so drift on a shared machine spreads over all of them.
   for (let run = 1; run <= cfg.runs; run++) {
     for (const system of systems) {
-      process.stdout.write(`run ${run}/${cfg.runs} ${system}: fan-out`)
-      ;(fan[system] ??= []).push(await fanout(system, cfg))
-      process.stdout.write(', connections')
-      ;(conns[system] ??= []).push(await connections(system, cfg))
+      process.stdout.write(`run ${run}/${cfg.runs} ${system}:`)
+      if (cases.includes('fanout')) {
+        process.stdout.write(' fan-out')
+        ;(fan[system] ??= []).push(await fanout(system, cfg))
+      }
+      if (cases.includes('connections')) {
+        process.stdout.write(' connections')
+        ;(conns[system] ??= []).push(await connections(system, cfg))
+      }
       process.stdout.write('\n')
     }
   }
-  if (systems.includes('cms-realtime') && !has('no-long-burst')) {
+  if (systems.includes('cms-realtime') && cases.includes('long-burst') && !has('no-long-burst')) {
     // Only cms-realtime: the baselines have no pacing, so a 10k-event loop
     // blocks them for seconds and buffers gigabytes; there is nothing to compare.
     process.stdout.write(`cms-realtime: ${cfg.longBurst}-event burst to ${cfg.clients} clients\n`)
