@@ -97,7 +97,7 @@ export class Connection implements Subscriber {
       this.close(CloseCode.TRY_AGAIN_LATER, 'slow consumer')
       return false
     }
-    holdForSlice(this.socket, Math.min(FLUSH_AT, this.core.opts.maxBufferedBytes / 4))
+    holdForSlice(this.socket, Math.min(FLUSH_AT, this.core.opts.maxBufferedBytes / 4), wire.length)
     this.socket.write(wire)
     this.core.counters.eventsDelivered += events
     return true
