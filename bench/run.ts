@@ -47,7 +47,7 @@ const cfg: Config = {
   longBurst: num('long-burst', smoke ? 200 : 10_000),
   runs: num('runs', smoke ? 1 : 3),
   systems,
-  serverFlags: has('cpu-prof') ? ['--cpu-prof', `--cpu-prof-dir=${join(resultsDir, 'prof')}`] : [],
+  serverFlags: has('cpu-prof') ? ['--cpu-prof', '--cpu-prof-interval=100', `--cpu-prof-dir=${join(resultsDir, 'prof')}`] : [],
 }
 
 async function main(): Promise<void> {
