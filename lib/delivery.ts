@@ -17,6 +17,13 @@ import type { BusEvent } from './types'
 
 /** Longest a delivery slice may hold the event loop. */
 const SLICE_MS = 8
+/**
+ * Longest the first event of a turn is written inline, inside `publish`:
+ * enough for a lone event to reach a few hundred sockets at once; the rest
+ * follow in this turn's drain, so a bulk import's loop is not held for a
+ * full slice by its first event.
+ */
+const INLINE_MS = 2
 /** Payload bytes framed into one write: a run stops growing here. */
 const RUN_BYTES = 32 * 1024
 
@@ -67,6 +74,9 @@ export class Delivery {
   /** A run whose remaining subscribers are served first in the next slice. */
   private partial: Run | undefined
   private deadline = 0
+  /** When the pending drain was scheduled, and whether it already yielded once. */
+  private scheduledAt = 0
+  private yielded = false
   /** Events ever queued / fully handed out; barriers compare the two. */
   private queued = 0
   private handed = 0
@@ -81,7 +91,8 @@ export class Delivery {
       // published in this same turn queue up and go out batched.
       this.scheduled = true
       setImmediate(this.drain)
-      this.deadline = performance.now() + SLICE_MS
+      this.scheduledAt = performance.now()
+      this.deadline = this.scheduledAt + INLINE_MS
       this.send({ events: [event], frames: [encodeEvent(event)], wire: undefined, rest: undefined })
       return
     }
@@ -99,7 +110,18 @@ export class Delivery {
   }
 
   private readonly drain = (): void => {
-    this.deadline = performance.now() + SLICE_MS
+    const now = performance.now()
+    if (now - this.scheduledAt > SLICE_MS && !this.yielded) {
+      // The loop was held since this drain was scheduled (the app's own
+      // publish loop, say): let timers and I/O run before taking a slice.
+      // Once only, so a loop that is always busy cannot starve delivery.
+      this.yielded = true
+      this.scheduledAt = now
+      setImmediate(this.drain)
+      return
+    }
+    this.yielded = false
+    this.deadline = now + SLICE_MS
     sliceSockets = []
     try {
       this.slice()
@@ -122,6 +144,7 @@ export class Delivery {
         this.head = 0
       }
       setImmediate(this.drain)
+      this.scheduledAt = performance.now()
     }
     if (this.barriers.length > 0) this.release()
   }
