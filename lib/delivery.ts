@@ -82,7 +82,15 @@ export class Delivery {
   private handed = 0
   private barriers: Array<{ at: number; resolve: () => void }> = []
 
-  constructor(private readonly subscribers: (topic: string) => ReadonlySet<Subscriber> | undefined) {}
+  /**
+   * @param sliceBytes most bytes of events one slice hands out: a healthy
+   * client gets at most this much per turn, so it is never mistaken for a
+   * slow consumer just because a burst was queued faster than it reads.
+   */
+  constructor(
+    private readonly subscribers: (topic: string) => ReadonlySet<Subscriber> | undefined,
+    private readonly sliceBytes: number,
+  ) {}
 
   push(event: BusEvent): void {
     this.queued++
@@ -152,6 +160,7 @@ export class Delivery {
   private slice(): void {
     if (this.partial !== undefined && !this.send(this.partial)) return
     const q = this.queue
+    let bytesOut = 0
     while (this.head < q.length) {
       const first = q[this.head]!
       const run: Run = { events: [first], frames: [encodeEvent(first)], wire: undefined, rest: undefined }
@@ -165,7 +174,8 @@ export class Delivery {
         i++
       }
       this.head = i
-      if (!this.send(run) || this.overdue()) return
+      bytesOut += bytes
+      if (!this.send(run) || bytesOut >= this.sliceBytes || this.overdue()) return
     }
   }
 
