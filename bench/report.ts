@@ -10,25 +10,27 @@ interface Metric {
   /** Which way is better, for the reader of the ratio. */
   better: 'higher' | 'lower'
   digits: number
-  pick: (f: FanoutRun, c: ConnectionsRun) => number
+  /** The figure, from the fan-out runs or from the connection runs. */
+  fan?: (f: FanoutRun) => number
+  conn?: (c: ConnectionsRun) => number
 }
 
 export const METRICS: Metric[] = [
-  { key: 'burstRate', label: 'burst fan-out, deliveries/s', better: 'higher', digits: 0, pick: (f) => f.burstRate },
-  { key: 'burstCpuUs', label: 'burst: server CPU µs/delivery', better: 'lower', digits: 2, pick: (f) => f.burstCpuUsPerDelivery },
-  { key: 'burstServerLoad', label: 'burst: server CPU load (1 = core)', better: 'lower', digits: 2, pick: (f) => f.burstServerLoad },
-  { key: 'burstClientLoad', label: 'burst: client CPU load (1 = core)', better: 'lower', digits: 2, pick: (f) => f.burstClientLoad },
-  { key: 'loneRate', label: 'lone publish, deliveries/s', better: 'higher', digits: 0, pick: (f) => f.loneRate },
-  { key: 'firstP50', label: 'publish→first client p50, ms', better: 'lower', digits: 3, pick: (f) => f.latencyFirstP50 },
-  { key: 'lastP50', label: 'publish→last client p50, ms', better: 'lower', digits: 2, pick: (f) => f.latencyLastP50 },
-  { key: 'lastP99', label: 'publish→last client p99, ms', better: 'lower', digits: 2, pick: (f) => f.latencyLastP99 },
-  { key: 'selectiveUs', label: 'selective burst: CPU µs/publish, 1 topic of 100', better: 'lower', digits: 1, pick: (f) => f.selectiveCpuUsPerPublish },
-  { key: 'allUs', label: 'burst: CPU µs/publish, all clients', better: 'lower', digits: 1, pick: (f) => f.allCpuUsPerPublish },
-  { key: 'selectivity', label: 'selective ÷ all-clients burst, CPU per publish', better: 'lower', digits: 3, pick: (f) => f.selectiveCpuUsPerPublish / f.allCpuUsPerPublish },
-  { key: 'connRate', label: 'connections opened/s', better: 'higher', digits: 0, pick: (_f, c) => c.perSecond },
-  { key: 'rssPerConn', label: 'RSS per connection, KB', better: 'lower', digits: 1, pick: (_f, c) => c.rssPerConn / 1024 },
-  { key: 'heapPerConn', label: 'heap per connection, KB', better: 'lower', digits: 1, pick: (_f, c) => c.heapPerConn / 1024 },
-  { key: 'connErrors', label: 'connection errors', better: 'lower', digits: 0, pick: (_f, c) => c.errors },
+  { key: 'burstRate', label: 'burst fan-out, deliveries/s', better: 'higher', digits: 0, fan: (f) => f.burstRate },
+  { key: 'burstCpuUs', label: 'burst: server CPU µs/delivery', better: 'lower', digits: 2, fan: (f) => f.burstCpuUsPerDelivery },
+  { key: 'burstServerLoad', label: 'burst: server CPU load (1 = core)', better: 'lower', digits: 2, fan: (f) => f.burstServerLoad },
+  { key: 'burstClientLoad', label: 'burst: client CPU load (1 = core)', better: 'lower', digits: 2, fan: (f) => f.burstClientLoad },
+  { key: 'loneRate', label: 'lone publish, deliveries/s', better: 'higher', digits: 0, fan: (f) => f.loneRate },
+  { key: 'firstP50', label: 'publish→first client p50, ms', better: 'lower', digits: 3, fan: (f) => f.latencyFirstP50 },
+  { key: 'lastP50', label: 'publish→last client p50, ms', better: 'lower', digits: 2, fan: (f) => f.latencyLastP50 },
+  { key: 'lastP99', label: 'publish→last client p99, ms', better: 'lower', digits: 2, fan: (f) => f.latencyLastP99 },
+  { key: 'selectiveUs', label: 'selective burst: CPU µs/publish, 1 topic of 100', better: 'lower', digits: 1, fan: (f) => f.selectiveCpuUsPerPublish },
+  { key: 'allUs', label: 'burst: CPU µs/publish, all clients', better: 'lower', digits: 1, fan: (f) => f.allCpuUsPerPublish },
+  { key: 'selectivity', label: 'selective ÷ all-clients burst, CPU per publish', better: 'lower', digits: 3, fan: (f) => f.selectiveCpuUsPerPublish / f.allCpuUsPerPublish },
+  { key: 'connRate', label: 'connections opened/s', better: 'higher', digits: 0, conn: (c) => c.perSecond },
+  { key: 'rssPerConn', label: 'RSS per connection, KB', better: 'lower', digits: 1, conn: (c) => c.rssPerConn / 1024 },
+  { key: 'heapPerConn', label: 'heap per connection, KB', better: 'lower', digits: 1, conn: (c) => c.heapPerConn / 1024 },
+  { key: 'connErrors', label: 'connection errors', better: 'lower', digits: 0, conn: (c) => c.errors },
 ]
 
 export type Summary = Record<string, Partial<Record<System, Spread>>>
@@ -45,9 +47,8 @@ export function summarise(fan: Record<string, FanoutRun[]>, conns: Record<string
   for (const m of METRICS) {
     const row: Partial<Record<System, Spread>> = {}
     for (const s of systems) {
-      const f = fan[s] ?? []
-      const c = conns[s] ?? []
-      row[s] = spread(f.map((run, i) => m.pick(run, c[i]!)))
+      const values = m.fan !== undefined ? (fan[s] ?? []).map(m.fan) : (conns[s] ?? []).map(m.conn!)
+      if (values.length > 0) row[s] = spread(values)
     }
     out[m.key] = row
   }
