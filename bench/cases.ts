@@ -22,6 +22,8 @@ export interface Config {
   systems: System[]
   /** Node flags for server processes (e.g. --cpu-prof). */
   serverFlags: string[]
+  /** Write a heap snapshot of each server after its connections case into this directory. */
+  heapSnapshotDir?: string
 }
 
 interface Started { server: Peer; client: Peer; port: number }
@@ -149,6 +151,7 @@ export async function connections(system: System, cfg: Config): Promise<Connecti
     const topicsOf = Array.from({ length: cfg.topics }, (_, i) => [`t${i}`])
     const c = await connect(s, system, cfg.connections, topicsOf, 200)
     const after = await s.server.call<{ rss: number; heapUsed: number }>('memory')
+    if (cfg.heapSnapshotDir !== undefined) await s.server.call('heapSnapshot', { dir: cfg.heapSnapshotDir }, 120_000)
     return {
       open: c.open,
       errors: c.errors,

@@ -7,7 +7,8 @@
  * Flags: --smoke (a few hundred clients, seconds), --runs N, --clients N,
  * --connections N, --systems a,b, --cases fanout,connections,long-burst
  * (default all), --out FILE, --cpu-prof (profiles each server into
- * bench/results/prof).
+ * bench/results/prof), --heap-snapshot (each server after its connections
+ * case, into bench/results/heap).
  */
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg, totalmem, release } from 'node:os'
@@ -47,10 +48,12 @@ const cfg: Config = {
   longBurst: num('long-burst', smoke ? 200 : 10_000),
   runs: num('runs', smoke ? 1 : 3),
   systems,
+  heapSnapshotDir: has('heap-snapshot') ? join(resultsDir, 'heap') : undefined,
   serverFlags: has('cpu-prof') ? ['--cpu-prof', '--cpu-prof-interval=100', `--cpu-prof-dir=${join(resultsDir, 'prof')}`] : [],
 }
 
 async function main(): Promise<void> {
+  if (cfg.heapSnapshotDir !== undefined) mkdirSync(cfg.heapSnapshotDir, { recursive: true })
   const t0 = Date.now()
   // Other work on a shared machine skews absolute figures; record how busy it was.
   const loadBefore = loadavg()[0]

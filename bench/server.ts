@@ -6,7 +6,9 @@
  */
 import { createServer, type IncomingMessage } from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { join } from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
+import { writeHeapSnapshot } from 'node:v8'
 import { WebSocketServer, type WebSocket } from 'ws'
 import { Server as SocketIOServer } from 'socket.io'
 import { createRealtime } from '../lib/realtime'
@@ -148,6 +150,8 @@ serve({
     return { rss: m.rss, heapUsed: m.heapUsed, external: m.external }
   },
   stats: () => stats(),
+  /** `--heap-snapshot`: write one after the connections case, to see what each connection holds. */
+  heapSnapshot: ({ dir }: { dir: string }) => ({ file: writeHeapSnapshot(join(dir, `${system}-${Date.now()}.heapsnapshot`)) }),
 })
 
 process.on('SIGTERM', () => process.exit(0))
