@@ -130,18 +130,10 @@ export class Delivery {
     }
     this.yielded = false
     this.deadline = now + SLICE_MS
-    sliceSockets = []
-    try {
-      this.slice()
-    } finally {
-      const corked = sliceSockets
-      sliceSockets = null
-      const t = performance.now()
-      const bytes = heldBytes
-      heldBytes = 0
-      for (const socket of corked) socket.uncork()
-      if (bytes >= 1 << 20) flushMsPerByte = 0.7 * flushMsPerByte + 0.3 * ((performance.now() - t) / bytes)
-    }
+    // The rest of an interrupted run first, uncorked: it is one write per
+    // socket anyway (the usual case: a lone event's sockets beyond the
+    // inline budget), and holding it would only add cork bookkeeping.
+    if (this.partial === undefined || this.send(this.partial)) this.corkedSlice()
     if (this.partial === undefined && this.head === this.queue.length) {
       this.queue = []
       this.head = 0
@@ -157,8 +149,23 @@ export class Delivery {
     if (this.barriers.length > 0) this.release()
   }
 
+  /** `slice()` with every socket it writes to corked until it ends. */
+  private corkedSlice(): void {
+    sliceSockets = []
+    try {
+      this.slice()
+    } finally {
+      const corked = sliceSockets
+      sliceSockets = null
+      const t = performance.now()
+      const bytes = heldBytes
+      heldBytes = 0
+      for (const socket of corked) socket.uncork()
+      if (bytes >= 1 << 20) flushMsPerByte = 0.7 * flushMsPerByte + 0.3 * ((performance.now() - t) / bytes)
+    }
+  }
+
   private slice(): void {
-    if (this.partial !== undefined && !this.send(this.partial)) return
     const q = this.queue
     let bytesOut = 0
     while (this.head < q.length) {
