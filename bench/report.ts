@@ -1,5 +1,5 @@
 /** Medians, spreads and ratios of the bench runs, and the printed table. */
-import type { ConnectionsRun, FanoutRun, LongBurstRun } from './cases'
+import type { ConnectionsRun, FanoutRun, LongBurstRun, SseRun } from './cases'
 import type { System } from './systems'
 
 export interface Spread { median: number; min: number; max: number }
@@ -97,4 +97,18 @@ export function longBurstLine(l: LongBurstRun): string {
 export function printTable(summary: Summary, systems: System[], long: LongBurstRun | null): void {
   console.log('\n' + table(summary, systems))
   if (long !== null) console.log('\ncms-realtime ' + longBurstLine(long))
+}
+
+/** The SSE fallback's figures, each beside cms-realtime's WebSocket figure from the same runs. */
+export function sseLine(sse: SseRun[], ws: FanoutRun[], clients: number): string {
+  const med = (xs: number[]): number => (xs.length === 0 ? NaN : spread(xs).median)
+  const pair = (a: number, b: number, digits: number, unit: string): string =>
+    `${fmt(a, digits)} ${unit}${Number.isFinite(b) ? ` (${(a / b).toFixed(2)}× the WebSocket path)` : ''}`
+  return (
+    `cms-realtime SSE fallback, ${clients.toLocaleString('en-US')} streams (medians of ${sse.length}): ` +
+    `burst ${pair(med(sse.map((r) => r.burstRate)), med(ws.map((r) => r.burstRate)), 0, 'deliveries/s')}, ` +
+    `${pair(med(sse.map((r) => r.burstCpuUsPerDelivery)), med(ws.map((r) => r.burstCpuUsPerDelivery)), 2, 'µs server CPU/delivery')}, ` +
+    `publish→last client p50 ${pair(med(sse.map((r) => r.latencyLastP50)), med(ws.map((r) => r.latencyLastP50)), 2, 'ms')}, ` +
+    `slow consumers closed ${sse.reduce((n, r) => n + r.slowConsumersClosed, 0)}`
+  )
 }

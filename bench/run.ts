@@ -5,7 +5,7 @@
  * the min–max spread and cms-realtime's ratio to each baseline.
  *
  * Flags: --smoke (a few hundred clients, seconds), --runs N, --clients N,
- * --connections N, --systems a,b, --cases fanout,connections,long-burst
+ * --connections N, --systems a,b, --cases fanout,connections,long-burst,sse
  * (default all), --out FILE, --cpu-prof (profiles each server into
  * bench/results/prof), --heap-snapshot (each server after its connections
  * case, into bench/results/heap).
@@ -13,8 +13,8 @@
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg, totalmem, release } from 'node:os'
 import { join } from 'node:path'
-import { connections, fanout, longBurst, type Config, type ConnectionsRun, type FanoutRun, type LongBurstRun } from './cases'
-import { printTable, summarise } from './report'
+import { connections, fanout, longBurst, sseFanout, type Config, type ConnectionsRun, type FanoutRun, type LongBurstRun, type SseRun } from './cases'
+import { printTable, sseLine, summarise } from './report'
 import { SYSTEMS, type System } from './systems'
 
 function flag(name: string): string | undefined {
@@ -34,7 +34,7 @@ const smoke = has('smoke')
 const resultsDir = join(__dirname, 'results')
 const systems = (flag('systems')?.split(',') ?? [...SYSTEMS]) as System[]
 for (const s of systems) if (!SYSTEMS.includes(s)) throw new Error(`unknown system ${s}; known: ${SYSTEMS.join(', ')}`)
-const CASES = ['fanout', 'connections', 'long-burst'] as const
+const CASES = ['fanout', 'connections', 'long-burst', 'sse'] as const
 const cases = flag('cases')?.split(',') ?? [...CASES]
 for (const c of cases) if (!(CASES as readonly string[]).includes(c)) throw new Error(`unknown case ${c}; known: ${CASES.join(', ')}`)
 
@@ -60,6 +60,7 @@ async function main(): Promise<void> {
   const fan: Record<string, FanoutRun[]> = {}
   const conns: Record<string, ConnectionsRun[]> = {}
   let long: LongBurstRun | null = null
+  const sse: SseRun[] = []
   console.log(`cms-realtime bench: ${cfg.clients} clients, ${cfg.runs} run(s), systems ${systems.join(', ')}`)
   // Systems interleave within each run, so drift on a shared machine spreads over all of them.
   for (let run = 1; run <= cfg.runs; run++) {
@@ -73,6 +74,10 @@ async function main(): Promise<void> {
         process.stdout.write(' connections')
         ;(conns[system] ??= []).push(await connections(system, cfg))
       }
+      if (system === 'cms-realtime' && cases.includes('sse')) {
+        process.stdout.write(' sse-fallback')
+        sse.push(await sseFanout(cfg))
+      }
       process.stdout.write('\n')
     }
   }
@@ -84,6 +89,7 @@ async function main(): Promise<void> {
   }
   const summary = summarise(fan, conns, systems)
   printTable(summary, systems, long)
+  if (sse.length > 0) console.log('\n' + sseLine(sse, fan['cms-realtime'] ?? [], cfg.clients))
   const machine = {
     cpus: cpus().length,
     cpu: cpus()[0]?.model ?? 'unknown',
@@ -94,7 +100,7 @@ async function main(): Promise<void> {
   }
   const out = flag('out') ?? join(resultsDir, `bench-${new Date().toISOString().replace(/[:.]/g, '-')}.json`)
   mkdirSync(join(out, '..'), { recursive: true })
-  const json = { date: new Date().toISOString(), seconds: (Date.now() - t0) / 1000, machine, config: cfg, summary, longBurst: long, runs: { fanout: fan, connections: conns } }
+  const json = { date: new Date().toISOString(), seconds: (Date.now() - t0) / 1000, machine, config: cfg, summary, longBurst: long, runs: { fanout: fan, connections: conns, sse } }
   writeFileSync(out, JSON.stringify(json, null, 2))
   console.log(`\n${json.seconds.toFixed(0)} s on ${machine.cpus} × ${machine.cpu}, Node ${machine.node}; JSON: ${out}`)
 }
