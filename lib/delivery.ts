@@ -37,6 +37,12 @@ let heldBytes = 0
  * budget counts it: 1,000 sockets × 64 KB corked take ~60 ms to flush.
  */
 let flushMsPerByte = 1e-6
+/**
+ * A socket's early flush left bytes in user space (the kernel would not take
+ * them): end the slice so sockets can drain, rather than pile more on a
+ * healthy client until it looks like a slow consumer.
+ */
+let pressure = false
 
 /**
  * Inside a drain slice, hold `socket`'s writes until the slice ends, so a
@@ -53,6 +59,7 @@ export function holdForSlice(socket: Duplex, flushAt: number, bytes: number): vo
   } else if (socket.writableLength >= flushAt) {
     heldBytes = Math.max(0, heldBytes - socket.writableLength)
     socket.uncork()
+    if (socket.writableLength > 0) pressure = true
     socket.cork()
   }
   heldBytes += bytes
@@ -82,15 +89,7 @@ export class Delivery {
   private handed = 0
   private barriers: Array<{ at: number; resolve: () => void }> = []
 
-  /**
-   * @param sliceBytes most bytes of events one slice hands out: a healthy
-   * client gets at most this much per turn, so it is never mistaken for a
-   * slow consumer just because a burst was queued faster than it reads.
-   */
-  constructor(
-    private readonly subscribers: (topic: string) => ReadonlySet<Subscriber> | undefined,
-    private readonly sliceBytes: number,
-  ) {}
+  constructor(private readonly subscribers: (topic: string) => ReadonlySet<Subscriber> | undefined) {}
 
   push(event: BusEvent): void {
     this.queued++
@@ -152,6 +151,7 @@ export class Delivery {
   /** `slice()` with every socket it writes to corked until it ends. */
   private corkedSlice(): void {
     sliceSockets = []
+    pressure = false
     try {
       this.slice()
     } finally {
@@ -167,7 +167,6 @@ export class Delivery {
 
   private slice(): void {
     const q = this.queue
-    let bytesOut = 0
     while (this.head < q.length) {
       const first = q[this.head]!
       const run: Run = { events: [first], frames: [encodeEvent(first)], wire: undefined, rest: undefined }
@@ -181,8 +180,7 @@ export class Delivery {
         i++
       }
       this.head = i
-      bytesOut += bytes
-      if (!this.send(run) || bytesOut >= this.sliceBytes || this.overdue()) return
+      if (!this.send(run) || this.overdue()) return
     }
   }
 
@@ -211,9 +209,9 @@ export class Delivery {
     return true
   }
 
-  /** Is the slice's time up, counting what flushing the corked sockets will take? */
+  /** Is the slice's time up, counting what flushing the corked sockets will take, or are sockets backing up? */
   private overdue(): boolean {
-    return performance.now() + heldBytes * flushMsPerByte >= this.deadline
+    return pressure || performance.now() + heldBytes * flushMsPerByte >= this.deadline
   }
 
   private release(): void {

@@ -55,7 +55,7 @@ export class Realtime<Ctx = IncomingMessage> {
   private readonly viaApp: boolean
   private readonly wss: WebSocketServer
   private readonly hub = new Hub()
-  private readonly delivery: Delivery
+  private readonly delivery = new Delivery((topic) => this.hub.subscribers(topic))
   /** Open WebSocket connections. */
   private readonly connections = new Set<Connection>()
   private readonly bus: Bus
@@ -81,7 +81,6 @@ export class Realtime<Ctx = IncomingMessage> {
     this.enabled = this.opts.webSocketEnabled
     this.ownsBus = this.opts.bus === undefined
     this.bus = this.opts.bus ?? new MemoryBus()
-    this.delivery = new Delivery((topic) => this.hub.subscribers(topic), this.opts.maxBufferedBytes / 4)
     this.bus.onEvent((event) => this.fanOut(event))
     this.wss = new WebSocketServer({
       noServer: true,
