@@ -22,6 +22,8 @@ export interface Config {
   systems: System[]
   /** Node flags for server processes (e.g. --cpu-prof). */
   serverFlags: string[]
+  /** Write a heap snapshot of each server after its connections case into this directory. */
+  heapSnapshotDir?: string
 }
 
 interface Started { server: Peer; client: Peer; port: number }
@@ -45,8 +47,8 @@ async function stop(s: Started): Promise<void> {
   await Promise.all([s.server.stop(), s.client.stop()])
 }
 
-async function connect(s: Started, system: System, n: number, topicsOf: string[][], concurrency: number): Promise<{ open: number; errors: number; firstError: string; ms: number }> {
-  const r = await s.client.call<{ open: number; errors: number; firstError: string; ms: number }>('connect', { system, port: s.port, n, topicsOf, concurrency }, 300_000)
+async function connect(s: Started, system: System, n: number, topicsOf: string[][], concurrency: number, transport: 'ws' | 'sse' = 'ws'): Promise<{ open: number; errors: number; firstError: string; ms: number }> {
+  const r = await s.client.call<{ open: number; errors: number; firstError: string; ms: number }>('connect', { system, port: s.port, n, topicsOf, concurrency, transport }, 300_000)
   if (r.errors > 0) console.error(`  ${system}: ${r.errors} connection errors, first: ${r.firstError}`)
   return r
 }
@@ -149,6 +151,7 @@ export async function connections(system: System, cfg: Config): Promise<Connecti
     const topicsOf = Array.from({ length: cfg.topics }, (_, i) => [`t${i}`])
     const c = await connect(s, system, cfg.connections, topicsOf, 200)
     const after = await s.server.call<{ rss: number; heapUsed: number }>('memory')
+    if (cfg.heapSnapshotDir !== undefined) await s.server.call('heapSnapshot', { dir: cfg.heapSnapshotDir }, 120_000)
     return {
       open: c.open,
       errors: c.errors,
@@ -201,6 +204,44 @@ export async function longBurst(system: System, cfg: Config): Promise<LongBurstR
       cpuUsPerDelivery: b.cpuUs / (cfg.longBurst * n),
       slowConsumersClosed: stats.slowConsumersClosed ?? 0,
       clientsClosed: b.closed,
+    }
+  } finally {
+    await stop(s)
+  }
+}
+
+export interface SseRun {
+  /** Burst of `events` to all clients over SSE: deliveries per second until the last client had the last event. */
+  burstRate: number
+  burstCpuUsPerDelivery: number
+  latencyLastP50: number
+  slowConsumersClosed: number
+}
+
+/** cms-realtime's SSE fallback: the fan-out burst and lone-publish latency, on `clients` event streams. */
+export async function sseFanout(cfg: Config): Promise<SseRun> {
+  const s = await start('cms-realtime', cfg)
+  try {
+    const c = await connect(s, 'cms-realtime', cfg.clients, [['all']], 100, 'sse')
+    if (c.open !== cfg.clients) throw new Error(`SSE: only ${c.open}/${cfg.clients} streams opened`)
+    const n = cfg.clients
+    await burst(s, ['all'], Math.min(50, cfg.events), Math.min(50, cfg.events) * n, 60_000) // warm-up (JIT)
+    const b = await burst(s, ['all'], cfg.events, cfg.events * n, 60_000)
+    if (!b.ok) throw new Error(`SSE: burst incomplete, ${b.received}/${cfg.events * n} events, ${b.closed} streams closed`)
+    const last: number[] = []
+    for (let k = 0; k < Math.min(50, cfg.publishes); k++) {
+      await s.client.call('expect', { count: n })
+      const { t0 } = await s.server.call<{ t0: string }>('one', { topic: 'all' })
+      const w = await s.client.call<Waited>('wait', { timeoutMs: 10_000 })
+      if (!w.ok) throw new Error(`SSE: publish ${k} reached ${w.received}/${n} streams`)
+      last.push(Number(BigInt(w.last!) - BigInt(t0)) / 1e6)
+    }
+    const stats = await s.server.call<Stats>('stats')
+    return {
+      burstRate: (cfg.events * n) / (b.ms / 1000),
+      burstCpuUsPerDelivery: b.cpuUs / (cfg.events * n),
+      latencyLastP50: percentile(last, 50),
+      slowConsumersClosed: stats.slowConsumersClosed ?? 0,
     }
   } finally {
     await stop(s)

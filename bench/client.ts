@@ -9,6 +9,7 @@ import type { Socket } from 'node:net'
 import { serve } from './ipc'
 import { SYSTEMS, wireFor, type System } from './systems'
 import { openWire } from './wire'
+import { openSse } from './wire-sse'
 
 let sockets: Socket[] = []
 let received = 0
@@ -36,10 +37,12 @@ interface ConnectArgs {
   /** Client i subscribes to `topicsOf[i % topicsOf.length]`. */
   topicsOf: string[][]
   concurrency: number
+  /** cms-realtime only: connect over its SSE fallback instead of WebSockets. */
+  transport?: 'ws' | 'sse'
 }
 
 serve({
-  async connect({ system, port, n, topicsOf, concurrency }: ConnectArgs) {
+  async connect({ system, port, n, topicsOf, concurrency, transport = 'ws' }: ConnectArgs) {
     if (!SYSTEMS.includes(system)) throw new Error(`unknown system ${system}`)
     const t0 = process.hrtime.bigint()
     let next = 0
@@ -49,7 +52,11 @@ serve({
       while (next < n) {
         const i = next++
         try {
-          const s = await openWire({ ...wireFor(system, topicsOf[i % topicsOf.length]!), port, onEvent, onClose: () => { closedAfterReady++ } })
+          const topics = topicsOf[i % topicsOf.length]!
+          const onClose = (): void => { closedAfterReady++ }
+          const s = transport === 'sse'
+            ? await openSse({ port, path: `/realtime/events?topics=${encodeURIComponent(topics.join(','))}`, topics: topics.length, onEvent, onClose })
+            : await openWire({ ...wireFor(system, topics), port, onEvent, onClose })
           sockets.push(s)
         } catch (err) {
           errors++

@@ -1,5 +1,5 @@
 /** Medians, spreads and ratios of the bench runs, and the printed table. */
-import type { ConnectionsRun, FanoutRun, LongBurstRun } from './cases'
+import type { ConnectionsRun, FanoutRun, LongBurstRun, SseRun } from './cases'
 import type { System } from './systems'
 
 export interface Spread { median: number; min: number; max: number }
@@ -10,25 +10,27 @@ interface Metric {
   /** Which way is better, for the reader of the ratio. */
   better: 'higher' | 'lower'
   digits: number
-  pick: (f: FanoutRun, c: ConnectionsRun) => number
+  /** The figure, from the fan-out runs or from the connection runs. */
+  fan?: (f: FanoutRun) => number
+  conn?: (c: ConnectionsRun) => number
 }
 
 export const METRICS: Metric[] = [
-  { key: 'burstRate', label: 'burst fan-out, deliveries/s', better: 'higher', digits: 0, pick: (f) => f.burstRate },
-  { key: 'burstCpuUs', label: 'burst: server CPU µs/delivery', better: 'lower', digits: 2, pick: (f) => f.burstCpuUsPerDelivery },
-  { key: 'burstServerLoad', label: 'burst: server CPU load (1 = core)', better: 'lower', digits: 2, pick: (f) => f.burstServerLoad },
-  { key: 'burstClientLoad', label: 'burst: client CPU load (1 = core)', better: 'lower', digits: 2, pick: (f) => f.burstClientLoad },
-  { key: 'loneRate', label: 'lone publish, deliveries/s', better: 'higher', digits: 0, pick: (f) => f.loneRate },
-  { key: 'firstP50', label: 'publish→first client p50, ms', better: 'lower', digits: 3, pick: (f) => f.latencyFirstP50 },
-  { key: 'lastP50', label: 'publish→last client p50, ms', better: 'lower', digits: 2, pick: (f) => f.latencyLastP50 },
-  { key: 'lastP99', label: 'publish→last client p99, ms', better: 'lower', digits: 2, pick: (f) => f.latencyLastP99 },
-  { key: 'selectiveUs', label: 'selective burst: CPU µs/publish, 1 topic of 100', better: 'lower', digits: 1, pick: (f) => f.selectiveCpuUsPerPublish },
-  { key: 'allUs', label: 'burst: CPU µs/publish, all clients', better: 'lower', digits: 1, pick: (f) => f.allCpuUsPerPublish },
-  { key: 'selectivity', label: 'selective ÷ all-clients burst, CPU per publish', better: 'lower', digits: 3, pick: (f) => f.selectiveCpuUsPerPublish / f.allCpuUsPerPublish },
-  { key: 'connRate', label: 'connections opened/s', better: 'higher', digits: 0, pick: (_f, c) => c.perSecond },
-  { key: 'rssPerConn', label: 'RSS per connection, KB', better: 'lower', digits: 1, pick: (_f, c) => c.rssPerConn / 1024 },
-  { key: 'heapPerConn', label: 'heap per connection, KB', better: 'lower', digits: 1, pick: (_f, c) => c.heapPerConn / 1024 },
-  { key: 'connErrors', label: 'connection errors', better: 'lower', digits: 0, pick: (_f, c) => c.errors },
+  { key: 'burstRate', label: 'burst fan-out, deliveries/s', better: 'higher', digits: 0, fan: (f) => f.burstRate },
+  { key: 'burstCpuUs', label: 'burst: server CPU µs/delivery', better: 'lower', digits: 2, fan: (f) => f.burstCpuUsPerDelivery },
+  { key: 'burstServerLoad', label: 'burst: server CPU load (1 = core)', better: 'lower', digits: 2, fan: (f) => f.burstServerLoad },
+  { key: 'burstClientLoad', label: 'burst: client CPU load (1 = core)', better: 'lower', digits: 2, fan: (f) => f.burstClientLoad },
+  { key: 'loneRate', label: 'lone publish, deliveries/s', better: 'higher', digits: 0, fan: (f) => f.loneRate },
+  { key: 'firstP50', label: 'publish→first client p50, ms', better: 'lower', digits: 3, fan: (f) => f.latencyFirstP50 },
+  { key: 'lastP50', label: 'publish→last client p50, ms', better: 'lower', digits: 2, fan: (f) => f.latencyLastP50 },
+  { key: 'lastP99', label: 'publish→last client p99, ms', better: 'lower', digits: 2, fan: (f) => f.latencyLastP99 },
+  { key: 'selectiveUs', label: 'selective burst: CPU µs/publish, 1 topic of 100', better: 'lower', digits: 1, fan: (f) => f.selectiveCpuUsPerPublish },
+  { key: 'allUs', label: 'burst: CPU µs/publish, all clients', better: 'lower', digits: 1, fan: (f) => f.allCpuUsPerPublish },
+  { key: 'selectivity', label: 'selective ÷ all-clients burst, CPU per publish', better: 'lower', digits: 3, fan: (f) => f.selectiveCpuUsPerPublish / f.allCpuUsPerPublish },
+  { key: 'connRate', label: 'connections opened/s', better: 'higher', digits: 0, conn: (c) => c.perSecond },
+  { key: 'rssPerConn', label: 'RSS per connection, KB', better: 'lower', digits: 1, conn: (c) => c.rssPerConn / 1024 },
+  { key: 'heapPerConn', label: 'heap per connection, KB', better: 'lower', digits: 1, conn: (c) => c.heapPerConn / 1024 },
+  { key: 'connErrors', label: 'connection errors', better: 'lower', digits: 0, conn: (c) => c.errors },
 ]
 
 export type Summary = Record<string, Partial<Record<System, Spread>>>
@@ -45,9 +47,8 @@ export function summarise(fan: Record<string, FanoutRun[]>, conns: Record<string
   for (const m of METRICS) {
     const row: Partial<Record<System, Spread>> = {}
     for (const s of systems) {
-      const f = fan[s] ?? []
-      const c = conns[s] ?? []
-      row[s] = spread(f.map((run, i) => m.pick(run, c[i]!)))
+      const values = m.fan !== undefined ? (fan[s] ?? []).map(m.fan) : (conns[s] ?? []).map(m.conn!)
+      if (values.length > 0) row[s] = spread(values)
     }
     out[m.key] = row
   }
@@ -96,4 +97,18 @@ export function longBurstLine(l: LongBurstRun): string {
 export function printTable(summary: Summary, systems: System[], long: LongBurstRun | null): void {
   console.log('\n' + table(summary, systems))
   if (long !== null) console.log('\ncms-realtime ' + longBurstLine(long))
+}
+
+/** The SSE fallback's figures, each beside cms-realtime's WebSocket figure from the same runs. */
+export function sseLine(sse: SseRun[], ws: FanoutRun[], clients: number): string {
+  const med = (xs: number[]): number => (xs.length === 0 ? NaN : spread(xs).median)
+  const pair = (a: number, b: number, digits: number, unit: string): string =>
+    `${fmt(a, digits)} ${unit}${Number.isFinite(b) ? ` (${(a / b).toFixed(2)}× the WebSocket path)` : ''}`
+  return (
+    `cms-realtime SSE fallback, ${clients.toLocaleString('en-US')} streams (medians of ${sse.length}): ` +
+    `burst ${pair(med(sse.map((r) => r.burstRate)), med(ws.map((r) => r.burstRate)), 0, 'deliveries/s')}, ` +
+    `${pair(med(sse.map((r) => r.burstCpuUsPerDelivery)), med(ws.map((r) => r.burstCpuUsPerDelivery)), 2, 'µs server CPU/delivery')}, ` +
+    `publish→last client p50 ${pair(med(sse.map((r) => r.latencyLastP50)), med(ws.map((r) => r.latencyLastP50)), 2, 'ms')}, ` +
+    `slow consumers closed ${sse.reduce((n, r) => n + r.slowConsumersClosed, 0)}`
+  )
 }

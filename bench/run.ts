@@ -5,14 +5,16 @@
  * the min–max spread and cms-realtime's ratio to each baseline.
  *
  * Flags: --smoke (a few hundred clients, seconds), --runs N, --clients N,
- * --connections N, --systems a,b, --out FILE, --cpu-prof (profiles each
- * server into bench/results/prof).
+ * --connections N, --systems a,b, --cases fanout,connections,long-burst,sse
+ * (default all), --out FILE, --cpu-prof (profiles each server into
+ * bench/results/prof), --heap-snapshot (each server after its connections
+ * case, into bench/results/heap).
  */
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg, totalmem, release } from 'node:os'
 import { join } from 'node:path'
-import { connections, fanout, longBurst, type Config, type ConnectionsRun, type FanoutRun, type LongBurstRun } from './cases'
-import { printTable, summarise } from './report'
+import { connections, fanout, longBurst, sseFanout, type Config, type ConnectionsRun, type FanoutRun, type LongBurstRun, type SseRun } from './cases'
+import { printTable, sseLine, summarise } from './report'
 import { SYSTEMS, type System } from './systems'
 
 function flag(name: string): string | undefined {
@@ -32,6 +34,9 @@ const smoke = has('smoke')
 const resultsDir = join(__dirname, 'results')
 const systems = (flag('systems')?.split(',') ?? [...SYSTEMS]) as System[]
 for (const s of systems) if (!SYSTEMS.includes(s)) throw new Error(`unknown system ${s}; known: ${SYSTEMS.join(', ')}`)
+const CASES = ['fanout', 'connections', 'long-burst', 'sse'] as const
+const cases = flag('cases')?.split(',') ?? [...CASES]
+for (const c of cases) if (!(CASES as readonly string[]).includes(c)) throw new Error(`unknown case ${c}; known: ${CASES.join(', ')}`)
 
 const cfg: Config = {
   clients: num('clients', smoke ? 200 : 1000),
@@ -43,28 +48,40 @@ const cfg: Config = {
   longBurst: num('long-burst', smoke ? 200 : 10_000),
   runs: num('runs', smoke ? 1 : 3),
   systems,
-  serverFlags: has('cpu-prof') ? ['--cpu-prof', `--cpu-prof-dir=${join(resultsDir, 'prof')}`] : [],
+  heapSnapshotDir: has('heap-snapshot') ? join(resultsDir, 'heap') : undefined,
+  serverFlags: has('cpu-prof') ? ['--cpu-prof', '--cpu-prof-interval=100', `--cpu-prof-dir=${join(resultsDir, 'prof')}`] : [],
 }
 
 async function main(): Promise<void> {
+  if (cfg.heapSnapshotDir !== undefined) mkdirSync(cfg.heapSnapshotDir, { recursive: true })
   const t0 = Date.now()
   // Other work on a shared machine skews absolute figures; record how busy it was.
   const loadBefore = loadavg()[0]
   const fan: Record<string, FanoutRun[]> = {}
   const conns: Record<string, ConnectionsRun[]> = {}
   let long: LongBurstRun | null = null
+  const sse: SseRun[] = []
   console.log(`cms-realtime bench: ${cfg.clients} clients, ${cfg.runs} run(s), systems ${systems.join(', ')}`)
   // Systems interleave within each run, so drift on a shared machine spreads over all of them.
   for (let run = 1; run <= cfg.runs; run++) {
     for (const system of systems) {
-      process.stdout.write(`run ${run}/${cfg.runs} ${system}: fan-out`)
-      ;(fan[system] ??= []).push(await fanout(system, cfg))
-      process.stdout.write(', connections')
-      ;(conns[system] ??= []).push(await connections(system, cfg))
+      process.stdout.write(`run ${run}/${cfg.runs} ${system}:`)
+      if (cases.includes('fanout')) {
+        process.stdout.write(' fan-out')
+        ;(fan[system] ??= []).push(await fanout(system, cfg))
+      }
+      if (cases.includes('connections')) {
+        process.stdout.write(' connections')
+        ;(conns[system] ??= []).push(await connections(system, cfg))
+      }
+      if (system === 'cms-realtime' && cases.includes('sse')) {
+        process.stdout.write(' sse-fallback')
+        sse.push(await sseFanout(cfg))
+      }
       process.stdout.write('\n')
     }
   }
-  if (systems.includes('cms-realtime') && !has('no-long-burst')) {
+  if (systems.includes('cms-realtime') && cases.includes('long-burst') && !has('no-long-burst')) {
     // Only cms-realtime: the baselines have no pacing, so a 10k-event loop
     // blocks them for seconds and buffers gigabytes; there is nothing to compare.
     process.stdout.write(`cms-realtime: ${cfg.longBurst}-event burst to ${cfg.clients} clients\n`)
@@ -72,6 +89,7 @@ async function main(): Promise<void> {
   }
   const summary = summarise(fan, conns, systems)
   printTable(summary, systems, long)
+  if (sse.length > 0) console.log('\n' + sseLine(sse, fan['cms-realtime'] ?? [], cfg.clients))
   const machine = {
     cpus: cpus().length,
     cpu: cpus()[0]?.model ?? 'unknown',
@@ -82,7 +100,7 @@ async function main(): Promise<void> {
   }
   const out = flag('out') ?? join(resultsDir, `bench-${new Date().toISOString().replace(/[:.]/g, '-')}.json`)
   mkdirSync(join(out, '..'), { recursive: true })
-  const json = { date: new Date().toISOString(), seconds: (Date.now() - t0) / 1000, machine, config: cfg, summary, longBurst: long, runs: { fanout: fan, connections: conns } }
+  const json = { date: new Date().toISOString(), seconds: (Date.now() - t0) / 1000, machine, config: cfg, summary, longBurst: long, runs: { fanout: fan, connections: conns, sse } }
   writeFileSync(out, JSON.stringify(json, null, 2))
   console.log(`\n${json.seconds.toFixed(0)} s on ${machine.cpus} × ${machine.cpu}, Node ${machine.node}; JSON: ${out}`)
 }

@@ -4,9 +4,11 @@
  * events and reports its own CPU time, event-loop delay and memory, so every
  * figure about the server is measured inside the server.
  */
-import { createServer, type IncomingMessage } from 'node:http'
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { join } from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
+import { writeHeapSnapshot } from 'node:v8'
 import { WebSocketServer, type WebSocket } from 'ws'
 import { Server as SocketIOServer } from 'socket.io'
 import { createRealtime } from '../lib/realtime'
@@ -16,7 +18,9 @@ import { eventData, SYSTEMS, type System } from './systems'
 const system = process.argv[2] as System
 if (!SYSTEMS.includes(system)) throw new Error(`unknown system ${process.argv[2]}`)
 
-const http = createServer((_req, res) => res.writeHead(404).end())
+/** Plain HTTP requests: cms-realtime answers its own routes (the SSE fallback among them). */
+let onRequest: (req: IncomingMessage, res: ServerResponse) => boolean = () => false
+const http = createServer((req, res) => { if (!onRequest(req, res)) res.writeHead(404).end() })
 // Thousands of connections arrive at once; don't drop SYNs.
 const listening = new Promise<void>((resolve) => http.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, resolve))
 
@@ -32,6 +36,7 @@ let stats: () => unknown = () => ({})
 switch (system) {
   case 'cms-realtime': {
     const rt = createRealtime({ server: http })
+    onRequest = (req, res) => rt.handleRequest(req, res)
     publish = (topic, seq) => void rt.publish(topic, 'update', eventData(seq))
     stats = () => rt.stats()
     break
@@ -148,6 +153,8 @@ serve({
     return { rss: m.rss, heapUsed: m.heapUsed, external: m.external }
   },
   stats: () => stats(),
+  /** `--heap-snapshot`: write one after the connections case, to see what each connection holds. */
+  heapSnapshot: ({ dir }: { dir: string }) => ({ file: writeHeapSnapshot(join(dir, `${system}-${Date.now()}.heapsnapshot`)) }),
 })
 
 process.on('SIGTERM', () => process.exit(0))

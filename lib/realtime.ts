@@ -6,7 +6,7 @@
 import { ServerResponse, type IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
 import debug from 'debug'
-import { WebSocketServer, type WebSocket } from 'ws'
+import { WebSocketServer, type RawData, type WebSocket } from 'ws'
 import { MemoryBus } from './bus/memory'
 import { Connection, type Core, type Counters } from './connection'
 import { Delivery } from './delivery'
@@ -103,6 +103,7 @@ export class Realtime<Ctx = IncomingMessage> {
       history: (topic, since) => this.bus.history(topic, since),
       latest: (topic) => this.bus.latest(topic),
       drained: () => this.delivery.drained(),
+      closed: (conn) => { this.connections.delete(conn) },
     }
     this.routeState = {
       path: this.opts.path,
@@ -176,6 +177,8 @@ export class Realtime<Ctx = IncomingMessage> {
     const json = JSON.stringify(data) as string | undefined
     if (json === undefined) throw new TypeError('cms-realtime: event data must be JSON-serialisable')
     this.counters.eventsPublished++
+    // The memory bus answers synchronously: skip a promise, a callback and a microtask per event.
+    if (this.bus instanceof MemoryBus) return Promise.resolve({ topic, id: this.bus.append(topic, type, json).id, type })
     return this.bus.publish(topic, type, json).then(({ topic: t, id, type: ty }) => ({ topic: t, id, type: ty }))
   }
 
@@ -344,15 +347,13 @@ export class Realtime<Ctx = IncomingMessage> {
     this.diagnostics.accepted(socket)
     const conn = new Connection(ws, socket, user, this.core)
     this.connections.add(conn)
-    ws.on('message', (data, isBinary) => conn.onMessage(data, isBinary))
-    ws.on('pong', () => { conn.alive = true })
-    // ws closes the socket itself after an error (1009 for maxPayload, 1002
-    // for bad frames); we only log, so one client can never crash the process.
-    ws.on('error', (err) => log('socket error: %s', err.message))
-    ws.once('close', () => {
-      this.connections.delete(conn)
-      conn.cleanup()
-    })
+    // Shared listeners, the connection found through the socket: no
+    // closures per connection (an idle one should cost little beyond `ws`).
+    ;(ws as Tagged)[CONN] = conn
+    ws.on('message', onWsMessage)
+    ws.on('pong', onWsPong)
+    ws.on('error', onWsError)
+    ws.on('close', onWsClose) // emitted once; `once` would add a wrapper per socket
   }
 
   private checkOrigin(req: IncomingMessage): Refusal | null {
@@ -472,6 +473,26 @@ const NOT_PASSED_ON =
   ': the app never passed it to the cms-realtime middleware. Is it mounted where option "path" points ' +
   '(mount prefix included)? Routers such as @koa/router run use() middleware only for requests that match ' +
   'one of their routes: see docs/mounting.md'
+
+const CONN = Symbol('cms-realtime.connection')
+type Tagged = WebSocket & { [CONN]: Connection }
+
+function onWsMessage(this: WebSocket, data: RawData, isBinary: boolean): void {
+  ;(this as Tagged)[CONN].onMessage(data, isBinary)
+}
+
+function onWsPong(this: WebSocket): void {
+  ;(this as Tagged)[CONN].alive = true
+}
+
+/** `ws` closes the socket itself after an error (1009 for maxPayload, 1002 for bad frames); we only log, so one client can never crash the process. */
+function onWsError(err: Error): void {
+  log('socket error: %s', err.message)
+}
+
+function onWsClose(this: WebSocket): void {
+  ;(this as Tagged)[CONN].cleanup()
+}
 
 function onSocketError(this: Duplex): void {
   this.destroy()

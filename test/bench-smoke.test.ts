@@ -29,10 +29,13 @@ test('npm run bench:smoke runs every case against every system and writes the ta
 
     expect(stdout).toContain('| metric (median, min–max) | cms-realtime | ws | socket.io | ÷ ws | ÷ socket.io |')
     expect(stdout).toMatch(/-event burst: complete/)
+    expect(stdout).toMatch(/SSE fallback, 200 streams .*× the WebSocket path/)
     const json = JSON.parse(readFileSync(out, 'utf8')) as {
       summary: Record<string, Record<string, { median: number }>>
       longBurst: { ok: boolean; received: number; events: number }
+      runs: { sse: Array<{ burstRate: number }> }
     }
+    expect(json.runs.sse[0]?.burstRate).toBeGreaterThan(0)
     for (const system of SYSTEMS) {
       expect(json.summary.burstRate?.[system]?.median).toBeGreaterThan(0)
       expect(json.summary.lastP50?.[system]?.median).toBeGreaterThan(0)
