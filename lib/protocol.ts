@@ -3,26 +3,10 @@
  * Parsing validates completely, so the rest of the server only ever sees
  * well-formed frames; anything else becomes an `error` frame, never a throw.
  */
+import type { ClientFrame, ErrorCode, ServerFrame } from './client/wire'
 import type { BusEvent } from './types'
 
-export type ClientFrame =
-  | { op: 'subscribe'; topic: string; since?: string }
-  | { op: 'unsubscribe'; topic: string }
-  | { op: 'ping' }
-
-export type ErrorCode = 'forbidden' | 'bad_request' | 'unknown_op' | 'too_large' | 'rate_limited'
-
-export type ServerFrame =
-  /**
-   * `cursor`: the position the subscription starts at; a client that has
-   * seen no event yet sends it as `since` when it resubscribes.
-   */
-  | { op: 'subscribed'; topic: string; cursor?: string; recovered?: boolean }
-  | { op: 'unsubscribed'; topic: string }
-  | { op: 'event'; topic: string; id: string; type: string; data: unknown }
-  | { op: 'resync'; topic: string }
-  | { op: 'pong' }
-  | { op: 'error'; code: ErrorCode; message: string; topic?: string }
+export type { ClientFrame, ErrorCode, ServerFrame } from './client/wire'
 
 export type ParseResult =
   | { ok: true; frame: ClientFrame }

@@ -4,12 +4,10 @@
  */
 import type { IncomingMessage, Server as HttpServer } from 'node:http'
 import type { Server as HttpsServer } from 'node:https'
-import type { DiagnosisCause } from './client/wire'
+import { PROTOCOL, type DiagnosisCause } from './client/wire'
 
-export type { DiagnosisCause } from './client/wire'
-
-/** Subprotocol name; also the wire-format version. */
-export const PROTOCOL = 'cms-realtime.v1'
+/** `PROTOCOL`: the subprotocol name, also the wire-format version. */
+export { PROTOCOL, type DiagnosisCause }
 
 export type MaybePromise<T> = T | Promise<T>
 

@@ -1,7 +1,8 @@
 /**
- * What the browser client and the server agree on, with no DOM or Node
- * types, so both sides import it (the server's `types.ts` pulls in
- * `node:http`, which the browser build must never see).
+ * What the browser client and the server agree on: the single source of the
+ * wire protocol's names and frames. No DOM or Node types, so both sides
+ * import it (the server's `types.ts` pulls in `node:http`, which the browser
+ * build must never see).
  */
 
 export const PROTOCOL = 'cms-realtime.v1'
@@ -17,14 +18,34 @@ export interface WireConfig {
   fallback: { transport: 'sse' | 'poll'; url: string } | null
 }
 
+/** Frames a client sends. */
+export type ClientFrame =
+  | { op: 'subscribe'; topic: string; since?: string }
+  | { op: 'unsubscribe'; topic: string }
+  | { op: 'ping' }
+
+export type ErrorCode = 'forbidden' | 'bad_request' | 'unknown_op' | 'too_large' | 'rate_limited'
+
 /** Frames the server sends, over the WebSocket and as SSE `data`. */
-export type WireFrame =
+export type ServerFrame =
+  /**
+   * `cursor`: the position the subscription starts at; a client that has
+   * seen no event yet sends it as `since` when it resubscribes.
+   */
   | { op: 'subscribed'; topic: string; cursor?: string; recovered?: boolean }
   | { op: 'unsubscribed'; topic: string }
   | { op: 'event'; topic: string; id: string; type: string; data: unknown }
   | { op: 'resync'; topic: string }
   | { op: 'pong' }
-  | { op: 'error'; code: string; message: string; topic?: string }
+  | { op: 'error'; code: ErrorCode; message: string; topic?: string }
+
+/**
+ * What the client reads: a server frame, where a newer server may send
+ * error codes this client does not know yet.
+ */
+export type WireFrame =
+  | Exclude<ServerFrame, { op: 'error' }>
+  | { op: 'error'; code: ErrorCode | (string & {}); message: string; topic?: string }
 
 /**
  * Why the WebSocket is not in use, as the client concludes it:
