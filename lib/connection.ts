@@ -82,6 +82,11 @@ export class Connection implements Subscriber {
     else this.write(wire, events.length)
   }
 
+  resync(topic: string): void {
+    // A subscription still being set up will get history or its own resync.
+    if (this.topics.includes(topic)) this.send({ op: 'resync', topic })
+  }
+
   send(frame: ServerFrame): void {
     this.write(wsTextFrames([Buffer.from(encode(frame))]), 0)
   }

@@ -14,6 +14,8 @@ export interface Subscriber {
    * subscriber. Without it, `deliver` is called per event.
    */
   deliverBatch?(events: readonly BusEvent[], frames: readonly Buffer[], wire: Buffer): void
+  /** Tell the client that `topic` has events it will never receive: refetch. */
+  resync(topic: string): void
 }
 
 export class Hub {

@@ -82,6 +82,9 @@ export class Realtime<Ctx = IncomingMessage> {
     this.ownsBus = this.opts.bus === undefined
     this.bus = this.opts.bus ?? new MemoryBus()
     this.bus.onEvent((event) => this.fanOut(event))
+    this.bus.onResync?.((topic) => {
+      for (const sub of this.hub.subscribers(topic) ?? []) sub.resync(topic)
+    })
     this.wss = new WebSocketServer({
       noServer: true,
       clientTracking: false,

@@ -162,6 +162,10 @@ class SseStream implements Subscriber {
     else this.event(event, frame)
   }
 
+  resync(topic: string): void {
+    if (this.index.has(topic) && !this.held.has(topic)) this.frame(JSON.stringify({ op: 'resync', topic }))
+  }
+
   private event(event: BusEvent, frame: Buffer): void {
     this.cursors[this.index.get(event.topic)!] = event.id
     this.frame(frame.toString())

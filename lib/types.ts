@@ -151,6 +151,12 @@ export interface Bus {
    * reaches back to `since` or the cursor is not one of ours (the client must refetch).
    */
   history(topic: string, since: string): Promise<BusEvent[] | null>
+  /**
+   * Optional: set the receiver of "history has a hole on `topic`" (events
+   * this node's clients can never receive, e.g. a node delivered them only
+   * locally during a Redis outage). Every local subscriber is sent `resync`.
+   */
+  onResync?(listener: (topic: string) => void): void
   /** A cursor for "now" on `topic`: `history(topic, latest)` later returns what came after. */
   latest(topic: string): Promise<string>
   close(): Promise<void>

@@ -4,6 +4,7 @@
  */
 import { once } from 'node:events'
 import WebSocket, { WebSocketServer } from 'ws'
+import { MemoryBus } from '../lib/bus/memory'
 import { CloseCode } from '../lib/protocol'
 import { fixture, type Fixture } from './helpers/fixture'
 import { handshake, rawRequest } from './helpers/net'
@@ -97,6 +98,34 @@ describe('recovery', () => {
     expect(await c.next()).toMatchObject({ op: 'subscribed', topic: 'projects', recovered: false })
     await f.rt.publish('projects', 'x', 1)
     expect((await c.op('event')).data).toBe(1)
+  })
+})
+
+describe('a bus that reports a hole in history', () => {
+  class HoleyBus extends MemoryBus {
+    report: (topic: string) => void = () => {}
+    onResync(listener: (topic: string) => void): void { this.report = listener }
+  }
+
+  test('every local subscriber of that topic, WebSocket and SSE, is told to resync; others are not', async () => {
+    const bus = new HoleyBus()
+    f = await fixture({ bus })
+    const [ws1, other] = [await f.connect(), await f.connect()]
+    await ws1.subscribe('project:9')
+    await other.subscribe('project:8')
+    const ac = new AbortController()
+    const sse = await fetch(`${f.srv.base}/realtime/events?topics=project:9`, { signal: ac.signal })
+    const reader = sse.body!.getReader()
+    await new Promise((r) => setTimeout(r, 50))
+    bus.report('project:9')
+    expect(await ws1.next()).toEqual({ op: 'resync', topic: 'project:9' })
+    let text = ''
+    while (!text.includes('resync')) text += new TextDecoder().decode((await reader.read()).value)
+    expect(text).toMatch(/data: \{"op":"resync","topic":"project:9"\}/)
+    other.send({ op: 'ping' })
+    expect(await other.next()).toEqual({ op: 'pong' })
+    ac.abort()
+    await bus.close()
   })
 })
 

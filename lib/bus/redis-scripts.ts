@@ -50,7 +50,11 @@ local key = KEYS[1]
 local size, maxAge, ttl = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local created = redis.call('EXISTS', key) == 0
 local id
-if ARGV[8] == '1' then id = redis.call('XADD', key, 'MAXLEN', '~', size, '*', 'g', '1') end
+if ARGV[8] == '1' then
+  id = redis.call('XADD', key, 'MAXLEN', '~', size, '*', 'g', '1')
+  -- An empty tail is a gap notice: live nodes tell their clients to resync.
+  redis.call('PUBLISH', ARGV[1], id .. '\\n')
+end
 if ARGV[2] ~= '' then id = redis.call('XADD', key, 'MAXLEN', '~', size, '*', 't', ARGV[2], 'd', ARGV[3]) end
 if created then
   -- A stream of this name may have expired before: the new one vouches

@@ -46,6 +46,7 @@ export class RedisBus implements Bus {
   private subLost = false
   private readonly connecting: Promise<unknown>
   private listener: (event: BusEvent) => void = () => {}
+  private resyncListener: (topic: string) => void = () => {}
   private closed = false
   private readonly onError = (err: Error): void => log('redis error: %s', err.message)
   private readonly onReady = (): void => { void this.recover() }
@@ -130,6 +131,10 @@ export class RedisBus implements Bus {
     this.listener = listener
   }
 
+  onResync(listener: (topic: string) => void): void {
+    this.resyncListener = listener
+  }
+
   async history(topic: string, since: string): Promise<BusEvent[] | null> {
     if (!STREAM_ID.test(since) || !this.client.isReady || this.closed) return null
     // Read after our subscription is confirmed, so every event is either
@@ -191,8 +196,8 @@ export class RedisBus implements Bus {
     })
   }
 
-  /** `overGaps`: for our own catch-up, read past gap markers (clients are not told: see docs/redis.md). */
-  private async read(topic: string, since: string, overGaps = false): Promise<BusEvent[] | null> {
+  /** `onGap`: for our own catch-up, read past gap markers and report them instead of refusing. */
+  private async read(topic: string, since: string, onGap?: () => void): Promise<BusEvent[] | null> {
     const reply = await this.run(HISTORY, topic, [since, String(this.idleTtlMs)]) as [number, Array<[string, string[]]>?]
     if (reply[0] !== 1) return null
     const events: BusEvent[] = []
@@ -200,8 +205,9 @@ export class RedisBus implements Bus {
       const f = pairs(fields)
       // Events were published here while Redis was away: what is stored is not all that happened.
       if (f.g !== undefined) {
-        if (!overGaps) return null
+        if (onGap === undefined) return null
         log('%s has a gap (events published without Redis) after %s', topic, since)
+        onGap()
         continue
       }
       events.push({ topic, id, type: f.t ?? '', data: f.d ?? 'null' })
@@ -234,6 +240,11 @@ export class RedisBus implements Bus {
 
   private onMessage(topic: string, state: TopicState, message: string): void {
     const nl = message.indexOf('\n')
+    if (nl === message.length - 1) {
+      // A gap notice: some node delivered events of this topic only locally.
+      if (this.topics.get(topic) === state) this.resyncListener(topic)
+      return
+    }
     let event: BusEvent
     try {
       const [type, data] = JSON.parse(message.slice(nl + 1)) as [string, string]
@@ -270,12 +281,14 @@ export class RedisBus implements Bus {
       if (state.lastId === null) return
       state.held ??= []
       let missed: BusEvent[] | null = null
+      let gap = false
       try {
-        missed = await this.read(topic, state.lastId, true)
+        missed = await this.read(topic, state.lastId, () => { gap = true })
       } catch (err) {
         log('catch-up on %s failed: %s', topic, (err as Error).message)
       }
-      if (missed === null) log('history of %s no longer reaches back to %s: clients of this node may have missed events', topic, state.lastId)
+      if (missed === null) log('history of %s no longer reaches back to %s: its clients here must resync', topic, state.lastId)
+      if ((missed === null || gap) && this.topics.get(topic) === state) this.resyncListener(topic)
       const held = state.held
       state.held = null
       for (const event of [...(missed ?? []), ...held]) this.deliver(state, event)

@@ -119,4 +119,22 @@ d('two nodes sharing Redis', () => {
     expect(back.id).toMatch(/^\d+-\d+$/)
     expect((await again.op('event')).id).toBe(back.id)
   })
+
+  test('clients on other nodes are told to resync when a node published without Redis', async () => {
+    const proxy = await new RedisProxy().start()
+    cleanup.push(() => proxy.close())
+    const a = await node({ commandTimeoutMs: 300 }, proxy.port)
+    const b = await node()
+    const t = topic()
+    const onB = await client(b.port)
+    await onB.subscribe(t)
+    await proxy.cut()
+    await until(() => !a.bus.connected, 3000, 'outage noticed')
+    await a.rt.publish(t, 'offline', 1) // reaches only node A's clients: B's must learn they missed it
+    await proxy.restore()
+    await until(() => a.bus.connected, 5000, 'reconnected')
+    expect(await onB.op('resync', 5000)).toEqual({ op: 'resync', topic: t })
+    const live = await a.rt.publish(t, 'online', 2)
+    expect((await onB.op('event')).id).toBe(live.id)
+  })
 })
