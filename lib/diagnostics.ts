@@ -89,7 +89,7 @@ export class Diagnostics {
   }
 
   /** `<path>/diagnostics`. */
-  async handle(req: IncomingMessage, res: ServerResponse, url: string): Promise<void> {
+  async handle(req: IncomingMessage, res: ServerResponse, url: string, parsedBody: () => unknown = () => undefined): Promise<void> {
     const method = req.method ?? 'GET'
     if (method === 'GET' || method === 'HEAD') {
       const nonce = new URL(url, 'http://x').searchParams.get('nonce')
@@ -97,7 +97,9 @@ export class Diagnostics {
       return sendJson(res, 200, this.lookup(nonce))
     }
     if (method !== 'POST') return sendJson(res, 405, { error: 'method_not_allowed', reason: 'use GET or POST' }, { Allow: 'GET, HEAD, POST' })
-    const body = await readBody(req, MAX_BODY)
+    // A body parser mounted before us may have read the stream already: then
+    // take what it parsed rather than an empty body.
+    const body = req.readableEnded ? parsedBody() : await readBody(req, MAX_BODY)
     if (body === null) {
       this.rejected++
       return sendJson(res, 413, { error: 'too_large', reason: `a report is at most ${MAX_BODY} bytes` })
@@ -153,12 +155,15 @@ function nonceOf(url: string | undefined): string | undefined {
   return nonce !== null && NONCE.test(nonce) ? nonce : undefined
 }
 
-function parseReport(text: string): { cause: DiagnosisCause; transport: string } | null {
-  let v: unknown
-  try {
-    v = JSON.parse(text)
-  } catch {
-    return null
+/** A report from the raw body text, or from what a body parser made of it. */
+function parseReport(body: unknown): { cause: DiagnosisCause; transport: string } | null {
+  let v: unknown = body
+  if (typeof body === 'string') {
+    try {
+      v = JSON.parse(body)
+    } catch {
+      return null
+    }
   }
   if (typeof v !== 'object' || v === null) return null
   const { cause, transport } = v as Record<string, unknown>
@@ -184,7 +189,5 @@ function readBody(req: IncomingMessage, max: number): Promise<string | null> {
     req.on('data', onData)
     req.once('end', () => done(Buffer.concat(chunks).toString('utf8')))
     req.once('error', () => done(null))
-    // A body parser mounted before us already read the stream.
-    if (req.readableEnded) done('')
   })
 }

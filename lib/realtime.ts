@@ -32,7 +32,7 @@ import {
 
 const log = debug('cms-realtime')
 
-export interface Binding {
+export interface Binding<Ctx = IncomingMessage> {
   /**
    * Route each upgrade for our path through the server's `request`
    * listeners (the app), so the app's middleware (sessions, auth, logging)
@@ -41,6 +41,12 @@ export interface Binding {
    * Default false: the handshake completes directly, `authenticate(req)`.
    */
   upgradesThroughApp?: boolean
+  /**
+   * The request body the app's body parser already read (Koa:
+   * `ctx.request.body`, Express: `req.body`), for our POST routes when the
+   * stream itself is used up.
+   */
+  bodyOf?: (ctx: Ctx) => unknown
 }
 
 interface PendingUpgrade {
@@ -53,6 +59,7 @@ interface PendingUpgrade {
 export class Realtime<Ctx = IncomingMessage> {
   readonly opts: ResolvedOptions<Ctx>
   private readonly viaApp: boolean
+  private readonly bodyOf: ((ctx: Ctx) => unknown) | undefined
   private readonly wss: WebSocketServer
   private readonly hub = new Hub()
   private readonly delivery = new Delivery((topic) => this.hub.subscribers(topic))
@@ -75,9 +82,10 @@ export class Realtime<Ctx = IncomingMessage> {
   private enabled: boolean
   private closed = false
 
-  constructor(options: RealtimeOptions<Ctx> = {}, binding: Binding = {}) {
+  constructor(options: RealtimeOptions<Ctx> = {}, binding: Binding<Ctx> = {}) {
     this.opts = resolveOptions(options)
     this.viaApp = binding.upgradesThroughApp === true
+    this.bodyOf = binding.bodyOf
     this.enabled = this.opts.webSocketEnabled
     this.ownsBus = this.opts.bus === undefined
     this.bus = this.opts.bus ?? new MemoryBus()
@@ -435,7 +443,7 @@ export class Realtime<Ctx = IncomingMessage> {
       return true
     }
     if (pathname === `${this.opts.path}/diagnostics`) {
-      await this.diagnostics.handle(req, res, url ?? '/')
+      await this.diagnostics.handle(req, res, url ?? '/', () => this.bodyOf?.(ctx))
       return true
     }
     if (pathname === `${this.opts.path}/client.js`) {
@@ -506,6 +514,6 @@ function closing(): Refusal {
 }
 
 /** Create the framework-free core. See `RealtimeOptions` for every option. */
-export function createRealtime<Ctx = IncomingMessage>(options?: RealtimeOptions<Ctx>, binding?: Binding): Realtime<Ctx> {
+export function createRealtime<Ctx = IncomingMessage>(options?: RealtimeOptions<Ctx>, binding?: Binding<Ctx>): Realtime<Ctx> {
   return new Realtime(options, binding)
 }

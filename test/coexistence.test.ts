@@ -146,6 +146,13 @@ describe.each(apps)('%s app', (_name, build) => {
     const config = await request(app.base).get('/realtime/config').set('Accept-Encoding', 'gzip').expect(200)
     expect(config.body).toMatchObject({ webSocketEnabled: true, url: '/realtime' })
   })
+
+  test('a diagnosis report still counts when the app\'s body parser read the JSON body before us', async () => {
+    const app = await start()
+    await request(app.base).post('/realtime/diagnostics')
+      .set('Content-Type', 'application/json').send({ cause: 'stripped_upgrade', transport: 'sse' }).expect(204)
+    expect(app.rt.stats().diagnoses).toEqual({ stripped_upgrade: 1 })
+  })
 })
 
 /** Sign in through the app's session middleware; the Cookie header to send next. */

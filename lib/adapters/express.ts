@@ -19,7 +19,7 @@ export type { RealtimeHandle } from './api'
  * Mount it anywhere (`app.use('/cms', rt)`, a Router): it matches `req.originalUrl`.
  */
 export function realtime(options: ExpressRealtimeOptions = {}): ExpressRealtime {
-  const core = createRealtime<Request>(options, { upgradesThroughApp: true })
+  const core = createRealtime<Request>(options, { upgradesThroughApp: true, bodyOf: (req) => req.body as unknown })
   function cmsRealtime(req: Request, res: Response, next: NextFunction): void {
     // Express 4 ignores a returned promise, so failures go to next(err) here.
     core.serve(req, res, req, req.originalUrl).then(

@@ -18,7 +18,7 @@ export type { RealtimeHandle } from './api'
  * so `authenticate(ctx)` sees `ctx.state`/`ctx.session` as a normal request would.
  */
 export function realtime(options: KoaRealtimeOptions = {}): KoaRealtime {
-  const core = createRealtime<Context>(options, { upgradesThroughApp: true })
+  const core = createRealtime<Context>(options, { upgradesThroughApp: true, bodyOf: (ctx) => ctx.request.body })
   async function cmsRealtime(ctx: Context, next: Next): Promise<void> {
     // The core writes to the raw response (streams included), so Koa must not.
     if (await core.serve(ctx.req, ctx.res, ctx, ctx.originalUrl)) {

@@ -422,7 +422,8 @@ class Client implements RealtimeClient {
     this.fetch(new URL(`${this.cfg!.url!}/diagnostics`, this.base).href, {
       method: 'POST',
       body: JSON.stringify({ cause: d.cause, transport: this.cfg?.fallback?.transport ?? 'none' }),
-      headers: { 'Content-Type': 'application/json' },
+      // text/plain: app body parsers skip it, and it needs no CORS preflight.
+      headers: { 'Content-Type': 'text/plain;charset=UTF-8' },
       keepalive: true,
     }).catch(() => {})
   }
