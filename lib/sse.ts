@@ -162,8 +162,9 @@ class SseStream implements Subscriber {
     else this.event(event, frame)
   }
 
+  /** Also while the topic's history replays: a redundant refetch is harmless, a missed one is not. */
   resync(topic: string): void {
-    if (this.index.has(topic) && !this.held.has(topic)) this.frame(JSON.stringify({ op: 'resync', topic }))
+    if (this.joined.has(topic)) this.frame(JSON.stringify({ op: 'resync', topic }))
   }
 
   private event(event: BusEvent, frame: Buffer): void {
