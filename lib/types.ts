@@ -139,8 +139,12 @@ export interface Published {
  * machines. A node subscribes only to the topics its clients hold.
  */
 export interface Bus {
-  /** Assign the cursor, keep the event in history and deliver it to every node subscribed to the topic. */
-  publish(topic: string, type: string, data: string): Promise<BusEvent>
+  /**
+   * Assign the cursor, keep the event in history and deliver it to every
+   * node subscribed to the topic. A bus that can answer at once returns the
+   * event itself: a bulk import then costs no promise callback per event.
+   */
+  publish(topic: string, type: string, data: string): MaybePromise<BusEvent>
   /** Start receiving events of `topic` on this node. */
   subscribe(topic: string): MaybePromise<void>
   unsubscribe(topic: string): MaybePromise<void>

@@ -6,6 +6,7 @@ import { once } from 'node:events'
 import WebSocket, { WebSocketServer } from 'ws'
 import { MemoryBus } from '../lib/bus/memory'
 import { CloseCode } from '../lib/protocol'
+import type { Bus } from '../lib/types'
 import { fixture, type Fixture } from './helpers/fixture'
 import { handshake, rawRequest } from './helpers/net'
 
@@ -98,6 +99,45 @@ describe('recovery', () => {
     expect(await c.next()).toMatchObject({ op: 'subscribed', topic: 'projects', recovered: false })
     await f.rt.publish('projects', 'x', 1)
     expect((await c.op('event')).data).toBe(1)
+  })
+})
+
+describe('the bus seam', () => {
+  test('publish goes through the configured bus, even a subclass of the memory bus', async () => {
+    const seen: string[] = []
+    class AuditedBus extends MemoryBus {
+      override publish(topic: string, type: string, data: string) {
+        seen.push(`${topic} ${type}`)
+        return super.publish(topic, type, data)
+      }
+    }
+    const bus = new AuditedBus()
+    f = await fixture({ bus })
+    const c = await f.connect()
+    await c.subscribe('projects')
+    const published = await f.rt.publish('projects', 'audited', 1)
+    expect(seen).toEqual(['projects audited'])
+    expect(await c.op('event')).toMatchObject({ id: published.id, type: 'audited' })
+    await bus.close()
+  })
+
+  test('an asynchronous bus works too: publish resolves with the cursor it assigned', async () => {
+    const inner = new MemoryBus()
+    const bus: Bus = {
+      publish: (topic, type, data) => new Promise((resolve) => setTimeout(() => resolve(inner.publish(topic, type, data)), 5)),
+      subscribe: (topic) => inner.subscribe(topic),
+      unsubscribe: (topic) => inner.unsubscribe(topic),
+      onEvent: (listener) => inner.onEvent(listener),
+      history: (topic, since) => inner.history(topic, since),
+      latest: () => inner.latest(),
+      close: () => inner.close(),
+    }
+    f = await fixture({ bus })
+    const c = await f.connect()
+    await c.subscribe('projects')
+    const published = await f.rt.publish('projects', 'later', 2)
+    expect((await c.op('event')).id).toBe(published.id)
+    await bus.close()
   })
 })
 

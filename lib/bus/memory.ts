@@ -57,12 +57,8 @@ export class MemoryBus implements Bus {
     this.sweeper.unref()
   }
 
-  publish(topic: string, type: string, data: string): Promise<BusEvent> {
-    return Promise.resolve(this.append(topic, type, data))
-  }
-
-  /** `publish` without the promise, for the core's fast path (a bulk import publishes thousands in a loop). */
-  append(topic: string, type: string, data: string): BusEvent {
+  /** Synchronous: a bulk import publishes thousands in a loop. */
+  publish(topic: string, type: string, data: string): BusEvent {
     let log = this.logs.get(topic)
     if (log === undefined) {
       log = { createdAt: this.seq, evictedUpTo: 0, events: [] }
