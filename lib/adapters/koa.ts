@@ -18,7 +18,7 @@ export type { RealtimeHandle } from './api'
  * so `authenticate(ctx)` sees `ctx.state`/`ctx.session` as a normal request would.
  */
 export function realtime(options: KoaRealtimeOptions = {}): KoaRealtime {
-  const core = createRealtime<Context>(options, { upgradesThroughApp: true, bodyOf: (ctx) => ctx.request.body })
+  const core = createRealtime<Context>(options, { upgradesThroughApp: true, bodyOf: koaBody })
   async function cmsRealtime(ctx: Context, next: Next): Promise<void> {
     // The core writes to the raw response (streams included), so Koa must not.
     if (await core.serve(ctx.req, ctx.res, ctx, ctx.originalUrl)) {
@@ -30,4 +30,9 @@ export function realtime(options: KoaRealtimeOptions = {}): KoaRealtime {
     await next()
   }
   return withApi(cmsRealtime, core)
+}
+
+/** What a Koa body parser (`@koa/bodyparser`, `koa-body`) left on the request; Koa itself types no body. */
+function koaBody(ctx: Context): unknown {
+  return (ctx.request as { body?: unknown }).body
 }
