@@ -10,6 +10,7 @@ import type { ResolvedOptions } from './options'
 import { CloseCode, encode, encodeEvent, parseClientFrame, wsTextFrames, type ErrorCode, type ServerFrame } from './protocol'
 import { holdForSlice } from './delivery'
 import type { Subscriber } from './hub'
+import type { Session, Sessions } from './sessions'
 import type { BusEvent, User } from './types'
 
 const log = debug('cms-realtime')
@@ -27,6 +28,8 @@ export interface Core {
   drained(): Promise<void>
   /** The connection's socket closed and it has left every topic. */
   closed(conn: Connection): void
+  /** Every open connection and stream, for session life and per-user limits. */
+  readonly sessions: Sessions
 }
 
 export interface Counters {
@@ -37,6 +40,9 @@ export interface Counters {
   protocolErrors: number
   strippedUpgrades: number
   refusals: Record<string, number>
+  errors: number
+  sessionsEnded: number
+  subscriptionsRevoked: number
 }
 
 /** Shared by every connection without subscriptions; never mutated. */
@@ -45,7 +51,7 @@ const NO_TOPICS: string[] = []
 /** Bytes a socket may hold corked within a delivery slice before they go out. */
 const FLUSH_AT = 64 * 1024
 
-export class Connection implements Subscriber {
+export class Connection implements Subscriber, Session {
   /**
    * Active subscriptions. An array, not a Set: most connections hold one
    * or a few topics (at most `maxTopicsPerConnection`), and a one-element
@@ -60,6 +66,7 @@ export class Connection implements Subscriber {
   private window = 0
   private messages = 0
   private errors = 0
+  authGeneration = 0
 
   constructor(
     readonly ws: WebSocket,
@@ -72,14 +79,32 @@ export class Connection implements Subscriber {
   deliver(event: BusEvent, frame: Buffer): void {
     const held = this.pending?.get(event.topic)
     if (held !== undefined) held.push(event)
-    else this.write(wsTextFrames([frame]), 1)
+    else if (this.topics.includes(event.topic)) this.write(wsTextFrames([frame]), 1)
   }
 
-  /** Consecutive events of one topic; `wire` is their frames, built once for every subscriber. */
+  /**
+   * Consecutive events of one topic; `wire` is their frames, built once for
+   * every subscriber. The topic check matters for a run that was cut short
+   * and resumes later: a subscription revoked in between gets none of it.
+   */
   deliverBatch(events: readonly BusEvent[], _frames: readonly Buffer[], wire: Buffer): void {
-    const held = this.pending?.get(events[0]!.topic)
+    const topic = events[0]!.topic
+    const held = this.pending?.get(topic)
     if (held !== undefined) held.push(...events)
-    else this.write(wire, events.length)
+    else if (this.topics.includes(topic)) this.write(wire, events.length)
+  }
+
+  heldTopics(): readonly string[] {
+    return this.pending === undefined ? this.topics : [...this.topics, ...this.pending.keys()]
+  }
+
+  revoke(topic: string): void {
+    this.unsubscribe(topic)
+    this.send({ op: 'unsubscribed', topic, reason: 'forbidden' })
+  }
+
+  endSession(reason: string): void {
+    this.close(CloseCode.SESSION_ENDED, reason)
   }
 
   resync(topic: string): void {
@@ -121,7 +146,7 @@ export class Connection implements Subscriber {
   close(code: number, reason: string): void {
     if (this.closing) return
     this.closing = true
-    this.ws.close(code, reason)
+    this.ws.close(code, reason.slice(0, 120)) // a close reason holds at most 123 bytes
     // The close handshake waits behind whatever is queued; don't let a stuck
     // peer hold the socket (and its buffer) for ws's 30 s close timeout.
     setTimeout(() => this.ws.terminate(), 1000).unref()
@@ -182,10 +207,11 @@ export class Connection implements Subscriber {
     const held: BusEvent[] = []
     ;(this.pending ??= new Map()).set(topic, held)
     let allowed = false
-    try {
-      allowed = (await opts.authorize(this.user, topic)) === true
-    } catch (err) {
-      log('authorize(%s) threw: %O', topic, err)
+    // A `reauthorize` while `authorize` was in flight may have changed the
+    // answer: ask again until no reauthorize overlapped.
+    for (let gen = -1; gen !== this.authGeneration && this.pending?.get(topic) === held;) {
+      gen = this.authGeneration
+      allowed = await this.core.sessions.allowed(this.user, topic)
     }
     if (this.pending?.get(topic) !== held) return // unsubscribed meanwhile
     if (!allowed || this.closing) {
@@ -213,15 +239,18 @@ export class Connection implements Subscriber {
     } else {
       out.push(since === undefined ? { op: 'subscribed', topic, cursor } : { op: 'subscribed', topic, recovered: true })
     }
-    const frames: Buffer[] = out.map((f) => Buffer.from(encode(f)))
-    const sent = new Set<string>()
-    for (const event of replay) {
-      sent.add(event.id)
-      frames.push(encodeEvent(event))
+    const recovered = boundedReplay(replay, held, opts.maxBufferedBytes - this.ws.bufferedAmount)
+    if (recovered === null) {
+      // More than the send buffer may hold: a refetch is cheaper than
+      // queueing megabytes per client, and keeps the bound a bound.
+      const last = replay.length > 0 ? replay[replay.length - 1]!.id : since
+      out.length = 0
+      out.push({ op: 'resync', topic }, { op: 'subscribed', topic, cursor: last, recovered: false })
     }
-    for (const event of held) if (!sent.has(event.id)) frames.push(encodeEvent(event))
+    const frames: Buffer[] = out.map((f) => Buffer.from(encode(f)))
+    const events = recovered?.frames ?? heldAfter(replay, held).map(encodeEvent)
     // One write for the acknowledgement and everything recovered.
-    this.write(wsTextFrames(frames), frames.length - out.length)
+    this.write(wsTextFrames([...frames, ...events]), events.length)
   }
 
   unsubscribe(topic: string): void {
@@ -246,6 +275,36 @@ export class Connection implements Subscriber {
     const topics = this.topics
     this.topics = NO_TOPICS
     for (const topic of topics) this.core.leave(this, topic)
+    this.core.sessions.remove(this)
     this.core.closed(this)
   }
+}
+
+/** Held live events that the replay did not already contain. */
+export function heldAfter(replay: readonly BusEvent[], held: readonly BusEvent[]): BusEvent[] {
+  if (held.length === 0) return []
+  const sent = new Set(replay.map((e) => e.id))
+  return held.filter((e) => !sent.has(e.id))
+}
+
+/**
+ * The encoded replay plus the held events it lacks, or `null` when they would
+ * take more than `budget` bytes (then the client is told to resync instead).
+ */
+export function boundedReplay(
+  replay: readonly BusEvent[],
+  held: readonly BusEvent[],
+  budget: number,
+): { events: BusEvent[]; frames: Buffer[] } | null {
+  const frames: Buffer[] = []
+  let bytes = 0
+  for (const event of replay) {
+    const frame = encodeEvent(event)
+    bytes += frame.length
+    if (bytes > budget) return null
+    frames.push(frame)
+  }
+  const events = [...replay, ...heldAfter(replay, held)]
+  for (let i = replay.length; i < events.length; i++) frames.push(encodeEvent(events[i]!))
+  return { events, frames }
 }

@@ -20,10 +20,14 @@ export interface DiagnosticsOptions {
   maxEntries?: number
   /** How long a nonce's record is kept. Default 60000. */
   ttlMs?: number
-  /** Reports accepted per second, on average, across all clients. Default 1. */
+  /** Reports accepted per second from one client (address), on average. Default 0.1. */
   reportsPerSecond?: number
-  /** Reports accepted in one burst. Default 60. */
+  /** Reports accepted from one client in one burst. Default 10. */
   reportBurst?: number
+  /** Nonce records one client may cause per second, on average (a browser makes one per handshake). Default 5. */
+  recordsPerSecond?: number
+  /** Nonce records one client may cause in one burst. Default 100. */
+  recordBurst?: number
 }
 
 /** Largest report body, in bytes. */
@@ -39,14 +43,13 @@ interface Entry {
 export class Diagnostics {
   /** Insertion-ordered, and every entry lives `ttlMs`: the oldest is always first. */
   private readonly entries = new Map<string, Entry>()
-  /** Nonce of each handshake socket not yet answered. */
-  private readonly sockets = new WeakMap<Duplex, string>()
+  /** Nonce and client of each handshake socket not yet answered. */
+  private readonly sockets = new WeakMap<Duplex, { nonce: string; client: string }>()
   private readonly maxEntries: number
   private readonly ttlMs: number
-  private readonly rate: number
-  private readonly burst: number
-  private tokens: number
-  private refilledAt = Date.now()
+  /** Per client, not one global bucket: a spoofer must not lock real browsers out. */
+  private readonly reportLimit: PerClientLimit
+  private readonly recordLimit: PerClientLimit
   /** Client reports by cause. */
   readonly reports: Partial<Record<DiagnosisCause, number>> = {}
   /** Reports refused as malformed or over the rate limit. */
@@ -55,15 +58,14 @@ export class Diagnostics {
   constructor(options: DiagnosticsOptions = {}) {
     this.maxEntries = options.maxEntries ?? 10_000
     this.ttlMs = options.ttlMs ?? 60_000
-    this.rate = options.reportsPerSecond ?? 1
-    this.burst = options.reportBurst ?? 60
-    this.tokens = this.burst
+    this.reportLimit = new PerClientLimit(options.reportsPerSecond ?? 0.1, options.reportBurst ?? 10)
+    this.recordLimit = new PerClientLimit(options.recordsPerSecond ?? 5, options.recordBurst ?? 100)
   }
 
   /** A handshake for our path began on `socket`: remember its nonce, if it has one. */
   watch(req: IncomingMessage, socket: Duplex): void {
     const nonce = nonceOf(req.url)
-    if (nonce !== undefined) this.sockets.set(socket, nonce)
+    if (nonce !== undefined) this.sockets.set(socket, { nonce, client: req.socket.remoteAddress ?? '' })
   }
 
   refused(socket: Duplex, refusal: { status: number; reason: string }): void {
@@ -74,10 +76,10 @@ export class Diagnostics {
     this.settle(socket, { seen: 'accepted' })
   }
 
-  /** A plain GET on the WebSocket path carrying a nonce: only our client's WebSocket URL has one, so a proxy stripped the upgrade. */
-  stripped(req: IncomingMessage): void {
+  /** A plain GET on the WebSocket path, with WebSocket headers and a nonce: a proxy stripped our client's upgrade. */
+  stripped(req: IncomingMessage, client: string): void {
     const nonce = nonceOf(req.url)
-    if (nonce !== undefined) this.record(nonce, { seen: 'stripped_upgrade' })
+    if (nonce !== undefined) this.record(nonce, { seen: 'stripped_upgrade' }, client)
   }
 
   /** What was seen for `nonce`; each record is read once. */
@@ -89,7 +91,9 @@ export class Diagnostics {
   }
 
   /** `<path>/diagnostics`. */
-  async handle(req: IncomingMessage, res: ServerResponse, url: string, parsedBody: () => unknown = () => undefined): Promise<void> {
+  async handle(
+    req: IncomingMessage, res: ServerResponse, url: string, parsedBody: () => unknown = () => undefined, client = req.socket.remoteAddress ?? '',
+  ): Promise<void> {
     const method = req.method ?? 'GET'
     if (method === 'GET' || method === 'HEAD') {
       const nonce = new URL(url, 'http://x').searchParams.get('nonce')
@@ -112,7 +116,7 @@ export class Diagnostics {
         reason: `expected {"cause": one of ${DIAGNOSIS_CAUSES.join(', ')}, "transport": "sse" | "poll" | "none"}`,
       })
     }
-    if (!this.take()) {
+    if (!this.reportLimit.take(client)) {
       this.rejected++
       return sendJson(res, 429, { error: 'rate_limited', reason: 'too many reports; try again later' }, { 'Retry-After': '60' })
     }
@@ -121,13 +125,14 @@ export class Diagnostics {
   }
 
   private settle(socket: Duplex, seen: HandshakeSeen): void {
-    const nonce = this.sockets.get(socket)
-    if (nonce === undefined) return
+    const watched = this.sockets.get(socket)
+    if (watched === undefined) return
     this.sockets.delete(socket)
-    this.record(nonce, seen)
+    this.record(watched.nonce, seen, watched.client)
   }
 
-  private record(nonce: string, seen: HandshakeSeen): void {
+  private record(nonce: string, seen: HandshakeSeen, client: string): void {
+    if (!this.recordLimit.take(client)) return
     const now = Date.now()
     for (const [key, entry] of this.entries) {
       if (entry.expires >= now && this.entries.size < this.maxEntries) break
@@ -137,14 +142,27 @@ export class Diagnostics {
     this.entries.set(nonce, { seen, expires: now + this.ttlMs })
   }
 
-  /** Token bucket shared by all clients: reports are counters, not a channel. */
-  private take(): boolean {
+}
+
+/** Token buckets per client address, at most `maxClients` of them (the least recently refilled are forgotten first). */
+class PerClientLimit {
+  private readonly buckets = new Map<string, { tokens: number; at: number }>()
+
+  constructor(private readonly rate: number, private readonly burst: number, private readonly maxClients = 10_000) {}
+
+  take(client: string): boolean {
     const now = Date.now()
-    this.tokens = Math.min(this.burst, this.tokens + ((now - this.refilledAt) / 1000) * this.rate)
-    this.refilledAt = now
-    if (this.tokens < 1) return false
-    this.tokens--
-    return true
+    const b = this.buckets.get(client)
+    let tokens = this.burst
+    if (b !== undefined) {
+      tokens = Math.min(this.burst, b.tokens + ((now - b.at) / 1000) * this.rate)
+      this.buckets.delete(client) // re-inserted last: the map stays ordered by use
+    } else if (this.buckets.size >= this.maxClients) {
+      this.buckets.delete(this.buckets.keys().next().value!)
+    }
+    const ok = tokens >= 1
+    this.buckets.set(client, { tokens: ok ? tokens - 1 : tokens, at: now })
+    return ok
   }
 }
 

@@ -32,13 +32,20 @@ export function hasToken(header: string | string[] | undefined, token: string): 
  * refusal to write. Origin and authentication come later (they need options
  * and the app's middleware); this is only what HTTP and RFC 6455 demand.
  */
-export function checkUpgrade(req: Pick<IncomingMessage, 'method' | 'headers'>, enabled: boolean): Refusal | null {
+export function checkUpgrade(
+  req: Pick<IncomingMessage, 'method' | 'headers'> & Partial<Pick<IncomingMessage, 'httpVersion' | 'rawHeaders'>>,
+  enabled: boolean,
+): Refusal | null {
   const h = req.headers
   if (!enabled) {
     return { status: 503, reason: 'disabled', message: 'the WebSocket channel is disabled on this server; see GET <path>/config' }
   }
   if (req.method !== 'GET') {
     return { status: 400, reason: 'bad_method', message: 'a WebSocket handshake must use GET' }
+  }
+  // RFC 6455 §4.1: "HTTP/1.1 or higher"; an HTTP/1.0 proxy cannot carry it.
+  if (req.httpVersion !== undefined && req.httpVersion !== '1.1') {
+    return { status: 400, reason: 'bad_http_version', message: 'a WebSocket handshake must be HTTP/1.1' }
   }
   if (typeof h.upgrade !== 'string' || h.upgrade.trim().toLowerCase() !== 'websocket') {
     return { status: 400, reason: 'bad_upgrade', message: 'the Upgrade header must be "websocket"' }
@@ -48,6 +55,11 @@ export function checkUpgrade(req: Pick<IncomingMessage, 'method' | 'headers'>, e
   }
   if (!h.host) {
     return { status: 400, reason: 'missing_host', message: 'the Host header is required' }
+  }
+  // Node keeps the first Host and drops the rest; which one a proxy or the
+  // Origin check would believe is anyone's guess (RFC 9112 §3.2: 400).
+  if (req.rawHeaders !== undefined && countHeader(req.rawHeaders, 'host') > 1) {
+    return { status: 400, reason: 'bad_host', message: 'exactly one Host header is allowed' }
   }
   if (h['sec-websocket-version'] !== '13') {
     return {
@@ -62,10 +74,34 @@ export function checkUpgrade(req: Pick<IncomingMessage, 'method' | 'headers'>, e
     return { status: 400, reason: 'bad_key', message: 'Sec-WebSocket-Key must be 16 random bytes in base64' }
   }
   const offered = h['sec-websocket-protocol']
-  if (offered !== undefined && !hasToken(offered, PROTOCOL)) {
-    return { status: 400, reason: 'bad_subprotocol', message: `the only subprotocol spoken here is ${PROTOCOL}` }
+  if (offered !== undefined) {
+    // Validated here as `ws` would, so a malformed list gets our JSON answer
+    // rather than `ws`'s plain-text one (Node joins a repeated header with ", ").
+    const list = protocolList(offered)
+    if (list === null) {
+      return { status: 400, reason: 'bad_subprotocol', message: 'Sec-WebSocket-Protocol must be a comma-separated list of distinct tokens' }
+    }
+    if (!list.includes(PROTOCOL)) {
+      return { status: 400, reason: 'bad_subprotocol', message: `the only subprotocol spoken here is ${PROTOCOL}` }
+    }
   }
   return null
+}
+
+/** RFC 7230 token characters. */
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
+
+/** The offered subprotocols, or `null` when the list is malformed (empty element, non-token, duplicate). */
+function protocolList(header: string): string[] | null {
+  const list = header.split(',').map((t) => t.trim())
+  if (list.some((t) => !TOKEN.test(t)) || new Set(list).size !== list.length) return null
+  return list
+}
+
+function countHeader(raw: readonly string[], name: string): number {
+  let n = 0
+  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.toLowerCase() === name) n++
+  return n
 }
 
 /** Write a complete HTTP response on a raw socket and close it: never leave a handshake hanging. */

@@ -22,8 +22,8 @@ export interface RouteState {
   heartbeatMs: number
   /** Transport offered when the WebSocket fails or is disabled. */
   fallback?: 'sse' | 'none'
-  /** A GET on the WebSocket path that should have been an upgrade (for the nonce diagnosis). */
-  sawPlainGet?(req: IncomingMessage): void
+  /** A GET on the WebSocket path that should have been an upgrade (for the nonce diagnosis); `client` keys per-client limits. */
+  sawPlainGet?(req: IncomingMessage, client: string): void
   /** Count a refusal; `stripped` marks a proxy that dropped the upgrade. */
   refuse(reason: 'stripped_upgrade' | 'plain_request' | 'not_found' | 'bad_method'): void
 }
@@ -45,13 +45,13 @@ export function isOurs(pathname: string, path: string): boolean {
 let warnedStripped = false
 
 /** Answer a request whose pathname `isOurs`. */
-export function route(req: IncomingMessage, pathname: string, state: RouteState): Reply {
+export function route(req: IncomingMessage, pathname: string, state: RouteState, client = req.socket.remoteAddress ?? ''): Reply {
   const sub = pathname.slice(state.path.length)
   const method = req.method ?? 'GET'
   const readOnly = method === 'GET' || method === 'HEAD'
   if (sub === '' || sub === '/') {
     if (!readOnly) return methodNotAllowed(state, 'GET')
-    return upgradeRequired(req, state)
+    return upgradeRequired(req, state, client)
   }
   if (sub === '/config') {
     if (!readOnly) return methodNotAllowed(state, 'GET, HEAD')
@@ -77,7 +77,7 @@ export function config(state: Pick<RouteState, 'path' | 'webSocketEnabled' | 'he
  * browsers fail with a bare 1006, so we say 426 and why (RFC 9110 §15.5.22:
  * a 426 carries `Upgrade`).
  */
-function upgradeRequired(req: IncomingMessage, state: RouteState): Reply {
+function upgradeRequired(req: IncomingMessage, state: RouteState, client: string): Reply {
   const h = req.headers
   const stripped =
     h['sec-websocket-key'] !== undefined ||
@@ -86,8 +86,10 @@ function upgradeRequired(req: IncomingMessage, state: RouteState): Reply {
   // Upgrade is hop-by-hop, so it is named in Connection (RFC 9110 §7.8); and
   // `close`, because this connection will not be upgraded.
   const headers = { ...NO_STORE, Upgrade: 'websocket', Connection: 'Upgrade, close' }
-  state.sawPlainGet?.(req)
   if (stripped) {
+    // Only a request that carries WebSocket headers is recorded for its
+    // nonce: a bare GET with a made-up nonce must not evict real records.
+    state.sawPlainGet?.(req, client)
     state.refuse('stripped_upgrade')
     if (!warnedStripped) {
       warnedStripped = true

@@ -3,7 +3,7 @@
  * Misuse throws a TypeError naming the option (the way `ws` does), so a typo
  * fails at startup rather than at the first editor's connection.
  */
-import type { IncomingMessage } from 'node:http'
+import type { OriginPolicy } from './origin'
 import type { RealtimeOptions, User, MaybePromise, Bus } from './types'
 
 export const ENV_ENABLED = 'CMS_REALTIME_WEBSOCKETS_ENABLED'
@@ -12,7 +12,9 @@ export const DEFAULTS = {
   path: '/realtime',
   webSocketEnabled: true,
   requireOrigin: false,
-  maxPayload: 64 * 1024,
+  maxPayload: 4096,
+  maxConnectionsPerUser: 32,
+  revalidateMs: 60_000,
   maxTopicsPerConnection: 100,
   maxTopicLength: 200,
   maxBufferedBytes: 1024 * 1024,
@@ -30,9 +32,15 @@ export interface ResolvedOptions<Ctx> {
   webSocketEnabled: boolean
   authenticate: ((ctx: Ctx) => MaybePromise<User | null | undefined | false>) | undefined
   authorize: (user: User, topic: string) => MaybePromise<boolean>
-  originAllowed: (origin: string, req: IncomingMessage) => boolean
+  /** Origins allowed besides the same origin (see origin.ts). */
+  originAllowed: OriginPolicy
   requireOrigin: boolean
+  /** `undefined`: ask the framework (the adapter's binding), else false. */
+  trustProxy: boolean | undefined
   maxPayload: number
+  maxConnectionsPerUser: number
+  revalidate: ((user: User) => MaybePromise<boolean>) | undefined
+  revalidateMs: number
   maxTopicsPerConnection: number
   maxTopicLength: number
   maxBufferedBytes: number
@@ -48,7 +56,7 @@ export interface ResolvedOptions<Ctx> {
 
 const KNOWN = new Set([
   'server', 'path', 'webSocketEnabled', 'authenticate', 'authorize', 'allowedOrigins',
-  'requireOrigin', 'bus', ...Object.keys(DEFAULTS),
+  'requireOrigin', 'bus', 'trustProxy', 'revalidate', ...Object.keys(DEFAULTS),
 ])
 
 export function resolveOptions<Ctx>(
@@ -70,7 +78,7 @@ export function resolveOptions<Ctx>(
   if (typeof o.webSocketEnabled !== 'boolean') {
     throw new TypeError('cms-realtime: option "webSocketEnabled" must be a boolean')
   }
-  for (const key of ['maxPayload', 'maxTopicsPerConnection', 'maxTopicLength', 'maxBufferedBytes',
+  for (const key of ['maxPayload', 'maxConnectionsPerUser', 'revalidateMs', 'maxTopicsPerConnection', 'maxTopicLength', 'maxBufferedBytes',
     'maxMessagesPerSecond', 'maxProtocolErrors', 'heartbeatMs', 'unclaimedUpgradeTimeoutMs', 'handshakeTimeoutMs'] as const) {
     const v = o[key]
     if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
@@ -83,7 +91,10 @@ export function resolveOptions<Ctx>(
   if (o.fallback !== 'sse' && o.fallback !== 'none') {
     throw new TypeError(`cms-realtime: option "fallback" must be "sse" or "none" (got ${JSON.stringify(o.fallback)})`)
   }
-  for (const key of ['authenticate', 'authorize'] as const) {
+  if (o.trustProxy !== undefined && typeof o.trustProxy !== 'boolean') {
+    throw new TypeError('cms-realtime: option "trustProxy" must be a boolean')
+  }
+  for (const key of ['authenticate', 'authorize', 'revalidate'] as const) {
     if (o[key] !== undefined && typeof o[key] !== 'function') {
       throw new TypeError(`cms-realtime: option "${key}" must be a function`)
     }
@@ -96,7 +107,11 @@ export function resolveOptions<Ctx>(
     authorize: o.authorize ?? defaultAuthorize,
     originAllowed: originPolicy(o.allowedOrigins),
     requireOrigin: o.requireOrigin,
+    trustProxy: o.trustProxy,
     maxPayload: o.maxPayload,
+    maxConnectionsPerUser: o.maxConnectionsPerUser,
+    revalidate: o.revalidate,
+    revalidateMs: o.revalidateMs,
     maxTopicsPerConnection: o.maxTopicsPerConnection,
     maxTopicLength: o.maxTopicLength,
     maxBufferedBytes: o.maxBufferedBytes,
@@ -139,31 +154,16 @@ export function defaultAuthorize(user: User, topic: string): boolean {
   return id !== undefined && topic === NOTIFICATIONS + id
 }
 
-function originPolicy(
-  allowed: RealtimeOptions['allowedOrigins'],
-): (origin: string, req: IncomingMessage) => boolean {
-  if (allowed === undefined) return sameOrigin
+function originPolicy(allowed: RealtimeOptions['allowedOrigins']): OriginPolicy {
+  // Same origin is always allowed (checkOrigin tests it first); this is the rest.
+  if (allowed === undefined) return () => false
   if (allowed === '*') return () => true
   if (typeof allowed === 'function') return allowed
   if (!Array.isArray(allowed)) {
     throw new TypeError('cms-realtime: option "allowedOrigins" must be an array of origins, "*" or a function')
   }
   const set = new Set(allowed.map((a) => a.toLowerCase().replace(/\/$/, '')))
-  return (origin, req) => set.has(origin.toLowerCase()) || sameOrigin(origin, req)
-}
-
-/**
- * Same origin means the Origin's host:port equals the Host header. The scheme
- * is not compared: behind a TLS-terminating proxy the server cannot know it.
- */
-function sameOrigin(origin: string, req: IncomingMessage): boolean {
-  let host: string
-  try {
-    host = new URL(origin).host
-  } catch {
-    return false
-  }
-  return host !== '' && host.toLowerCase() === (req.headers.host ?? '').toLowerCase()
+  return (origin) => set.has(origin.toLowerCase())
 }
 
 function stripUndefined<T extends object>(obj: T): Partial<T> {

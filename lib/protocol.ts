@@ -115,4 +115,9 @@ export const CloseCode = {
   TRY_AGAIN_LATER: 1013,
   /** The channel was switched off at run time: re-read config, do not retry the socket. */
   DISABLED: 4000,
+  /**
+   * The session ended (`rt.disconnect`, `revalidate`, `expiresAt`): sign in
+   * again; retrying with the same credentials is pointless (4000 + HTTP 401).
+   */
+  SESSION_ENDED: 4401,
 } as const

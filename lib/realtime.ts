@@ -3,26 +3,30 @@
  * and the HTTP routes. The Koa and Express adapters are thin wrappers over
  * this object's public methods.
  */
-import { ServerResponse, type IncomingMessage } from 'node:http'
+import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Duplex } from 'node:stream'
 import debug from 'debug'
 import { WebSocketServer, type RawData, type WebSocket } from 'ws'
 import { MemoryBus } from './bus/memory'
 import { Connection, type Core, type Counters } from './connection'
 import { Delivery } from './delivery'
-import { checkUpgrade, writeRefusal, type Refusal } from './handshake'
+import { checkUpgrade, type Refusal } from './handshake'
 import { Hub } from './hub'
 import { Diagnostics } from './diagnostics'
 import { SseStreams } from './sse'
 import { serveClient } from './client-asset'
 import { isOurs, pathnameOf, route, sendJson, type Reply, type RouteState } from './http-routes'
 import { resolveOptions, type ResolvedOptions } from './options'
+import { checkOrigin, clientAddress, ownCors } from './origin'
 import { CloseCode, validTopic } from './protocol'
+import { expiryOf, Sessions } from './sessions'
+import { onSocketError, Upgrades } from './upgrade'
 import {
   PROTOCOL,
   type AttachableServer,
   type Bus,
   type BusEvent,
+  type ConnectionSelector,
   type Published,
   type RealtimeOptions,
   type RealtimeStats,
@@ -47,19 +51,18 @@ export interface Binding<Ctx = IncomingMessage> {
    * stream itself is used up.
    */
   bodyOf?: (ctx: Ctx) => unknown
-}
-
-interface PendingUpgrade {
-  socket: Duplex
-  head: Buffer
-  res: ServerResponse
-  timer: NodeJS.Timeout
+  /**
+   * Does the app trust its proxy's `X-Forwarded-*` headers for this request
+   * (Koa `app.proxy`, Express `trust proxy`)? Option `trustProxy` wins.
+   */
+  trustProxy?: (ctx: Ctx) => boolean
 }
 
 export class Realtime<Ctx = IncomingMessage> {
   readonly opts: ResolvedOptions<Ctx>
   private readonly viaApp: boolean
   private readonly bodyOf: ((ctx: Ctx) => unknown) | undefined
+  private readonly trustOf: ((ctx: Ctx) => boolean) | undefined
   private readonly wss: WebSocketServer
   private readonly hub = new Hub()
   private readonly delivery = new Delivery((topic) => this.hub.subscribers(topic))
@@ -68,10 +71,11 @@ export class Realtime<Ctx = IncomingMessage> {
   private readonly bus: Bus
   private readonly ownsBus: boolean
   private readonly servers = new Map<AttachableServer, (req: IncomingMessage, socket: Duplex, head: Buffer) => void>()
-  private readonly pending = new WeakMap<IncomingMessage, PendingUpgrade>()
+  private readonly upgrades: Upgrades<Ctx>
+  private readonly sessions: Sessions
   private readonly counters: Counters = {
     eventsPublished: 0, eventsDelivered: 0, slowConsumersClosed: 0, drops: 0, protocolErrors: 0, strippedUpgrades: 0,
-    refusals: {},
+    refusals: {}, errors: 0, sessionsEnded: 0, subscriptionsRevoked: 0,
   }
   private readonly core: Core
   private readonly routeState: RouteState
@@ -86,13 +90,26 @@ export class Realtime<Ctx = IncomingMessage> {
     this.opts = resolveOptions(options)
     this.viaApp = binding.upgradesThroughApp === true
     this.bodyOf = binding.bodyOf
+    this.trustOf = binding.trustProxy
     this.enabled = this.opts.webSocketEnabled
     this.ownsBus = this.opts.bus === undefined
     this.bus = this.opts.bus ?? new MemoryBus()
-    this.bus.onEvent((event) => this.fanOut(event))
-    this.bus.onResync?.((topic) => {
-      for (const sub of this.hub.subscribers(topic) ?? []) sub.resync(topic)
+    // Bus callbacks run on the bus's stack (a Redis reply): a throw must not escape.
+    this.bus.onEvent((event) => {
+      try {
+        this.fanOut(event)
+      } catch (err) {
+        this.error('bus event', err)
+      }
     })
+    this.bus.onResync?.((topic) => {
+      try {
+        for (const sub of this.hub.subscribers(topic) ?? []) sub.resync(topic)
+      } catch (err) {
+        this.error('bus resync', err)
+      }
+    })
+    this.sessions = new Sessions(this.opts as ResolvedOptions<never>, this.counters, (where, err) => this.error(where, err))
     this.wss = new WebSocketServer({
       noServer: true,
       clientTracking: false,
@@ -101,7 +118,22 @@ export class Realtime<Ctx = IncomingMessage> {
       // checkUpgrade already refused offers that lack ours.
       handleProtocols: (offered) => (offered.has(PROTOCOL) ? PROTOCOL : false),
     })
+    // `ws`'s own handshake checks answer in plain text; ours is the documented JSON, counted.
+    this.wss.on('wsClientError', (err, socket) => {
+      this.upgrades.refuse(socket, { status: 400, reason: 'bad_handshake', message: err.message })
+    })
     const self = this
+    this.upgrades = new Upgrades<Ctx>({
+      path: this.opts.path,
+      viaApp: this.viaApp,
+      handshakeTimeoutMs: this.opts.handshakeTimeoutMs,
+      unclaimedUpgradeTimeoutMs: this.opts.unclaimedUpgradeTimeoutMs,
+      diagnostics: this.diagnostics,
+      gate: (req) => (this.closed ? closing() : checkUpgrade(req, this.enabled)),
+      admit: (req, socket, head, ctx) => this.admit(req, socket, head, ctx),
+      refused: (reason) => this.refused(reason),
+      error: (where, err) => this.error(where, err),
+    })
     this.core = {
       opts: this.opts as ResolvedOptions<never>,
       counters: this.counters,
@@ -115,6 +147,7 @@ export class Realtime<Ctx = IncomingMessage> {
       latest: (topic) => this.bus.latest(topic),
       drained: () => this.delivery.drained(),
       closed: (conn) => { this.connections.delete(conn) },
+      sessions: this.sessions,
     }
     this.routeState = {
       path: this.opts.path,
@@ -125,12 +158,16 @@ export class Realtime<Ctx = IncomingMessage> {
       get fallback() {
         return self.fallbackOffered() ? 'sse' : 'none'
       },
-      sawPlainGet: (req) => this.diagnostics.stripped(req),
+      sawPlainGet: (req, client) => this.diagnostics.stripped(req, client),
       refuse: (reason) => this.refused(reason),
     }
     this.sse = new SseStreams(this.core, {
       heartbeatMs: this.opts.heartbeatMs,
-      authenticate: (ctx) => this.authenticateFallback(ctx as Ctx),
+      authenticate: async (ctx) => {
+        const user = await this.identify(ctx as Ctx)
+        return user === undefined ? { status: 401 } : { user }
+      },
+      refused: (reason) => this.refused(reason),
     })
     if (options.server !== undefined) this.attach(options.server)
   }
@@ -156,11 +193,17 @@ export class Realtime<Ctx = IncomingMessage> {
   attach(server: AttachableServer): this {
     if (this.closed) throw new Error('cms-realtime: attach() after close()')
     if (this.servers.has(server)) return this
-    const listener = (req: IncomingMessage, socket: Duplex, head: Buffer): void => this.onUpgrade(server, req, socket, head)
+    const listener = this.upgrades.listener(server)
     this.servers.set(server, listener)
     server.on('upgrade', listener)
     if (this.heartbeat === undefined) {
-      this.heartbeat = setInterval(() => this.beat(), this.opts.heartbeatMs)
+      this.heartbeat = setInterval(() => {
+        try {
+          this.beat()
+        } catch (err) {
+          this.error('heartbeat', err)
+        }
+      }, this.opts.heartbeatMs)
       this.heartbeat.unref()
     }
     return this
@@ -196,26 +239,43 @@ export class Realtime<Ctx = IncomingMessage> {
 
   /** Is `req` an upgrade waiting for the app's middleware to pass it on (`upgradesThroughApp`)? */
   isPendingUpgrade(req: IncomingMessage): boolean {
-    return this.pending.has(req)
+    return this.upgrades.isPending(req)
   }
 
   /**
    * Finish an upgrade that went through the app: authenticate with the
    * app's context and complete (or refuse) the handshake.
    */
-  async acceptUpgrade(req: IncomingMessage, ctx: Ctx): Promise<void> {
-    const p = this.pending.get(req)
-    if (p === undefined) return
-    this.pending.delete(req)
-    clearTimeout(p.timer)
-    p.res.detachSocket(p.socket as never)
-    await this.complete(req, p.socket, p.head, ctx)
+  acceptUpgrade(req: IncomingMessage, ctx: Ctx): Promise<void> {
+    return this.upgrades.accept(req, ctx)
+  }
+
+  /**
+   * End every connection and fallback stream of the selected users now
+   * (logout, a blocked account): WebSocket close 4401, SSE `closed` frame.
+   * Nothing is sent to them after this call. It does not end the CMS
+   * session itself: invalidate that first, or the client may sign in again.
+   * Returns how many connections and streams were ended.
+   */
+  disconnect(selector: ConnectionSelector, reason = 'signed out'): number {
+    return this.sessions.disconnect(selector, reason)
+  }
+
+  /**
+   * Ask `authorize` again for every topic the selected connections and
+   * streams hold (default: all), and drop the ones now refused, each with
+   * `{"op":"unsubscribed","topic":…,"reason":"forbidden"}`. Call it when
+   * access changes (a user removed from a project: `{ topic: 'project:42' }`).
+   * Resolves, once every answer is in, to how many subscriptions were dropped.
+   */
+  reauthorize(selector?: ConnectionSelector): Promise<number> {
+    return this.sessions.reauthorize(selector)
   }
 
   /** The reply for a plain HTTP request to our routes, or `undefined` when the path is not ours. */
-  route(req: IncomingMessage, url: string | undefined = req.url): Reply | undefined {
+  route(req: IncomingMessage, url: string | undefined = req.url, trusted = this.opts.trustProxy ?? false): Reply | undefined {
     const pathname = pathnameOf(url)
-    return isOurs(pathname, this.opts.path) ? route(req, pathname, this.routeState) : undefined
+    return isOurs(pathname, this.opts.path) ? route(req, pathname, this.routeState, clientAddress(req, trusted)) : undefined
   }
 
   /**
@@ -226,12 +286,21 @@ export class Realtime<Ctx = IncomingMessage> {
    */
   async serve(req: IncomingMessage, res: ServerResponse, ctx: Ctx, url: string | undefined = req.url): Promise<boolean> {
     this.attachFrom(req)
-    if (this.pending.has(req)) {
-      await this.acceptUpgrade(req, ctx)
+    if (this.upgrades.isPending(req)) {
+      await this.upgrades.accept(req, ctx)
       return true
     }
-    if (await this.serveFallback(req, res, ctx, url)) return true
-    const reply = this.route(req, url)
+    // An upgrade the app passed on too late: it was answered (503 timeout)
+    // already, and is no stripped upgrade to diagnose.
+    if (this.upgrades.wasRouted(req)) return true
+    if (!isOurs(pathnameOf(url), this.opts.path)) return false
+    const trusted = this.trusted(ctx)
+    // Our routes carry our CORS headers only: never an app middleware's.
+    const origin = checkOrigin(req, this.opts.originAllowed, this.opts.requireOrigin, trusted)
+    if (!origin.ok && origin.threw !== undefined) this.error('allowedOrigins', origin.threw)
+    ownCors(res, origin.ok ? origin.cors : undefined)
+    if (await this.serveFallback(req, res, ctx, url, origin.ok ? null : origin.refusal, trusted)) return true
+    const reply = this.route(req, url, trusted)
     if (reply === undefined) return false
     res.writeHead(reply.status, reply.headers).end(reply.body) // Node omits the body for HEAD
     return true
@@ -239,8 +308,13 @@ export class Realtime<Ctx = IncomingMessage> {
 
   /** For plain `node:http`: `if (!rt.handleRequest(req, res)) yourApp(req, res)`. */
   handleRequest(req: IncomingMessage, res: ServerResponse): boolean {
-    if (!this.pending.has(req) && !isOurs(pathnameOf(req.url), this.opts.path)) return false
-    void this.serve(req, res, req as Ctx)
+    if (!this.upgrades.isPending(req) && !isOurs(pathnameOf(req.url), this.opts.path)) return false
+    this.serve(req, res, req as Ctx).catch((err: unknown) => {
+      // No framework here to turn a failure into a response: do it, never reject.
+      this.error('request', err)
+      if (!res.headersSent) sendJson(res, 500, { error: 'internal_error', reason: 'cms-realtime failed to answer' })
+      else res.destroy()
+    })
     return true
   }
 
@@ -261,6 +335,9 @@ export class Realtime<Ctx = IncomingMessage> {
       fallbackStreams: this.sse.streams.size,
       diagnoses: { ...this.diagnostics.reports },
       diagnosesRejected: this.diagnostics.rejected,
+      errors: c.errors,
+      sessionsEnded: c.sessionsEnded,
+      subscriptionsRevoked: c.subscriptionsRevoked,
     }
   }
 
@@ -273,6 +350,7 @@ export class Realtime<Ctx = IncomingMessage> {
     if (this.closed) return
     this.closed = true
     clearInterval(this.heartbeat)
+    this.sessions.close()
     for (const [server, listener] of this.servers) server.off('upgrade', listener)
     this.servers.clear()
     this.sse.closeAll()
@@ -291,66 +369,29 @@ export class Realtime<Ctx = IncomingMessage> {
 
   // ---- internals ----
 
-  private onUpgrade(server: AttachableServer, req: IncomingMessage, socket: Duplex, head: Buffer): void {
-    if (pathnameOf(req.url) !== this.opts.path) {
-      this.foreignUpgrade(server, socket)
-      return
+  /**
+   * The handshake is sound and the app passed it on: the origin (with the
+   * app's proxy trust, known only now), the user, the per-user cap; then 101.
+   */
+  private async admit(req: IncomingMessage, socket: Duplex, head: Buffer, ctx: Ctx): Promise<void> {
+    const origin = checkOrigin(req, this.opts.originAllowed, this.opts.requireOrigin, this.trusted(ctx))
+    if (!origin.ok) {
+      if (origin.threw !== undefined) this.error('allowedOrigins', origin.threw)
+      return this.upgrades.refuse(socket, origin.refusal)
     }
-    // Until `ws` owns the socket, a reset must not become an uncaught error.
-    socket.on('error', onSocketError)
-    this.diagnostics.watch(req, socket)
-    const refusal = this.closed ? closing() : (checkUpgrade(req, this.enabled) ?? this.checkOrigin(req))
-    if (refusal !== null) return this.refuse(socket, refusal)
-    if (!this.viaApp || server.listenerCount('request') === 0) {
-      void this.complete(req, socket, head, req as Ctx)
-      return
-    }
-    // Let the app's middleware see the request. If it answers by itself (its
-    // auth says 401, its router 404), that answer goes to the socket whole.
-    const res = new ServerResponse(req)
-    res.shouldKeepAlive = false
-    res.assignSocket(socket as never)
-    res.on('finish', () => {
-      if (this.pending.get(req)?.res === res) {
-        this.pending.delete(req)
-        clearTimeout(timer)
-        this.refused('app_response')
-        log('upgrade for %s answered by the app with %d%s', req.url, res.statusCode, res.statusCode === 404 ? NOT_PASSED_ON : '')
-      }
-      const s = socket as Duplex & { destroySoon?: () => void }
-      if (s.destroySoon) s.destroySoon()
-      else s.end()
-    })
-    const timer = setTimeout(() => {
-      if (this.pending.get(req)?.res !== res) return
-      this.pending.delete(req)
-      res.detachSocket(socket as never)
-      this.refuse(socket, {
-        status: 503, reason: 'timeout', message: 'the app did not pass the upgrade on to cms-realtime in time: is the middleware mounted?',
-      })
-    }, this.opts.handshakeTimeoutMs)
-    timer.unref()
-    this.pending.set(req, { socket, head, res, timer })
-    server.emit('request', req, res)
-  }
-
-  private async complete(req: IncomingMessage, socket: Duplex, head: Buffer, ctx: Ctx): Promise<void> {
-    let user: User = null
-    if (this.opts.authenticate !== undefined) {
-      try {
-        user = await this.opts.authenticate(ctx)
-      } catch (err) {
-        log('authenticate threw: %O', err)
-        user = null
-      }
-      if (user === null || user === undefined || user === false) {
-        return this.refuse(socket, { status: 401, reason: 'unauthenticated', message: 'authentication required' })
-      }
+    const user = await this.identify(ctx)
+    if (user === undefined) {
+      return this.upgrades.refuse(socket, { status: 401, reason: 'unauthenticated', message: 'authentication required' })
     }
     // The flag may have flipped, or the socket died, while we awaited.
-    if (this.closed) return this.refuse(socket, closing())
-    if (!this.enabled) return this.refuse(socket, checkUpgrade(req, false)!)
+    if (this.closed) return this.upgrades.refuse(socket, closing())
+    if (!this.enabled) return this.upgrades.refuse(socket, checkUpgrade(req, false)!)
     if (socket.destroyed) return
+    if (!this.sessions.admits(user)) {
+      return this.upgrades.refuse(socket, {
+        status: 429, reason: 'too_many_connections', message: `at most ${this.opts.maxConnectionsPerUser} connections and streams per user`,
+      })
+    }
     this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, socket, user))
   }
 
@@ -359,6 +400,7 @@ export class Realtime<Ctx = IncomingMessage> {
     this.diagnostics.accepted(socket)
     const conn = new Connection(ws, socket, user, this.core)
     this.connections.add(conn)
+    this.sessions.add(conn)
     // Shared listeners, the connection found through the socket: no
     // closures per connection (an idle one should cost little beyond `ws`).
     ;(ws as Tagged)[CONN] = conn
@@ -368,42 +410,39 @@ export class Realtime<Ctx = IncomingMessage> {
     ws.on('close', onWsClose) // emitted once; `once` would add a wrapper per socket
   }
 
-  private checkOrigin(req: IncomingMessage): Refusal | null {
-    const origin = req.headers.origin
-    if (origin === undefined) {
-      return this.opts.requireOrigin ? { status: 403, reason: 'origin', message: 'an Origin header is required' } : null
-    }
-    return this.opts.originAllowed(origin, req)
-      ? null
-      : { status: 403, reason: 'origin', message: `origin ${origin} is not allowed` }
-  }
-
   /**
-   * An upgrade for a path that is not ours: leave it to the other listeners.
-   * If there are none, answer 404 at once; otherwise answer 404 only if
-   * nobody has written to the socket after `unclaimedUpgradeTimeoutMs`.
+   * `authenticate`, for the handshake and every fallback request alike:
+   * the user, or `undefined` to refuse (nothing returned, a throw, or a
+   * session whose `expiresAt` has passed).
    */
-  private foreignUpgrade(server: AttachableServer, socket: Duplex): void {
-    if (server.listenerCount('upgrade') <= 1) {
-      socket.on('error', onSocketError)
-      this.refuse(socket, { status: 404, reason: 'not_found', message: 'no WebSocket endpoint at this path' })
-      return
+  private async identify(ctx: Ctx): Promise<User | undefined> {
+    if (this.opts.authenticate === undefined) return null
+    let user: User = null
+    try {
+      user = await this.opts.authenticate(ctx)
+    } catch (err) {
+      this.error('authenticate', err)
+      return undefined
     }
-    const net = socket as Duplex & { bytesWritten?: number }
-    const timer = setTimeout(() => {
-      if (!socket.destroyed && (net.bytesWritten ?? 0) === 0) {
-        this.refuse(socket, { status: 404, reason: 'not_found', message: 'no WebSocket endpoint at this path' })
-      }
-    }, this.opts.unclaimedUpgradeTimeoutMs)
-    timer.unref()
-    socket.once('close', () => clearTimeout(timer))
+    if (user === null || user === undefined || user === false) return undefined
+    const expires = expiryOf(user)
+    return expires !== undefined && expires <= Date.now() ? undefined : user
   }
 
-  private refuse(socket: Duplex, refusal: Refusal): void {
-    this.refused(refusal.reason)
-    this.diagnostics.refused(socket, refusal)
-    log('refused handshake: %d %s', refusal.status, refusal.reason)
-    writeRefusal(socket, refusal)
+  private trusted(ctx: Ctx): boolean {
+    if (this.opts.trustProxy !== undefined) return this.opts.trustProxy
+    try {
+      return this.trustOf?.(ctx) === true
+    } catch (err) {
+      this.error('trustProxy', err)
+      return false
+    }
+  }
+
+  /** Log and count an exception we caught so that it could not end the process. */
+  private error(where: string, err: unknown): void {
+    this.counters.errors++
+    log('%s threw: %O', where, err)
   }
 
   private refused(reason: RefusalReason): void {
@@ -433,9 +472,18 @@ export class Realtime<Ctx = IncomingMessage> {
    * The fallback and diagnostics routes, which need the adapter's `ctx` or
    * stream their answer. `false` when `url` is none of them.
    */
-  private async serveFallback(req: IncomingMessage, res: ServerResponse, ctx: Ctx, url: string | undefined): Promise<boolean> {
+  private async serveFallback(
+    req: IncomingMessage, res: ServerResponse, ctx: Ctx, url: string | undefined, originRefusal: Refusal | null, trusted: boolean,
+  ): Promise<boolean> {
     const pathname = pathnameOf(url)
+    const forbidden = (): true => {
+      this.refused('origin')
+      sendJson(res, 403, { error: 'origin', reason: originRefusal!.message })
+      return true
+    }
     if (pathname === `${this.opts.path}/events` && this.opts.fallback === 'sse' && !this.closed) {
+      // The same door as the upgrade: a cross-site page must not read the stream.
+      if (originRefusal !== null) return forbidden()
       if (!this.fallbackOffered()) {
         sendJson(res, 503, { error: 'disabled', reason: 'no fallback transport is offered now; see GET <path>/config' })
         return true
@@ -444,7 +492,8 @@ export class Realtime<Ctx = IncomingMessage> {
       return true
     }
     if (pathname === `${this.opts.path}/diagnostics`) {
-      await this.diagnostics.handle(req, res, url ?? '/', () => this.bodyOf?.(ctx))
+      if (originRefusal !== null && req.method === 'POST') return forbidden()
+      await this.diagnostics.handle(req, res, url ?? '/', () => this.bodyOf?.(ctx), clientAddress(req, trusted))
       return true
     }
     if (pathname === `${this.opts.path}/client.js`) {
@@ -459,32 +508,14 @@ export class Realtime<Ctx = IncomingMessage> {
     return this.opts.fallback === 'sse' && (this.enabled || this.opts.fallbackWhenDisabled)
   }
 
-  /** `authenticate` for a fallback request: the same rule as the handshake's. */
-  private async authenticateFallback(ctx: Ctx): Promise<{ user: User } | { status: 401 }> {
-    if (this.opts.authenticate === undefined) return { user: null }
-    let user: User = null
-    try {
-      user = await this.opts.authenticate(ctx)
-    } catch (err) {
-      log('authenticate threw: %O', err)
-    }
-    return user === null || user === undefined || user === false ? { status: 401 } : { user }
-  }
-
   private async busCall(fn: () => unknown): Promise<void> {
     try {
       await fn()
     } catch (err) {
-      log('bus error: %O', err)
+      this.error('bus', err)
     }
   }
 }
-
-/** A 404 from the app for our own path means the middleware is not where `path` points. */
-const NOT_PASSED_ON =
-  ': the app never passed it to the cms-realtime middleware. Is it mounted where option "path" points ' +
-  '(mount prefix included)? Routers such as @koa/router run use() middleware only for requests that match ' +
-  'one of their routes: see docs/mounting.md'
 
 const CONN = Symbol('cms-realtime.connection')
 type Tagged = WebSocket & { [CONN]: Connection }
@@ -504,10 +535,6 @@ function onWsError(err: Error): void {
 
 function onWsClose(this: WebSocket): void {
   ;(this as Tagged)[CONN].cleanup()
-}
-
-function onSocketError(this: Duplex): void {
-  this.destroy()
 }
 
 function closing(): Refusal {

@@ -13,10 +13,11 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import debug from 'debug'
-import type { Core } from './connection'
+import { boundedReplay, heldAfter, type Core } from './connection'
 import type { Subscriber } from './hub'
 import { sendJson } from './http-routes'
-import { encodeEvent, validTopic } from './protocol'
+import { CloseCode, encodeEvent, validTopic } from './protocol'
+import type { Session } from './sessions'
 import { decodeCursors, encodeCursors } from './client/cursor-vector'
 import type { BusEvent, MaybePromise, User } from './types'
 
@@ -29,6 +30,8 @@ export interface SseOptions {
   retryMs?: number
   /** Who is this? `undefined` or a refusal status when unknown. */
   authenticate(ctx: unknown): MaybePromise<{ user: User } | { status: 401 }>
+  /** Count a refusal in `stats().refusals`. */
+  refused(reason: 'unauthenticated' | 'forbidden' | 'too_many_connections'): void
 }
 
 export class SseStreams {
@@ -62,19 +65,23 @@ export class SseStreams {
     }
 
     const who = await this.options.authenticate(ctx)
-    if ('status' in who) return fail(res, 401, 'unauthenticated', 'authentication required')
-    const forbidden: string[] = []
-    for (const topic of topics) {
-      let ok = false
-      try {
-        ok = (await opts.authorize(who.user, topic)) === true
-      } catch (err) {
-        log('authorize(%s) threw: %O', topic, err)
-      }
-      if (!ok) forbidden.push(topic)
+    if ('status' in who) {
+      this.options.refused('unauthenticated')
+      return fail(res, 401, 'unauthenticated', 'authentication required')
     }
-    if (forbidden.length > 0) return fail(res, 403, 'forbidden', `not allowed to subscribe to ${forbidden.join(', ')}`)
+    const sessions = this.core.sessions
+    const verdicts = await Promise.all(topics.map((topic) => sessions.allowed(who.user, topic)))
+    const forbidden = topics.filter((_t, i) => !verdicts[i])
+    if (forbidden.length > 0) {
+      this.options.refused('forbidden')
+      return fail(res, 403, 'forbidden', `not allowed to subscribe to ${forbidden.join(', ')}`)
+    }
     if (res.destroyed) return
+    // Checked after every await, right before the stream is counted.
+    if (!sessions.admits(who.user)) {
+      this.options.refused('too_many_connections')
+      return fail(res, 429, 'too_many_connections', `at most ${opts.maxConnectionsPerUser} connections and streams per user`)
+    }
 
     res.writeHead(200, {
       'Content-Type': 'text/event-stream; charset=utf-8',
@@ -84,15 +91,15 @@ export class SseStreams {
       'X-Accel-Buffering': 'no',
     })
     if (method === 'HEAD') return void res.end()
-    const stream = new SseStream(res, topics, since, this.core)
-    this.streams.add(stream)
-    const beat = setInterval(() => stream.write(': ping\n\n'), this.options.heartbeatMs)
-    beat.unref()
-    res.once('close', () => {
+    const stream = new SseStream(res, who.user, topics, since, this.core, () => {
       clearInterval(beat)
       this.streams.delete(stream)
-      stream.cleanup()
     })
+    this.streams.add(stream)
+    sessions.add(stream)
+    const beat = setInterval(() => stream.write(': ping\n\n'), this.options.heartbeatMs)
+    beat.unref()
+    res.once('close', () => stream.cleanup())
     stream.write(`retry: ${this.options.retryMs ?? 2000}\n\n`)
     await stream.start()
   }
@@ -104,26 +111,52 @@ export class SseStreams {
 }
 
 /** One event stream over several topics. */
-class SseStream implements Subscriber {
+class SseStream implements Subscriber, Session {
   /** Live events held while a topic's history is being replayed. */
   private readonly held = new Map<string, BusEvent[]>()
   private readonly index: Map<string, number>
   private readonly joined = new Set<string>()
+  /** Topics `reauthorize` took away; they keep their slot in the cursor vector. */
+  private readonly revoked = new Set<string>()
   private ended = false
+  private cleaned = false
+  authGeneration = 0
 
   constructor(
     private readonly res: ServerResponse,
+    readonly user: User,
     private readonly topics: string[],
     private readonly cursors: Array<string | undefined>,
     private readonly core: Core,
+    private readonly onCleanup: () => void,
   ) {
     this.index = new Map(topics.map((t, i) => [t, i]))
+  }
+
+  heldTopics(): readonly string[] {
+    return this.revoked.size === 0 ? this.topics : this.topics.filter((t) => !this.revoked.has(t))
+  }
+
+  revoke(topic: string): void {
+    if (this.revoked.has(topic) || !this.index.has(topic)) return
+    this.revoked.add(topic)
+    this.held.delete(topic)
+    if (this.joined.delete(topic)) this.core.leave(this, topic)
+    this.frame(JSON.stringify({ op: 'unsubscribed', topic, reason: 'forbidden' }))
+  }
+
+  /** The stream's last frame says why it ends, so `EventSource` users know not to reconnect blindly. */
+  endSession(reason: string): void {
+    this.frame(JSON.stringify({ op: 'closed', code: CloseCode.SESSION_ENDED, reason }))
+    this.end()
+    this.cleanup()
   }
 
   /** Join each topic, then replay its history, in topic order (so the vector only ever advances). */
   async start(): Promise<void> {
     for (const topic of this.topics) {
       if (this.ended) return
+      if (this.revoked.has(topic)) continue
       const held: BusEvent[] = []
       this.held.set(topic, held)
       this.joined.add(topic)
@@ -138,28 +171,27 @@ class SseStream implements Subscriber {
         log('SSE history for %s failed: %O', topic, err)
         return this.end()
       }
-      if (this.ended) return
+      if (this.ended || this.revoked.has(topic)) continue
       this.held.delete(topic)
-      if (replay === null) {
+      // Bounded like the WebSocket's: past the send buffer, resync instead.
+      const recovered = replay === null ? null
+        : boundedReplay(replay, held, this.core.opts.maxBufferedBytes - this.res.writableLength)
+      if (recovered === null) {
+        if (replay !== null && replay.length > 0) this.cursors[i] = replay[replay.length - 1]!.id
         this.frame(JSON.stringify({ op: 'resync', topic }))
         this.frame(JSON.stringify({ op: 'subscribed', topic, cursor: this.cursors[i], recovered: false }))
-        replay = []
-      } else {
-        this.frame(JSON.stringify(since === undefined ? { op: 'subscribed', topic, cursor: this.cursors[i] } : { op: 'subscribed', topic, recovered: true }))
+        for (const event of heldAfter(replay ?? [], held)) this.event(event, encodeEvent(event))
+        continue
       }
-      const sent = new Set<string>()
-      for (const event of replay) {
-        sent.add(event.id)
-        this.event(event, encodeEvent(event))
-      }
-      for (const event of held) if (!sent.has(event.id)) this.event(event, encodeEvent(event))
+      this.frame(JSON.stringify(since === undefined ? { op: 'subscribed', topic, cursor: this.cursors[i] } : { op: 'subscribed', topic, recovered: true }))
+      recovered.events.forEach((event, k) => this.event(event, recovered.frames[k]!))
     }
   }
 
   deliver(event: BusEvent, frame: Buffer): void {
     const held = this.held.get(event.topic)
     if (held !== undefined) held.push(event)
-    else this.event(event, frame)
+    else if (this.joined.has(event.topic)) this.event(event, frame)
   }
 
   /** Also while the topic's history replays: a redundant refetch is harmless, a missed one is not. */
@@ -169,29 +201,33 @@ class SseStream implements Subscriber {
 
   private event(event: BusEvent, frame: Buffer): void {
     this.cursors[this.index.get(event.topic)!] = event.id
-    this.frame(frame.toString())
-    this.core.counters.eventsDelivered++
+    // Counted delivered or dropped, never both.
+    if (this.frame(frame.toString())) this.core.counters.eventsDelivered++
+    else this.core.counters.drops++
   }
 
   /** One message; its id is the whole vector, as it stands after this frame. */
-  private frame(json: string): void {
-    this.write(`id: ${encodeCursors(this.cursors)}\ndata: ${json}\n\n`)
+  private frame(json: string): boolean {
+    return this.write(`id: ${encodeCursors(this.cursors)}\ndata: ${json}\n\n`)
   }
 
-  write(text: string): void {
-    if (this.ended || this.res.destroyed) {
-      this.core.counters.drops++
-      return
-    }
+  write(text: string): boolean {
+    if (this.ended || this.res.destroyed || this.res.writableEnded) return false
     if (this.res.writableLength > this.core.opts.maxBufferedBytes) {
-      // A slow consumer is ended, not allowed to grow memory; EventSource
-      // reconnects with Last-Event-ID and recovers from history.
+      // A slow consumer is cut off, not allowed to grow memory: destroyed
+      // rather than ended, since a client that does not read would never
+      // take the end either (with `Connection: close` it kept the socket,
+      // its buffer and its subscriptions). EventSource reconnects with
+      // Last-Event-ID and recovers from history.
       this.core.counters.slowConsumersClosed++
-      this.core.counters.drops++
-      log('ending slow SSE consumer: %d bytes queued', this.res.writableLength)
-      return this.end()
+      log('cutting off slow SSE consumer: %d bytes queued', this.res.writableLength)
+      this.ended = true
+      this.res.destroy()
+      this.cleanup()
+      return false
     }
     this.res.write(text)
+    return true
   }
 
   end(): void {
@@ -200,11 +236,16 @@ class SseStream implements Subscriber {
     this.res.end()
   }
 
+  /** Leave every topic and the registries; idempotent (called at once when we end it, and on 'close'). */
   cleanup(): void {
     this.ended = true
+    if (this.cleaned) return
+    this.cleaned = true
     this.held.clear()
     for (const topic of this.joined) this.core.leave(this, topic)
     this.joined.clear()
+    this.core.sessions.remove(this)
+    this.onCleanup()
   }
 }
 

@@ -72,10 +72,36 @@ export interface RealtimeOptions<Ctx = IncomingMessage> {
    * full origins (`https://cms.example.com`); `'*'` allows any. Default: same origin only.
    */
   allowedOrigins?: readonly string[] | '*' | ((origin: string, req: IncomingMessage) => boolean)
-  /** Refuse handshakes that carry no `Origin` (non-browser clients). Default `false`. */
+  /** Refuse handshakes and fallback requests that carry no `Origin` (non-browser clients). Default `false`. */
   requireOrigin?: boolean
-  /** Largest frame accepted from a client, in bytes; larger closes with 1009. Default 65536. */
+  /**
+   * Believe `Forwarded` / `X-Forwarded-Host` / `X-Forwarded-For` (for the
+   * same-origin check and per-client limits). Default: what the framework
+   * says (Koa `app.proxy`, Express `trust proxy`); `false` for the bare core.
+   * Only set it when every request comes through a proxy you run.
+   */
+  trustProxy?: boolean
+  /**
+   * Largest frame accepted from a client, in bytes; larger closes with 1009.
+   * Default 4096: the largest legal frame (a subscribe with a 200-character
+   * topic and a cursor) is about 300 bytes.
+   */
   maxPayload?: number
+  /**
+   * WebSocket connections plus SSE streams one user (by `userId(user)`) may
+   * hold at once; past it → 429 `too_many_connections`. Anonymous users are
+   * not counted. Default 32 (an editor with many tabs stays well below).
+   */
+  maxConnectionsPerUser?: number
+  /**
+   * Is this user's session still valid? Called every `revalidateMs` for each
+   * open connection and stream; `false` ends it (close 4401, SSE `closed`
+   * frame). A throw keeps the connection and is retried next round (logged,
+   * counted in `stats().errors`), so a database blip does not sign everyone out.
+   */
+  revalidate?: (user: User) => MaybePromise<boolean>
+  /** Interval of `revalidate`. Default 60000. */
+  revalidateMs?: number
   /** Topics one connection may hold at once. Default 100. */
   maxTopicsPerConnection?: number
   /** Longest topic name. Default 200. */
@@ -184,6 +210,13 @@ export type RefusalReason =
   | 'app_response'
   | 'stripped_upgrade'
   | 'plain_request'
+  | 'pipelined_upgrade'
+  | 'bad_http_version'
+  | 'bad_host'
+  | 'bad_handshake'
+  | 'too_many_connections'
+  | 'forbidden'
+  | 'internal_error'
 
 export interface RealtimeStats {
   connections: number
@@ -207,4 +240,20 @@ export interface RealtimeStats {
   diagnoses: Partial<Record<DiagnosisCause, number>>
   /** Reports refused as malformed or over the rate limit. */
   diagnosesRejected: number
+  /** Exceptions caught from user callbacks (`authenticate`, `authorize`, `allowedOrigins`, `revalidate`), the bus and our own listeners: logged, never fatal. */
+  errors: number
+  /** Connections and streams ended by `disconnect`, `revalidate` or `expiresAt`. */
+  sessionsEnded: number
+  /** Subscriptions dropped by `reauthorize`. */
+  subscriptionsRevoked: number
 }
+
+/**
+ * Which connections `rt.disconnect` / `rt.reauthorize` act on: one user's
+ * (by `userId(user)`: `user.id`, or the user itself when it is a string or a
+ * number), those holding a topic, or those whose user matches a predicate.
+ */
+export type ConnectionSelector =
+  | { user: string | number }
+  | { topic: string }
+  | ((user: User) => boolean)

@@ -4,7 +4,7 @@ import { defaultAuthorize, envFlag, resolveOptions, userId, ENV_ENABLED } from '
 describe('resolveOptions', () => {
   test('defaults', () => {
     const o = resolveOptions({}, {})
-    expect(o).toMatchObject({ path: '/realtime', webSocketEnabled: true, maxPayload: 65536, heartbeatMs: 25000 })
+    expect(o).toMatchObject({ path: '/realtime', webSocketEnabled: true, maxPayload: 4096, heartbeatMs: 25000 })
   })
 
   test('webSocketEnabled: false survives (no `||` defaults)', () => {

@@ -33,7 +33,13 @@ export type ServerFrame =
    * seen no event yet sends it as `since` when it resubscribes.
    */
   | { op: 'subscribed'; topic: string; cursor?: string; recovered?: boolean }
-  | { op: 'unsubscribed'; topic: string }
+  /** `reason: 'forbidden'`: the server dropped the subscription (`rt.reauthorize`); without a reason it answers an unsubscribe. */
+  | { op: 'unsubscribed'; topic: string; reason?: 'forbidden' }
+  /**
+   * SSE only, the stream's last frame: the server ended it. `code` is the
+   * WebSocket close code it stands for (4401: the session ended, sign in again).
+   */
+  | { op: 'closed'; code: number; reason: string }
   | { op: 'event'; topic: string; id: string; type: string; data: unknown }
   | { op: 'resync'; topic: string }
   | { op: 'pong' }

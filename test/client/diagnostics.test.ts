@@ -43,10 +43,11 @@ describe('what the server saw for a nonce', () => {
     expect((await seen(a.srv.base)).body).toEqual({ seen: 'stripped_upgrade' })
   })
 
-  test('a stripped handshake that lost its Sec-WebSocket headers too is still recognised by its nonce', async () => {
+  test('a bare GET with a nonce and no WebSocket headers records nothing (it cannot evict real records)', async () => {
     const a = await app()
     await fetch(`${a.srv.base}/realtime?nonce=${NONCE}`)
-    expect((await seen(a.srv.base)).body).toEqual({ seen: 'stripped_upgrade' })
+    expect((await seen(a.srv.base)).body).toEqual({ seen: 'nothing' })
+    expect(a.rt.stats().refusals).toMatchObject({ plain_request: 1 })
   })
 
   test('a refusal and its reason', async () => {
@@ -81,14 +82,14 @@ describe('what the server saw for a nonce', () => {
 
   test('records are bounded: the oldest is forgotten first', () => {
     const d = new Diagnostics({ maxEntries: 2 })
-    for (const n of ['a', 'b', 'c']) d.stripped({ url: `/realtime?nonce=${n.repeat(16)}` } as never)
+    for (const n of ['a', 'b', 'c']) d.stripped({ url: `/realtime?nonce=${n.repeat(16)}` } as never, '127.0.0.1')
     expect(d.lookup('a'.repeat(16))).toEqual({ seen: 'nothing' })
     expect(d.lookup('c'.repeat(16))).toEqual({ seen: 'stripped_upgrade' })
   })
 
   test('records expire', () => {
     const d = new Diagnostics({ ttlMs: -1 })
-    d.stripped({ url: `/realtime?nonce=${NONCE}` } as never)
+    d.stripped({ url: `/realtime?nonce=${NONCE}` } as never, '127.0.0.1')
     expect(d.lookup(NONCE)).toEqual({ seen: 'nothing' })
   })
 })

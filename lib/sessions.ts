@@ -1,0 +1,202 @@
+/**
+ * Session life: how the door closes. A socket outlives the request that
+ * opened it, so the CMS must be able to end it per user (logout, block), per
+ * topic (lost access) and by time (session expiry). Every WebSocket
+ * connection and every SSE stream is a `Session` here, so each rule applies
+ * to every transport alike. Peers: Socket.IO `disconnectSockets()` /
+ * `socketsLeave()`, Centrifugo's server-side disconnect/unsubscribe and token
+ * `exp`, SignalR's `CloseOnAuthenticationExpiration`.
+ */
+import debug from 'debug'
+import type { Counters } from './connection'
+import { userId, type ResolvedOptions } from './options'
+import type { ConnectionSelector, User } from './types'
+
+const log = debug('cms-realtime')
+
+/** A WebSocket connection or an SSE stream, as session life sees it. */
+export interface Session {
+  readonly user: User
+  /** Topics held, or being set up. */
+  heldTopics(): readonly string[]
+  /** Drop `topic` (the user may no longer read it) and tell the client `unsubscribed` with reason `forbidden`. */
+  revoke(topic: string): void
+  /** End the session: WebSocket close 4401, SSE `closed` frame; nothing is sent after this call. */
+  endSession(reason: string): void
+  /** Bumped by `reauthorize`: an `authorize` still in flight for a subscribe is asked again. */
+  authGeneration: number
+}
+
+/** setTimeout's limit; a later expiry re-arms. */
+const MAX_TIMER = 2 ** 31 - 1
+
+/** When the session of `user` ends: `user.expiresAt` as a Date or epoch milliseconds. */
+export function expiryOf(user: User): number | undefined {
+  if (typeof user !== 'object' || user === null || !('expiresAt' in user)) return undefined
+  const at = (user as { expiresAt: unknown }).expiresAt
+  const ms = at instanceof Date ? at.getTime() : at
+  return typeof ms === 'number' && Number.isFinite(ms) ? ms : undefined
+}
+
+export class Sessions {
+  private readonly all = new Set<Session>()
+  private readonly perUser = new Map<string, number>()
+  private readonly expiry = new Map<Session, NodeJS.Timeout>()
+  private sweep: NodeJS.Timeout | undefined
+  private sweeping = false
+
+  constructor(
+    private readonly opts: ResolvedOptions<never>,
+    private readonly counters: Counters,
+    private readonly onError: (where: string, err: unknown) => void,
+  ) {}
+
+  get size(): number {
+    return this.all.size
+  }
+
+  /** May `user` open one more connection or stream? Anonymous users are not counted. */
+  admits(user: User): boolean {
+    const id = userId(user)
+    return id === undefined || (this.perUser.get(id) ?? 0) < this.opts.maxConnectionsPerUser
+  }
+
+  add(session: Session): void {
+    this.all.add(session)
+    const id = userId(session.user)
+    if (id !== undefined) this.perUser.set(id, (this.perUser.get(id) ?? 0) + 1)
+    const at = expiryOf(session.user)
+    if (at !== undefined) this.armExpiry(session, at)
+    if (this.opts.revalidate !== undefined && this.sweep === undefined) {
+      this.sweep = setInterval(() => void this.revalidateAll(), this.opts.revalidateMs)
+      this.sweep.unref()
+    }
+  }
+
+  remove(session: Session): void {
+    if (!this.all.delete(session)) return
+    const id = userId(session.user)
+    if (id !== undefined) {
+      const n = (this.perUser.get(id) ?? 1) - 1
+      if (n > 0) this.perUser.set(id, n)
+      else this.perUser.delete(id)
+    }
+    clearTimeout(this.expiry.get(session))
+    this.expiry.delete(session)
+  }
+
+  select(selector?: ConnectionSelector): Session[] {
+    const all = [...this.all]
+    if (selector === undefined) return all
+    if (typeof selector === 'function') {
+      return all.filter((s) => {
+        try {
+          return selector(s.user) === true
+        } catch (err) {
+          this.onError('selector', err)
+          return false
+        }
+      })
+    }
+    if ('user' in selector) {
+      const id = String(selector.user)
+      return all.filter((s) => userId(s.user) === id)
+    }
+    if ('topic' in selector) return all.filter((s) => s.heldTopics().includes(selector.topic))
+    throw new TypeError('cms-realtime: a selector is { user }, { topic } or a function of the user')
+  }
+
+  /** End the selected sessions now; resolves to how many. */
+  disconnect(selector: ConnectionSelector, reason: string): number {
+    const chosen = this.select(selector)
+    for (const s of chosen) this.end(s, reason)
+    return chosen.length
+  }
+
+  /**
+   * Ask `authorize` again for every topic the selected sessions hold (or are
+   * setting up), and drop the refused ones. A throw counts as a refusal, as at
+   * subscribe time. Resolves to how many subscriptions were dropped.
+   */
+  async reauthorize(selector?: ConnectionSelector): Promise<number> {
+    const checks: Array<Promise<number>> = []
+    for (const s of this.select(selector)) {
+      s.authGeneration++
+      for (const topic of s.heldTopics()) {
+        checks.push(this.allowed(s.user, topic).then((ok) => {
+          if (ok || !s.heldTopics().includes(topic)) return 0
+          s.revoke(topic)
+          this.counters.subscriptionsRevoked++
+          return 1
+        }))
+      }
+    }
+    let n = 0
+    for (const dropped of await Promise.all(checks)) n += dropped
+    return n
+  }
+
+  /** `authorize(user, topic)`, never throwing: a throw is logged, counted, and means no. */
+  async allowed(user: User, topic: string): Promise<boolean> {
+    try {
+      return (await this.opts.authorize(user, topic)) === true
+    } catch (err) {
+      this.onError(`authorize(${topic})`, err)
+      return false
+    }
+  }
+
+  close(): void {
+    clearInterval(this.sweep)
+    this.sweep = undefined
+    for (const t of this.expiry.values()) clearTimeout(t)
+    this.expiry.clear()
+  }
+
+  private end(session: Session, reason: string): void {
+    if (!this.all.has(session)) return
+    this.counters.sessionsEnded++
+    this.remove(session)
+    session.endSession(reason)
+  }
+
+  private armExpiry(session: Session, at: number): void {
+    const timer = setTimeout(() => {
+      if (!this.all.has(session)) return
+      if (Date.now() < at) return this.armExpiry(session, at) // past setTimeout's range
+      log('session expired')
+      this.end(session, 'session expired')
+    }, Math.min(Math.max(0, at - Date.now()), MAX_TIMER))
+    timer.unref()
+    this.expiry.set(session, timer)
+  }
+
+  /** One round of `revalidate`, once per user id (many tabs, one call); never overlapping. */
+  private async revalidateAll(): Promise<void> {
+    const revalidate = this.opts.revalidate
+    if (revalidate === undefined || this.sweeping) return
+    this.sweeping = true
+    try {
+      const verdicts = new Map<unknown, Promise<boolean | undefined>>()
+      const ask = (user: User): Promise<boolean | undefined> => {
+        const key = userId(user) ?? user
+        let v = verdicts.get(key)
+        if (v === undefined) {
+          v = Promise.resolve()
+            .then(() => revalidate(user))
+            .then((ok) => ok === true, (err: unknown) => {
+              this.onError('revalidate', err)
+              return undefined // unknown: keep the session, ask again next round
+            })
+          verdicts.set(key, v)
+        }
+        return v
+      }
+      await Promise.all([...this.all].map(async (s) => {
+        if ((await ask(s.user)) === false) this.end(s, 'session no longer valid')
+      }))
+    } finally {
+      this.sweeping = false
+    }
+  }
+}
