@@ -66,7 +66,6 @@ export class Connection implements Subscriber, Session {
   private window = 0
   private messages = 0
   private errors = 0
-  authGeneration = 0
 
   constructor(
     readonly ws: WebSocket,
@@ -206,13 +205,9 @@ export class Connection implements Subscriber, Session {
     }
     const held: BusEvent[] = []
     ;(this.pending ??= new Map()).set(topic, held)
-    let allowed = false
-    // A `reauthorize` while `authorize` was in flight may have changed the
-    // answer: ask again until no reauthorize overlapped.
-    for (let gen = -1; gen !== this.authGeneration && this.pending?.get(topic) === held;) {
-      gen = this.authGeneration
-      allowed = await this.core.sessions.allowed(this.user, topic)
-    }
+    // A `reauthorize` meanwhile checks this pending topic too, and revokes it
+    // (deleting it from `pending`) if access was withdrawn.
+    const allowed = await this.core.sessions.allowed(this.user, topic)
     if (this.pending?.get(topic) !== held) return // unsubscribed meanwhile
     if (!allowed || this.closing) {
       this.pending.delete(topic)

@@ -21,4 +21,5 @@ export {
   type AttachableServer,
   type User,
   type MaybePromise,
+  type ConnectionSelector,
 } from './types'

@@ -23,8 +23,6 @@ export interface Session {
   revoke(topic: string): void
   /** End the session: WebSocket close 4401, SSE `closed` frame; nothing is sent after this call. */
   endSession(reason: string): void
-  /** Bumped by `reauthorize`: an `authorize` still in flight for a subscribe is asked again. */
-  authGeneration: number
 }
 
 /** setTimeout's limit; a later expiry re-arms. */
@@ -114,14 +112,14 @@ export class Sessions {
   }
 
   /**
-   * Ask `authorize` again for every topic the selected sessions hold (or are
-   * setting up), and drop the refused ones. A throw counts as a refusal, as at
+   * Ask `authorize` again for every topic the selected sessions hold or are
+   * setting up (a subscribe whose first answer predates the change is
+   * covered too), and drop the refused ones. A throw counts as a refusal, as at
    * subscribe time. Resolves to how many subscriptions were dropped.
    */
   async reauthorize(selector?: ConnectionSelector): Promise<number> {
     const checks: Array<Promise<number>> = []
     for (const s of this.select(selector)) {
-      s.authGeneration++
       for (const topic of s.heldTopics()) {
         checks.push(this.allowed(s.user, topic).then((ok) => {
           if (ok || !s.heldTopics().includes(topic)) return 0

@@ -120,7 +120,6 @@ class SseStream implements Subscriber, Session {
   private readonly revoked = new Set<string>()
   private ended = false
   private cleaned = false
-  authGeneration = 0
 
   constructor(
     private readonly res: ServerResponse,

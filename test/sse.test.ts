@@ -4,11 +4,12 @@
  * the cursor vector as `id`, resumes from `Last-Event-ID` or `?since=`,
  * sends heartbeat comments, and leaves the hub when either side closes it.
  */
-import { get, request, type IncomingMessage } from 'node:http'
+import { request, type IncomingMessage } from 'node:http'
 import { createRealtime, type Realtime } from '../lib/realtime'
 import type { RealtimeOptions } from '../lib/types'
 import { encodeCursors } from '../lib/client/cursor-vector'
 import { listen, type Listening } from './helpers/net'
+import { openStream, type Stream } from './helpers/sse'
 
 let rt: Realtime
 let srv: Listening
@@ -21,52 +22,8 @@ afterEach(async () => {
   await srv?.close()
 })
 
-interface Message { id?: string; data?: string; comment?: string; retry?: string }
-
-class Stream {
-  readonly messages: Message[] = []
-  ended = false
-  private buf = ''
-  constructor(readonly res: IncomingMessage) {
-    res.setEncoding('utf8')
-    res.on('data', (chunk: string) => {
-      this.buf += chunk
-      let i: number
-      while ((i = this.buf.indexOf('\n\n')) >= 0) {
-        const block = this.buf.slice(0, i)
-        this.buf = this.buf.slice(i + 2)
-        const m: Message = {}
-        for (const line of block.split('\n')) {
-          if (line.startsWith(':')) m.comment = line.slice(1).trim()
-          else {
-            const c = line.indexOf(': ')
-            ;(m as Record<string, string>)[line.slice(0, c)] = line.slice(c + 2)
-          }
-        }
-        this.messages.push(m)
-      }
-    })
-    res.on('close', () => { this.ended = true })
-  }
-  frames(): Array<Record<string, unknown>> {
-    return this.messages.filter((m) => m.data !== undefined).map((m) => JSON.parse(m.data!) as Record<string, unknown>)
-  }
-  async until(pred: (s: Stream) => boolean, what: string, timeoutMs = 3000): Promise<void> {
-    const deadline = Date.now() + timeoutMs
-    while (!pred(this)) {
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; have ${JSON.stringify(this.messages)}`)
-      await new Promise((r) => setTimeout(r, 5))
-    }
-  }
-  close(): void {
-    this.res.destroy()
-  }
-}
-
 function open(path: string, headers: Record<string, string> = {}): Promise<Stream> {
-  return new Promise((resolve, reject) => {
-    get(`${srv.base}${path}`, { headers }, (res) => resolve(new Stream(res))).on('error', reject)
-  })
+  return openStream(`${srv.base}${path}`, headers)
 }
 
 async function fetchJson(path: string, init: { method?: string; headers?: Record<string, string> } = {}) {

@@ -4,7 +4,7 @@
  * object. Shared by every adapter so none re-implements the core.
  */
 import type { Realtime } from '../realtime'
-import type { AttachableServer, Published, RealtimeStats } from '../types'
+import type { AttachableServer, ConnectionSelector, Published, RealtimeStats } from '../types'
 
 export interface RealtimeHandle<Ctx> {
   /** The framework-free core behind this middleware. */
@@ -16,6 +16,10 @@ export interface RealtimeHandle<Ctx> {
   /** Send 1001 to every client, stop listening, release the bus; stragglers are terminated after `timeoutMs` (default 2000). */
   close(timeoutMs?: number): Promise<void>
   stats(): RealtimeStats
+  /** End the selected users' connections and streams now (close 4401); see `Realtime.disconnect`. */
+  disconnect(selector: ConnectionSelector, reason?: string): number
+  /** Ask `authorize` again and drop refused subscriptions; see `Realtime.reauthorize`. */
+  reauthorize(selector?: ConnectionSelector): Promise<number>
   /** Switch the WebSocket channel on or off at run time. */
   webSocketEnabled: boolean
 }
@@ -28,6 +32,8 @@ export function withApi<F extends object, Ctx>(fn: F, core: Realtime<Ctx>): F & 
     attach: { value: (server: AttachableServer) => (core.attach(server), handle) },
     close: { value: (timeoutMs?: number) => core.close(timeoutMs) },
     stats: { value: () => core.stats() },
+    disconnect: { value: core.disconnect.bind(core) },
+    reauthorize: { value: core.reauthorize.bind(core) },
     webSocketEnabled: {
       get: () => core.webSocketEnabled,
       set: (value: boolean) => { core.webSocketEnabled = value },

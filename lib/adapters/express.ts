@@ -19,7 +19,11 @@ export type { RealtimeHandle } from './api'
  * Mount it anywhere (`app.use('/cms', rt)`, a Router): it matches `req.originalUrl`.
  */
 export function realtime(options: ExpressRealtimeOptions = {}): ExpressRealtime {
-  const core = createRealtime<Request>(options, { upgradesThroughApp: true, bodyOf: (req) => req.body as unknown })
+  const core = createRealtime<Request>(options, {
+    upgradesThroughApp: true,
+    bodyOf: (req) => req.body as unknown,
+    trustProxy: expressTrust,
+  })
   function cmsRealtime(req: Request, res: Response, next: NextFunction): void {
     // Express 4 ignores a returned promise, so failures go to next(err) here.
     core.serve(req, res, req, req.originalUrl).then(
@@ -33,4 +37,10 @@ export function realtime(options: ExpressRealtimeOptions = {}): ExpressRealtime 
     )
   }
   return withApi(cmsRealtime, core)
+}
+
+/** Express's `trust proxy` setting, compiled by Express into a function of the peer address and hop. */
+function expressTrust(req: Request): boolean {
+  const trust = req.app.get('trust proxy fn') as unknown
+  return typeof trust === 'function' && (trust as (addr: string, i: number) => boolean)(req.socket.remoteAddress ?? '', 0) === true
 }

@@ -18,7 +18,12 @@ export type { RealtimeHandle } from './api'
  * so `authenticate(ctx)` sees `ctx.state`/`ctx.session` as a normal request would.
  */
 export function realtime(options: KoaRealtimeOptions = {}): KoaRealtime {
-  const core = createRealtime<Context>(options, { upgradesThroughApp: true, bodyOf: koaBody })
+  const core = createRealtime<Context>(options, {
+    upgradesThroughApp: true,
+    bodyOf: koaBody,
+    // Koa's own switch for X-Forwarded-* (what ctx.host and ctx.ip honour).
+    trustProxy: (ctx) => ctx.app.proxy === true,
+  })
   async function cmsRealtime(ctx: Context, next: Next): Promise<void> {
     // The core writes to the raw response (streams included), so Koa must not.
     if (await core.serve(ctx.req, ctx.res, ctx, ctx.originalUrl)) {
