@@ -16,7 +16,7 @@ type Handler<E> = { bivarianceHack(event: E): void }['bivarianceHack']
 export interface WebSocketLike {
   onopen: Handler<unknown> | null
   onmessage: Handler<{ data: unknown }> | null
-  onclose: Handler<{ code: number }> | null
+  onclose: Handler<{ code: number; reason?: string }> | null
   onerror: Handler<unknown> | null
   send(data: string): void
   close(code?: number, reason?: string): void
@@ -39,16 +39,19 @@ export type FetchLike = (url: string, init?: {
   cache?: 'no-store'
   credentials?: 'same-origin'
   keepalive?: boolean
-}) => Promise<{ ok: boolean; json(): Promise<unknown> }>
+}) => Promise<{ ok: boolean; status: number; json(): Promise<unknown> }>
 
 /**
  * - `connecting`: reading config or opening the WebSocket;
  * - `live`: the WebSocket is open;
  * - `fallback`: events come over Server-Sent Events (the WebSocket is retried in the background);
  * - `manual-refresh`: the server pushes nothing; the UI should offer a refresh button. Nothing is retried;
- * - `offline`: nothing gets through; retrying with backoff.
+ * - `offline`: nothing gets through; retrying with backoff;
+ * - `signed-out`: the server refused the credentials (401) or ended the
+ *   session (`rt.disconnect`, an expired session: close 4401). Nothing is
+ *   retried: ask the user to sign in, then call `reconnect()`.
  */
-export type ClientState = 'connecting' | 'live' | 'fallback' | 'manual-refresh' | 'offline'
+export type ClientState = 'connecting' | 'live' | 'fallback' | 'manual-refresh' | 'offline' | 'signed-out'
 
 export interface RealtimeEvent<T = unknown> {
   topic: string
@@ -70,8 +73,14 @@ export interface ClientEvents {
   resync: string
   /** Why the WebSocket is not in use (`null` once it is live again). */
   diagnosis: Diagnosis | null
-  /** The server refused something, e.g. a subscription (`forbidden`). */
+  /**
+   * The server refused something: a subscription (`forbidden`), or took one
+   * away (`forbidden` with the topic: access was withdrawn, and the topic's
+   * handlers were dropped).
+   */
   error: { code: string; message: string; topic?: string }
+  /** The session is over (see the `signed-out` state): show a sign-in prompt, then call `reconnect()`. */
+  'signed-out': { reason: string }
 }
 
 export interface ClientOptions {
@@ -99,6 +108,11 @@ export interface RealtimeClient {
   /** Receive the events of `topic`; returns the function that stops. */
   subscribe<T = unknown>(topic: string, handler: (event: RealtimeEvent<T>) => void): () => void
   on<K extends keyof ClientEvents>(name: K, listener: (value: ClientEvents[K]) => void): () => void
+  /**
+   * Start over now (config, then WebSocket), forgetting the backoff: after
+   * signing in again from `signed-out`, or to retry at once when `offline`.
+   */
+  reconnect(): void
   /** Stop for good: close every transport and timer. */
   close(): void
 }
@@ -114,6 +128,7 @@ type Globals = Partial<{
 
 const CLOSED = 2 // EventSource.CLOSED
 const DISABLED = 4000 // close code: the channel was switched off at run time
+const SESSION_ENDED = 4401 // close code: the session ended; retrying with the same credentials is pointless
 const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
 
 export function createClient(options: ClientOptions): RealtimeClient {
@@ -154,10 +169,7 @@ class Client implements RealtimeClient {
     this.bo = { ...BACKOFF, ...o.backoff }
     // Back online: try now rather than at the end of a long backoff.
     g.addEventListener?.('online', () => {
-      if (!this.closed && this.state !== 'live' && this.state !== 'manual-refresh') {
-        this.attempt = 0
-        void this.start()
-      }
+      if (!this.closed && this.state !== 'live' && this.state !== 'manual-refresh' && this.state !== 'signed-out') this.reconnect()
     })
     void this.start()
   }
@@ -188,6 +200,13 @@ class Client implements RealtimeClient {
     return () => void set.delete(listener)
   }
 
+  reconnect(): void {
+    if (this.closed) return
+    this.attempt = 0
+    if (this.state === 'signed-out') this.set('connecting')
+    void this.start()
+  }
+
   close(): void {
     this.closed = true
     clearTimeout(this.timer)
@@ -204,6 +223,8 @@ class Client implements RealtimeClient {
     let cfg: WireConfig
     try {
       const r = await this.fetch(this.base, { cache: 'no-store', credentials: 'same-origin' })
+      // An app may guard config behind its own sign-in.
+      if (r.status === 401) return this.signOut('unauthenticated')
       if (!r.ok) throw new Error('config')
       cfg = (await r.json()) as WireConfig
     } catch {
@@ -211,7 +232,7 @@ class Client implements RealtimeClient {
       if (this.es === undefined) this.set('offline')
       return this.retry()
     }
-    if (this.closed || this.ws !== undefined) return
+    if (this.closed || this.ws !== undefined || this.state === 'signed-out') return
     this.cfg = cfg
     if (cfg.webSocketEnabled && cfg.url !== undefined && this.WS !== undefined) return this.connect(cfg.url)
     if (!cfg.webSocketEnabled) this.diagnose({ cause: 'disabled' }, false)
@@ -257,6 +278,7 @@ class Client implements RealtimeClient {
       this.drop(ws)
       if (this.closed) return
       if (!wasOpen) return this.failed(nonce)
+      if (e.code === SESSION_ENDED) return this.signOut(e.reason || 'session ended')
       if (e.code === DISABLED) return void this.start()
       this.set('connecting')
       this.retry()
@@ -327,9 +349,33 @@ class Client implements RealtimeClient {
     // was an HTTP error; the WebSocket probe retries the rest.
     es.onerror = () => {
       if (this.es !== es) return
-      if (es.readyState === CLOSED) this.closeStream()
+      if (es.readyState === CLOSED) {
+        this.closeStream()
+        void this.whyNot(url.href)
+      }
       this.set('offline')
     }
+  }
+
+  /** EventSource hides the status of a refused stream: ask once, so a 401 means signed out rather than endless retries. */
+  private async whyNot(url: string): Promise<void> {
+    try {
+      const r = await this.fetch(url, { method: 'HEAD', cache: 'no-store', credentials: 'same-origin' })
+      if (r.status === 401 && !this.closed && !this.open) this.signOut('unauthenticated')
+    } catch {
+      // offline: the retry loop carries on
+    }
+  }
+
+  /** The session is over: stop every transport and timer until `reconnect()`. */
+  private signOut(reason: string): void {
+    if (this.closed) return
+    clearTimeout(this.timer)
+    if (this.ws !== undefined) this.drop(this.ws)
+    this.closeStream()
+    const was = this.state
+    this.set('signed-out')
+    if (was !== 'signed-out') this.emit('signed-out', { reason })
   }
 
   private closeStream(): void {
@@ -378,6 +424,19 @@ class Client implements RealtimeClient {
       case 'subscribed':
         if (f.cursor !== undefined && this.handlers.has(f.topic)) this.cursors.set(f.topic, f.cursor)
         return
+      case 'unsubscribed':
+        // Access withdrawn (`rt.reauthorize`): the subscription is over here too.
+        if (f.reason === undefined || !this.handlers.has(f.topic)) return
+        this.handlers.delete(f.topic)
+        this.cursors.delete(f.topic)
+        this.last.delete(f.topic)
+        this.restream()
+        return this.emit('error', { code: f.reason, message: 'access to this topic was withdrawn', topic: f.topic })
+      case 'closed':
+        // The SSE stream's last frame: EventSource must not reconnect on its own.
+        this.closeStream()
+        if (f.code === SESSION_ENDED) return this.signOut(f.reason)
+        return void this.start()
       case 'resync':
         return this.emit('resync', f.topic)
       case 'error':
@@ -409,7 +468,10 @@ class Client implements RealtimeClient {
     } catch {
       d = { cause: 'offline' }
     }
-    if (!this.closed && !this.open) this.diagnose(d, true)
+    if (this.closed || this.open) return
+    this.diagnose(d, true)
+    // A 401 will not change by retrying: wait for `reconnect()` after sign-in.
+    if (d.cause === 'unauthenticated') this.signOut('unauthenticated')
   }
 
   private diagnose(d: Diagnosis | null, report: boolean): void {
