@@ -6,30 +6,49 @@ import Koa from 'koa'
 import Router from '@koa/router'
 import { bodyParser } from '@koa/bodyparser'
 import { realtime, type KoaRealtimeOptions } from 'cms-realtime/koa'
-import { servePage, USER_COOKIE } from './page'
+import { defaultAuthorize, userId } from 'cms-realtime'
+import { servePage, USER_COOKIE, USER_ID } from './page'
 
 interface Item { id: number; title: string }
 interface Comment { id: number; text: string; by: string }
-interface Project { id: number; name: string; items: Item[]; comments: Comment[] }
+/** `removed`: users taken off the project; everyone else is a member (everyone is, at start). */
+interface Project { id: number; name: string; items: Item[]; comments: Comment[]; removed: Set<string> }
 
 export function createApp(options: KoaRealtimeOptions = {}) {
   const projects = new Map<number, Project>([
-    [1, { id: 1, name: 'Spring campaign', items: [], comments: [] }],
-    [2, { id: 2, name: 'Product pages', items: [], comments: [] }],
+    [1, { id: 1, name: 'Spring campaign', items: [], comments: [], removed: new Set() }],
+    [2, { id: 2, name: 'Product pages', items: [], comments: [], removed: new Set() }],
   ])
+  const isMember = (p: Project | undefined, user: unknown): boolean => {
+    const id = userId(user)
+    return p !== undefined && id !== undefined && !p.removed.has(id)
+  }
   let nextId = 1
 
   const app = new Koa()
   // Demo sign-in: an `x-demo-user` header, `?user=anna`, or the `demo-user`
   // cookie the page's GET sets (WebSocket upgrades and SSE requests carry no
-  // page query string, but do carry cookies). A real CMS puts its session
-  // user here; cms-realtime only reads what this middleware set.
+  // page query string, but do carry cookies); `anna` when none is given, so
+  // curl and wscat work as they are. `POST /api/logout` leaves the cookie
+  // saying "signed out": then there is no user, and the realtime channel
+  // answers 401. A real CMS puts its session user here; cms-realtime only
+  // reads what this middleware set.
   app.use(async (ctx, next) => {
-    ctx.state.user = { id: demoUser(ctx.get('x-demo-user'), ctx.query.user, ctx.cookies.get(USER_COOKIE)) }
+    const cookie = ctx.cookies.get(USER_COOKIE)
+    const id = demoUser(ctx.get('x-demo-user'), ctx.query.user) ?? (cookie === SIGNED_OUT ? undefined : cookie ?? 'anna')
+    ctx.state.user = id === undefined || id === '' ? null : { id }
     await next()
   })
 
-  const rt = realtime({ authenticate: (ctx) => ctx.state.user, ...options })
+  const rt = realtime({
+    authenticate: (ctx) => ctx.state.user,
+    // Project topics follow membership; `notifications:<id>` only its user.
+    authorize: (user, topic) => {
+      const m = /^project:(\d+)$/.exec(topic)
+      return m === null ? defaultAuthorize(user, topic) : isMember(projects.get(Number(m[1])), user)
+    },
+    ...options,
+  })
   app.use(rt)
   app.use(bodyParser())
 
@@ -49,7 +68,36 @@ export function createApp(options: KoaRealtimeOptions = {}) {
 
   const router = new Router({ prefix: '/api' })
   router.get('/projects', (ctx) => { ctx.body = [...projects.values()].map(summary) })
-  router.get('/projects/:id', (ctx) => { ctx.body = find(ctx.params.id!) })
+  router.get('/projects/:id', (ctx) => {
+    const p = find(ctx.params.id!)
+    if (ctx.state.user !== null && !isMember(p, ctx.state.user)) ctx.throw(403, `you are not a member of project ${p.id}`)
+    ctx.body = { id: p.id, name: p.name, items: p.items, comments: p.comments }
+  })
+  // Membership: removing a user takes the project's topic away from their
+  // open pages at once (reauthorize), adding them back lets them subscribe again.
+  router.put('/projects/:id/members/:user', async (ctx) => {
+    const p = find(ctx.params.id!)
+    p.removed.delete(member(ctx.params.user))
+    ctx.status = 204
+  })
+  router.delete('/projects/:id/members/:user', async (ctx) => {
+    const p = find(ctx.params.id!)
+    p.removed.add(member(ctx.params.user))
+    await rt.reauthorize({ topic: `project:${p.id}` })
+    ctx.status = 204
+  })
+  // Demo sign-in and sign-out. Logout ends the session (the cookie) first,
+  // then every open connection of that user (close 4401 / SSE `closed`).
+  router.post('/login', (ctx) => {
+    const id = member(text(ctx.request.body, 'user'))
+    ctx.cookies.set(USER_COOKIE, id, { httpOnly: false, sameSite: 'lax', overwrite: true })
+    ctx.body = { id }
+  })
+  router.post('/logout', (ctx) => {
+    const id = userId(ctx.state.user)
+    ctx.cookies.set(USER_COOKIE, SIGNED_OUT, { httpOnly: false, sameSite: 'lax', overwrite: true })
+    ctx.body = { disconnected: id === undefined ? 0 : rt.disconnect({ user: id }, 'signed out') }
+  })
   router.post('/projects/:id/items', async (ctx) => {
     const p = find(ctx.params.id!)
     const item = { id: nextId++, title: text(ctx.request.body, 'title') }
@@ -61,7 +109,7 @@ export function createApp(options: KoaRealtimeOptions = {}) {
   })
   router.post('/projects/:id/comments', async (ctx) => {
     const p = find(ctx.params.id!)
-    const comment = { id: nextId++, text: text(ctx.request.body, 'text'), by: String(ctx.state.user.id) }
+    const comment = { id: nextId++, text: text(ctx.request.body, 'text'), by: String(ctx.state.user?.id ?? 'anonymous') }
     p.comments.push(comment)
     await rt.publish(`project:${p.id}`, 'comment-added', { projectId: p.id, comment })
     await rt.publish('projects', 'project-updated', summary(p))
@@ -71,7 +119,7 @@ export function createApp(options: KoaRealtimeOptions = {}) {
   router.post('/notifications/:userId', async (ctx) => {
     const userId = ctx.params.userId!
     if (!/^[A-Za-z0-9_-]{1,64}$/.test(userId)) ctx.throw(400, 'bad user id')
-    const note = { id: nextId++, text: text(ctx.request.body, 'text'), from: String(ctx.state.user.id) }
+    const note = { id: nextId++, text: text(ctx.request.body, 'text'), from: String(ctx.state.user?.id ?? 'anonymous') }
     await rt.publish(`notifications:${userId}`, 'notification', note)
     ctx.status = 201
     ctx.body = note
@@ -81,8 +129,18 @@ export function createApp(options: KoaRealtimeOptions = {}) {
   return { app, rt }
 }
 
-/** The first non-empty of header, query and cookie; `anna` when none is given. */
-function demoUser(...candidates: unknown[]): string {
+/** The demo cookie's value after logout (never a valid user id). */
+const SIGNED_OUT = '-'
+
+/** The first non-empty candidate. */
+function demoUser(...candidates: unknown[]): string | undefined {
   for (const c of candidates) if (typeof c === 'string' && c !== '') return c
-  return 'anna'
+  return undefined
+}
+
+function member(id: unknown): string {
+  if (typeof id !== 'string' || !USER_ID.test(id)) {
+    throw Object.assign(new Error('a user id is 1-64 letters, digits, "_" or "-"'), { status: 400, expose: true })
+  }
+  return id
 }

@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import type { Context, Next } from 'koa'
 
 export const USER_COOKIE = 'demo-user'
-const USER_ID = /^[A-Za-z0-9_-]{1,64}$/
+export const USER_ID = /^[A-Za-z0-9_-]{1,64}$/
 
 const FILES: Record<string, { file: string; type: string }> = {
   '/': { file: 'index.html', type: 'text/html; charset=utf-8' },
@@ -23,7 +23,8 @@ export async function servePage(ctx: Context, next: Next): Promise<void> {
   const f = FILES[ctx.path]
   if (f === undefined || (ctx.method !== 'GET' && ctx.method !== 'HEAD')) return next()
   if (f.file === 'index.html') {
-    const user = String(ctx.state.user?.id ?? '')
+    // Opening the page signs in (as anna unless `?user=` says otherwise).
+    const user = String(ctx.query.user ?? ctx.state.user?.id ?? 'anna')
     if (!USER_ID.test(user)) ctx.throw(400, 'the demo user id is 1-64 letters, digits, "_" or "-"')
     // Readable by the page (it shows who is signed in); a demo, not a session.
     ctx.cookies.set(USER_COOKIE, user, { httpOnly: false, sameSite: 'lax', overwrite: true })

@@ -4,7 +4,9 @@
  * reload; a notification reaches only its user's bell (the page's realtime
  * requests are made as the signed-in user); with the channel switched off
  * the badge says manual-refresh and the banner asks for a refresh; behind
- * a proxy that strips upgrades it says fallback and names the proxy.
+ * a proxy that strips upgrades it says fallback and names the proxy; after
+ * Sign out it says signed-out and receives nothing more; removed from a
+ * project, an editor stops getting that project's events.
  */
 import { execFileSync } from 'node:child_process'
 import { existsSync, mkdirSync } from 'node:fs'
@@ -136,6 +138,51 @@ describeBrowser('the demo page in Chromium', () => {
     expect(await ben.locator('#bell-list li').allInnerTexts()).toEqual(['anna: Done'])
     expect(await anna.locator('#bell-list li').allInnerTexts()).toEqual(['ben: Please review'])
     expect(await ben.locator('#bell-count').isHidden()).toBe(true) // seen once opened
+  })
+
+  test('after Sign out the page says signed-out and receives nothing more; Sign in again brings it back', async () => {
+    const base = await demo()
+    const anna = await open(`${base}/?user=anna`)
+    const ben = await open(`${base}/?user=ben`)
+    await live(anna)
+    await live(ben)
+    const t0 = Date.now()
+    await anna.click('#sign-out')
+    await anna.waitForFunction(() => document.getElementById('badge')?.dataset.state === 'signed-out', undefined, { timeout: 5000 })
+    const ms = Date.now() - t0
+    expect(ms).toBeLessThan(1000)
+    expect(await anna.locator('#signed-out').isVisible()).toBe(true)
+    await submit(ben, 'comment-form', { text: 'after the logout' })
+    await ben.locator('#comments li', { hasText: 'after the logout' }).waitFor({ timeout: 5000 })
+    await anna.waitForTimeout(500)
+    expect(await anna.locator('#comments li', { hasText: 'after the logout' }).count()).toBe(0)
+    mkdirSync(ARTIFACTS, { recursive: true })
+    await anna.screenshot({ path: `${ARTIFACTS}/demo-page-signed-out.png` })
+
+    await anna.click('#sign-in')
+    await live(anna)
+    // Signing in refetches, so the comment made while away shows, and live events flow again.
+    await anna.locator('#comments li', { hasText: 'after the logout' }).waitFor({ timeout: 5000 })
+    await submit(ben, 'comment-form', { text: 'welcome back' })
+    await anna.locator('#comments li', { hasText: 'welcome back' }).waitFor({ timeout: 5000 })
+    expect(await notReloaded(anna)).toBe(true)
+  })
+
+  test("removed from a project, an editor's open page stops getting that project's events at once; the overview still updates", async () => {
+    const base = await demo()
+    const anna = await open(`${base}/?user=anna`)
+    const ben = await open(`${base}/?user=ben`)
+    await live(anna)
+    await live(ben)
+    const r = await fetch(`${base}/api/projects/1/members/ben`, { method: 'DELETE', headers: { 'x-demo-user': 'anna' } })
+    expect(r.status).toBe(204)
+    await ben.locator('#error', { hasText: 'no longer have access' }).waitFor({ timeout: 1000 })
+    await submit(anna, 'item-form', { title: 'members only' })
+    await anna.locator('#items li', { hasText: 'members only' }).waitFor({ timeout: 5000 })
+    await ben.locator('#projects li[data-project="1"] .n', { hasText: '1 item' }).waitFor({ timeout: 5000 })
+    expect(await ben.locator('#items li', { hasText: 'members only' }).count()).toBe(0)
+    expect(await badge(ben).textContent()).toBe('live')
+    expect(await notReloaded(ben)).toBe(true)
   })
 
   test('with the channel switched off: manual-refresh badge, the refresh banner, and Refresh shows others\' changes', async () => {

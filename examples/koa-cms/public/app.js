@@ -9,6 +9,7 @@ const cookie = (name) => document.cookie.split('; ').find((c) => c.startsWith(`$
 // The page's GET set the cookie the realtime requests are authenticated by.
 const user = params.get('user') ?? cookie('demo-user') ?? 'anna'
 let projectId = Number(params.get('project') ?? 1)
+let lostAccess = false
 
 const projects = new Map() // id → { id, name, itemCount, commentCount }
 let project = { id: projectId, name: '', items: new Map(), comments: new Map() }
@@ -62,6 +63,16 @@ window.rt = rt // for the console (and the demo's tests)
 
 rt.on('state', renderState)
 rt.on('diagnosis', renderDiagnosis)
+// Access to the open project was withdrawn (removed from its members): the
+// client already dropped the subscription; say so and clear what we showed.
+rt.on('error', (e) => {
+  if (e.code !== 'forbidden' || e.topic !== `project:${projectId}`) return
+  lostAccess = true
+  project.items.clear()
+  project.comments.clear()
+  renderProject()
+  showError(`You no longer have access to ${project.name || `project ${projectId}`}.`)
+})
 // History could not cover a gap (e.g. a long disconnect): fetch that data again.
 rt.on('resync', (topic) => {
   if (topic === 'projects') void loadProjects()
@@ -93,8 +104,9 @@ function watchProject() {
 let unwatch = watchProject()
 
 function selectProject(id) {
-  if (id === projectId) return
+  if (id === projectId && !lostAccess) return
   unwatch()
+  lostAccess = false
   projectId = id
   project = { id, name: projects.get(id)?.name ?? '', items: new Map(), comments: new Map() }
   params.set('project', String(id))
@@ -123,8 +135,12 @@ function renderState(state = rt.state) {
     fallback: 'Live over Server-Sent Events; the WebSocket is retried in the background',
     'manual-refresh': 'The server pushes nothing: refresh to see changes',
     offline: 'Nothing gets through; retrying',
+    'signed-out': 'Your session ended: sign in again',
   }[state] ?? state
   $('banner').hidden = state !== 'manual-refresh'
+  $('signed-out').hidden = state !== 'signed-out'
+  $('who').textContent = state === 'signed-out' ? 'Signed out:' : 'Signed in as'
+  for (const form of document.forms) form.querySelector('fieldset, button').disabled = state === 'signed-out'
 }
 
 function renderDiagnosis(d) {
@@ -216,6 +232,16 @@ $('bell-button').addEventListener('click', () => {
   renderBell()
 })
 $('refresh').addEventListener('click', () => void refresh())
+$('sign-out').addEventListener('click', () => void api('POST', '/api/logout').catch((err) => showError(err.message)))
+$('sign-in').addEventListener('click', async () => {
+  try {
+    await api('POST', '/api/login', { user })
+    rt.reconnect()
+    await refresh()
+  } catch (err) {
+    showError(err.message)
+  }
+})
 
 $('user').textContent = user
 $('note-form').elements.to.value = user === 'anna' ? 'ben' : 'anna'
