@@ -168,6 +168,8 @@ export class Realtime<Ctx = IncomingMessage> {
         return user === undefined ? { status: 401 } : { user }
       },
       refused: (reason) => this.refused(reason),
+      // Node parses pipelined requests at once: one may already wait behind this stream.
+      behind: (req) => { const n = this.newest.get(req.socket); return n !== undefined && n !== req },
     })
     if (options.server !== undefined) this.attach(options.server)
   }
@@ -196,6 +198,9 @@ export class Realtime<Ctx = IncomingMessage> {
     const listener = this.upgrades.listener(server)
     this.servers.set(server, listener)
     server.on('upgrade', listener)
+    // First in line for every request: one sent on a connection that carries
+    // an SSE stream is refused before the app sees it (it would hang forever).
+    server.prependListener('request', this.onRequest)
     if (this.heartbeat === undefined) {
       this.heartbeat = setInterval(() => {
         try {
@@ -351,7 +356,10 @@ export class Realtime<Ctx = IncomingMessage> {
     this.closed = true
     clearInterval(this.heartbeat)
     this.sessions.close()
-    for (const [server, listener] of this.servers) server.off('upgrade', listener)
+    for (const [server, listener] of this.servers) {
+      server.off('upgrade', listener)
+      server.off('request', this.onRequest)
+    }
     this.servers.clear()
     this.sse.closeAll()
     const closing = [...this.connections].map(
@@ -368,6 +376,18 @@ export class Realtime<Ctx = IncomingMessage> {
   }
 
   // ---- internals ----
+
+  /** The newest request seen on each connection: an SSE stream must be the last (see SseStreams.pipelined). */
+  private readonly newest = new WeakMap<object, IncomingMessage>()
+
+  private readonly onRequest = (req: IncomingMessage): void => {
+    try {
+      this.newest.set(req.socket, req)
+      if (this.sse.pipelined(req)) this.refused('pipelined_request')
+    } catch (err) {
+      this.error('request', err)
+    }
+  }
 
   /**
    * The handshake is sound and the app passed it on: the origin (with the

@@ -31,11 +31,15 @@ export interface SseOptions {
   /** Who is this? `undefined` or a refusal status when unknown. */
   authenticate(ctx: unknown): MaybePromise<{ user: User } | { status: 401 }>
   /** Count a refusal in `stats().refusals`. */
-  refused(reason: 'unauthenticated' | 'forbidden' | 'too_many_connections'): void
+  refused(reason: 'unauthenticated' | 'forbidden' | 'too_many_connections' | 'pipelined_request'): void
+  /** Has another request already arrived on `req`'s connection (pipelined behind it)? */
+  behind(req: IncomingMessage): boolean
 }
 
 export class SseStreams {
   readonly streams = new Set<SseStream>()
+  /** Sockets carrying an open stream: a stream owns its connection (see `pipelined`). */
+  private readonly sockets = new WeakSet<object>()
 
   constructor(private readonly core: Core, private readonly options: SseOptions) {}
 
@@ -76,7 +80,14 @@ export class SseStreams {
       this.options.refused('forbidden')
       return fail(res, 403, 'forbidden', `not allowed to subscribe to ${forbidden.join(', ')}`)
     }
-    if (res.destroyed) return
+    // The client may have gone while we awaited; 'close' would not come again.
+    if (res.destroyed || req.socket.destroyed) return
+    if (this.options.behind(req)) {
+      // A request already waits behind this one: it would wait forever (see `pipelined`).
+      this.options.refused('pipelined_request')
+      req.socket.destroy()
+      return
+    }
     // Checked after every await, right before the stream is counted.
     if (!sessions.admits(who.user)) {
       this.options.refused('too_many_connections')
@@ -97,11 +108,29 @@ export class SseStreams {
     })
     this.streams.add(stream)
     sessions.add(stream)
+    const socket = req.socket
+    this.sockets.add(socket)
     const beat = setInterval(() => stream.write(': ping\n\n'), this.options.heartbeatMs)
     beat.unref()
-    res.once('close', () => stream.cleanup())
+    res.once('close', () => {
+      this.sockets.delete(socket)
+      stream.cleanup()
+    })
     stream.write(`retry: ${this.options.retryMs ?? 2000}\n\n`)
     await stream.start()
+  }
+
+  /**
+   * A request arrived on a connection that carries an open stream (pipelined
+   * behind it, or sent after it): its answer would queue behind a response
+   * that never ends, so the request would hang forever. A stream owns its
+   * connection; the connection is closed, and `EventSource` reconnects.
+   */
+  pipelined(req: IncomingMessage): boolean {
+    if (!this.sockets.has(req.socket)) return false
+    log('closing a connection that sent a request behind its open event stream')
+    req.socket.destroy()
+    return true
   }
 
   /** End every stream (server shutting down): browsers reconnect, maybe to another node, and resume. */

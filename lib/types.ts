@@ -211,6 +211,7 @@ export type RefusalReason =
   | 'stripped_upgrade'
   | 'plain_request'
   | 'pipelined_upgrade'
+  | 'pipelined_request'
   | 'bad_http_version'
   | 'bad_host'
   | 'bad_handshake'

@@ -102,7 +102,8 @@ export class Upgrades<Ctx> {
     this.host.diagnostics.watch(req, socket)
     const refusal = this.host.gate(req)
     if (refusal !== null) return this.refuse(socket, refusal)
-    if (!this.host.viaApp || server.listenerCount('request') === 0) {
+    // Our own 'request' listener (see Realtime.attach) is not the app.
+    if (!this.host.viaApp || server.listenerCount('request') <= 1) {
       void this.admitSafely(req, socket, head, req as Ctx)
       return
     }

@@ -79,6 +79,29 @@ describe.each(apps)('%s: nothing a client sends ends the process', (_name, start
     expect((await rawRequest(port, upgrade(port))).status).toBe(101)
   })
 
+  test.each([
+    ['pipelined in the same packet', true],
+    ['sent after the stream opened', false],
+  ])('a plain request behind an open SSE stream (%s) closes the connection instead of waiting forever', async (_t, together) => {
+    s = await start()
+    const port = s.srv.port
+    const sse = `GET /realtime/events?topics=projects HTTP/1.1\nHost: 127.0.0.1:${port}\nx-demo-user: anna\n\n`
+    const next = `GET /realtime/config HTTP/1.1\nHost: 127.0.0.1:${port}\n\n`
+    const { closed } = together
+      ? await rawExchange(port, sse + next, 3000)
+      : await new Promise<{ closed: boolean }>((resolve) => {
+        const socket = netConnect(port, '127.0.0.1')
+        const timer = setTimeout(() => { socket.destroy(); resolve({ closed: false }) }, 3000)
+        socket.on('data', () => socket.write(next.replace(/\n/g, '\r\n')))
+        socket.on('close', () => { clearTimeout(timer); resolve({ closed: true }) })
+        socket.write(sse.replace(/\n/g, '\r\n'))
+      })
+    expect(closed).toBe(true)
+    expect(s.rt.stats().refusals.pipelined_request).toBe(1)
+    for (let i = 0; i < 100 && s.rt.stats().fallbackStreams > 0; i++) await new Promise((r) => setTimeout(r, 10))
+    expect(s.rt.stats()).toMatchObject({ fallbackStreams: 0, subscriptions: 0 })
+  })
+
   test('an allowedOrigins function that throws refuses with 403 origin instead of crashing', async () => {
     s = await start({ allowedOrigins: (o: string) => new URL(o).hostname === 'cms.example.com' })
     const res = await rawRequest(s.srv.port, handshake(s.srv.port, '/realtime', { 'x-demo-user': 'anna', Origin: 'null' }))
