@@ -195,6 +195,10 @@ class SseStream implements Subscriber, Session {
       try {
         replay = since === undefined ? [] : await this.core.history(topic, since)
         if (since === undefined || replay === null) this.cursors[i] = await this.core.latest(topic)
+        // Events published before the history read may still be queued for
+        // delivery: let them reach `held`, where they are deduplicated
+        // against the replay (as the WebSocket's subscribe does).
+        await this.core.drained()
       } catch (err) {
         log('SSE history for %s failed: %O', topic, err)
         return this.end()

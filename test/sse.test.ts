@@ -6,6 +6,7 @@
  */
 import { request, type IncomingMessage } from 'node:http'
 import { createRealtime, type Realtime } from '../lib/realtime'
+import { MemoryBus } from '../lib/bus/memory'
 import type { RealtimeOptions } from '../lib/types'
 import { encodeCursors } from '../lib/client/cursor-vector'
 import { listen, type Listening } from './helpers/net'
@@ -128,6 +129,26 @@ test('?since= resumes a client coming from the WebSocket; an unknown cursor gets
   expect(f[3]).toMatchObject({ op: 'subscribed', topic: 'b', recovered: false })
   expect(typeof f[3]!.cursor).toBe('string')
   s.close()
+})
+
+test('a stream that joins while a burst is still queued for delivery gets each event once, in order', async () => {
+  let admit: (ok: boolean) => void = () => {}
+  const gate = new Promise<boolean>((resolve) => { admit = resolve })
+  let calls = 0
+  await start({ bus: new MemoryBus({ historySize: 5000 }), authorize: () => (++calls === 1 ? true : gate) })
+  const other = await open('/realtime/events?topics=a') // a subscriber, so the burst queues up
+  await other.until((x) => x.frames().length === 1, 'subscribed')
+  const first = await rt.publish('a', 'e', 0)
+  const opening = open(`/realtime/events?topics=a&since=${encodeURIComponent(first.id)}`) // headers come after authorize
+  while (calls < 2) await new Promise((r) => setTimeout(r, 5))
+  for (let i = 1; i <= 3000; i++) void rt.publish('a', 'e', i)
+  admit(true) // joins now, with most of the burst in history and still queued
+  const late = await opening
+  await late.until((x) => x.frames().filter((f) => f.op === 'event').length >= 3000, 'the burst', 10_000)
+  await new Promise((r) => setTimeout(r, 100))
+  expect(late.frames().filter((f) => f.op === 'event').map((f) => f.data)).toEqual(Array.from({ length: 3000 }, (_x, i) => i + 1))
+  other.close()
+  late.close()
 })
 
 test('an idle stream gets heartbeat comments', async () => {
