@@ -25,9 +25,14 @@ describe('checkUpgrade (pure)', () => {
     ['a key that is not 16 bytes of base64', 'GET', { 'sec-websocket-key': 'short' }, [400, 'bad_key']],
     ['an offered subprotocol list without ours', 'GET', { 'sec-websocket-protocol': 'chat, mqtt' }, [400, 'bad_subprotocol']],
     ['an offered list that includes ours', 'GET', { 'sec-websocket-protocol': 'chat, cms-realtime.v1' }, null],
+    ['an offered list with an empty element', 'GET', { 'sec-websocket-protocol': 'cms-realtime.v1,,' }, [400, 'bad_subprotocol']],
+    ['an offered list naming ours twice (a repeated header)', 'GET', { 'sec-websocket-protocol': 'cms-realtime.v1, cms-realtime.v1' }, [400, 'bad_subprotocol']],
+    ['HTTP/1.0', 'GET', { httpVersion: '1.0' }, [400, 'bad_http_version']],
+    ['two Host headers', 'GET', { rawHeaders: 'Host,a,host,b' }, [400, 'bad_host']],
   ] as const)('%s', (_title, method, overrides, expected) => {
-    const headers: Record<string, string | undefined> = { ...valid, ...overrides }
-    const r = checkUpgrade({ method, headers }, true)
+    const { httpVersion = '1.1', rawHeaders = 'Host,cms.test', ...rest } = overrides as Record<string, string | undefined>
+    const headers: Record<string, string | undefined> = { ...valid, ...rest }
+    const r = checkUpgrade({ method, headers, httpVersion, rawHeaders: rawHeaders.split(',') }, true)
     if (expected === null) expect(r).toBeNull()
     else expect([r?.status, r?.reason]).toEqual(expected)
   })
