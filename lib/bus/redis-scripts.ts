@@ -1,8 +1,16 @@
 /**
  * The Lua scripts of the Redis bus. Each runs atomically on the server, so
- * XADD and PUBLISH of one event cannot interleave with another's: live order
- * on the channel equals id order in the stream. Needs Redis >= 7.0 (XINFO's
- * `max-deleted-entry-id`, XSETID's MAXDELETEDID).
+ * the XADD and the PUBLISH of one event cannot interleave with another's:
+ * live order on the channel equals id order in the stream. Needs Redis >= 7.
+ *
+ * A stream's entries: a header `h` (its id is the stream's *epoch*), events
+ * `t` type, `d` data (JSON text), `e` epoch, and gap markers `g`, `e`. The
+ * epoch lives in the stream itself, so it is lost together with it (a
+ * restart without persistence, FLUSHALL, eviction, expiry): a re-created
+ * stream has a new epoch, and a cursor of the old one can only get resync.
+ *
+ * Live messages carry the event's id, the id before it (`p`) and the epoch,
+ * so a node can tell a hole in what it received from a clean sequence.
  */
 import { createHash } from 'node:crypto'
 
@@ -21,6 +29,20 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 `
 
+/** The stream's epoch and last entry id, or nil when it has none (missing, or trimmed empty). */
+const EPOCH = `
+local function epoch_of(key)
+  local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
+  if not last then return nil, nil end
+  local f = last[2]
+  for i = 1, #f, 2 do
+    if f[i] == 'e' then return f[i + 1], last[1] end
+    if f[i] == 'h' then return last[1], last[1] end
+  end
+  return nil, nil
+end
+`
+
 /** Compare stream ids `ms-seq` numerically. */
 const CMP = `
 local function cmp(a, b)
@@ -31,74 +53,79 @@ local function cmp(a, b)
   if as ~= bs then return as < bs and -1 or 1 end
   return 0
 end
-local function info(key)
-  local r = redis.call('XINFO', 'STREAM', key)
-  local out = {}
-  for i = 1, #r, 2 do out[r[i]] = r[i + 1] end
-  return out
-end
 `
 
 /**
- * KEYS[1] stream. ARGV: channel, type ('' = gap marker only), data, message
- * tail (JSON of [type, data]), historySize, historyMaxAgeMs (0 = none),
- * idleTtlMs, gap ('1': first record that events were published here without
- * Redis, so recovery across that point is refused). Returns the event's id.
+ * KEYS[1] stream. ARGV: channel, type ('' = gap marker only), data (JSON
+ * text), historySize, historyMaxAgeMs (0 = none), idleTtlMs, gap ('1': first
+ * record that events were delivered without Redis), deadline (server ms; 0 =
+ * none). Past the deadline it does nothing and returns {'expired'}: the
+ * node timed out and delivered the event locally already, so a late run
+ * must not deliver it a second time.
+ * Returns {epoch, gapPrev, gapId, prev, id} ('' where absent).
  */
-export const PUBLISH = script(`${NOW}
-local key = KEYS[1]
-local size, maxAge, ttl = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
-local created = redis.call('EXISTS', key) == 0
-local id
-if ARGV[8] == '1' then
-  id = redis.call('XADD', key, 'MAXLEN', '~', size, '*', 'g', '1')
-  -- An empty tail is a gap notice: live nodes tell their clients to resync.
-  redis.call('PUBLISH', ARGV[1], id .. '\\n')
+export const PUBLISH = script(`${NOW}${EPOCH}
+local deadline = tonumber(ARGV[8])
+if deadline > 0 and now > deadline then return {'expired'} end
+local key, ch, size = KEYS[1], ARGV[1], ARGV[4]
+local epoch, prev = epoch_of(key)
+if not epoch then
+  epoch = redis.call('XADD', key, 'MAXLEN', '~', size, '*', 'h', '1')
+  prev = epoch
 end
-if ARGV[2] ~= '' then id = redis.call('XADD', key, 'MAXLEN', '~', size, '*', 't', ARGV[2], 'd', ARGV[3]) end
-if created then
-  -- A stream of this name may have expired before: the new one vouches
-  -- only for cursors younger than the idle expiry.
-  local floor = math.max(0, now - ttl)
-  redis.call('XSETID', key, id, 'ENTRIESADDED', redis.call('XLEN', key), 'MAXDELETEDID', string.format('%d-0', floor))
+local out = {epoch, '', '', '', ''}
+if ARGV[7] == '1' then
+  local g = redis.call('XADD', key, 'MAXLEN', '~', size, '*', 'g', '1', 'e', epoch)
+  redis.call('PUBLISH', ch, '{"i":"' .. g .. '","p":"' .. prev .. '","e":"' .. epoch .. '","g":1}')
+  out[2], out[3] = prev, g
+  prev = g
 end
+if ARGV[2] ~= '' then
+  local id = redis.call('XADD', key, 'MAXLEN', '~', size, '*', 't', ARGV[2], 'd', ARGV[3], 'e', epoch)
+  redis.call('PUBLISH', ch, '{"i":"' .. id .. '","p":"' .. prev .. '","e":"' .. epoch .. '","t":' .. cjson.encode(ARGV[2]) .. ',"d":' .. ARGV[3] .. '}')
+  out[4], out[5] = prev, id
+end
+local maxAge = tonumber(ARGV[5])
 if maxAge > 0 then redis.call('XTRIM', key, 'MINID', '~', string.format('%d', math.max(0, now - maxAge))) end
-redis.call('PEXPIRE', key, ttl)
-if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[1], id .. '\\n' .. ARGV[4]) end
-return id
+redis.call('PEXPIRE', key, ARGV[6])
+return out
 `)
 
 /**
- * KEYS[1] stream. ARGV: since (a valid stream id), idleTtlMs. Returns {0}
- * when history no longer reaches back to \`since\` (or it is from the
- * future), else {1, entries after since}.
+ * KEYS[1] stream. ARGV: epoch, since (exclusive), upto (inclusive id, or '+').
+ * Returns {0} when the stream cannot vouch for what came after `since`: it
+ * is missing, of another epoch, `since` is ahead of it, or entries after
+ * `since` may have been trimmed. Else {1, entries}.
  */
-export const HISTORY = script(`${NOW}${CMP}
-local key, since, ttl = KEYS[1], ARGV[1], tonumber(ARGV[2])
-if redis.call('EXISTS', key) == 0 then
-  -- Nothing stored: only a cursor younger than the idle expiry can be
-  -- sure that nothing after it expired.
-  local ms = tonumber(string.match(since, '^(%d+)-'))
-  if ms > now - ttl and ms <= now then return {1, {}} end
-  return {0}
-end
-local i = info(key)
-local last = i['last-generated-id']
-if cmp(since, last) > 0 or cmp(since, i['max-deleted-entry-id']) < 0 then return {0} end
--- Trimming does not move max-deleted-entry-id: if entries were ever
--- trimmed, a cursor before the first kept entry may have lost some (when it
--- is exactly the last trimmed one this resyncs needlessly, which is safe).
+export const HISTORY = script(`${EPOCH}${CMP}
+local key, epoch, since, upto = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local e = epoch_of(key)
+if e ~= epoch then return {0} end
+local r = redis.call('XINFO', 'STREAM', key)
+local i = {}
+for k = 1, #r, 2 do i[r[k]] = r[k + 1] end
+if cmp(since, i['last-generated-id']) > 0 or cmp(since, epoch) < 0 then return {0} end
+-- Entries were trimmed: a cursor before the first one kept may have lost
+-- some (exactly at the last trimmed one it resyncs needlessly, which is safe).
 if tonumber(i['entries-added']) > tonumber(i['length']) then
   local first = i['first-entry']
-  if not first then
-    if cmp(since, last) < 0 then return {0} end
-  elseif cmp(since, first[1]) < 0 then return {0} end
+  if not first or cmp(since, first[1]) < 0 then return {0} end
 end
-return {1, redis.call('XRANGE', key, '(' .. since, '+')}
+return {1, redis.call('XRANGE', key, '(' .. since, upto)}
 `)
 
-/** KEYS[1] stream. The id of its last event, or a cursor just before now when there is none. */
-export const LATEST = script(`${NOW}${CMP}
-if redis.call('EXISTS', KEYS[1]) == 1 then return info(KEYS[1])['last-generated-id'] end
-return string.format('%d-0', now - 1)
+/**
+ * KEYS[1] stream. ARGV: historySize, idleTtlMs. The epoch and last id,
+ * starting a new epoch (a header entry) when the stream has none, so every
+ * cursor handed out names an epoch that can vouch for it.
+ */
+export const LATEST = script(`${EPOCH}
+local key = KEYS[1]
+local epoch, last = epoch_of(key)
+if not epoch then
+  epoch = redis.call('XADD', key, 'MAXLEN', '~', ARGV[1], '*', 'h', '1')
+  last = epoch
+  redis.call('PEXPIRE', key, ARGV[2])
+end
+return {epoch, last}
 `)

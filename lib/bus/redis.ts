@@ -1,34 +1,53 @@
 /**
  * The Redis bus (`cms-realtime/redis`): history in one Redis Stream per
  * topic, whose ids are the cursors, and live delivery between nodes through
- * pub/sub on the topics this node's clients hold. A Redis outage degrades to
- * local delivery; see docs/redis.md for the guarantees.
+ * pub/sub on the topics this node's clients hold. Each topic's live sequence
+ * goes through a `Chain` (redis-chain.ts): exactly once, in order, or
+ * `resync`, whatever Redis or the network does. See docs/redis.md.
  */
 import { randomBytes } from 'node:crypto'
 import debug from 'debug'
 import type { Bus, BusEvent } from '../types'
-import type { RedisBusOptions, RedisClientLike, RedisSubscriberLike } from './redis-options'
+import { Chain, compareIds, validId, type Entry } from './redis-chain'
+import type { RedisBusOptions, RedisClientLike, RedisConnectionLike } from './redis-options'
 import { HISTORY, LATEST, PUBLISH, type Script } from './redis-scripts'
 
-export type { RedisBusOptions, RedisClientLike, RedisSubscriberLike } from './redis-options'
+export type { RedisBusOptions, RedisClientLike, RedisConnectionLike } from './redis-options'
 
 const log = debug('cms-realtime:redis')
 
-type Listener = (message: string) => void
-
 interface TopicState {
-  listener: Listener
-  /** Settles once Redis confirmed the subscription (history reads wait for it). */
+  chain: Chain
+  listener: (message: string) => void
+  /** Settles once the subscription is confirmed and the chain knows where it starts (or that it cannot know yet). */
   ready: Promise<void>
-  /** Last stream id delivered: live messages at or below it are duplicates. */
-  lastId: string | null
-  /** Live messages held while missed events are read back after a reconnect. */
-  held: BusEvent[] | null
-  /** Ids already delivered early, while the subscriber connection was down. */
-  early: Set<string>
+  /** This node delivered events of the topic without Redis: stream entries wait until recovery (resync, then on). */
+  local: boolean
+  /** Its subscribers may have missed events (subscribed during an outage): resync once the chain starts. */
+  stale: boolean
 }
 
-const STREAM_ID = /^(\d{1,15})-(\d{1,20})$/
+/** What `bus.stats()` counts; also in `rt.stats().bus`. */
+export interface RedisBusStats {
+  /** Both connections are up and answering. */
+  connected: boolean
+  /** Events delivered to this node's clients only, because Redis did not answer in time. */
+  localPublishes: number
+  /** Redis commands abandoned after `commandTimeoutMs`. */
+  timeouts: number
+  /** Holes in a topic's live sequence filled from its stream (a lost pub/sub message, a reconnect). */
+  fills: number
+  /** Times this node told a topic's subscribers to resync. */
+  resyncs: number
+  /** Messages on our channels that were not well-formed entries of ours: dropped. */
+  rejectedMessages: number
+}
+
+/** `<epoch>_<id>`: the stream's epoch and the entry's id. */
+const CURSOR = /^(\d{1,15}-\d{1,20})_(\d{1,15}-\d{1,20})$/
+/** A message id may not be from further in the future than this (clock skew): a forged `9999999999999-0` must not stall a topic. */
+const FUTURE_MS = 60_000
+const MAX_TYPE = 200
 
 export class RedisBus implements Bus {
   readonly keyPrefix: string
@@ -36,81 +55,129 @@ export class RedisBus implements Bus {
   readonly historyMaxAgeMs: number
   readonly idleTtlMs: number
   readonly commandTimeoutMs: number
-  private readonly sub: RedisSubscriberLike
+  readonly livenessMs: number
+  readonly maxReconnectDelayMs: number
+  /** The bus's own connections: commands, and pub/sub. The client you pass is only their template. */
+  private readonly cmd: RedisConnectionLike
+  private readonly sub: RedisConnectionLike
   private readonly topics = new Map<string, TopicState>()
-  /** Topics published without Redis: the next write records a gap first. */
+  /** Topics published without Redis: a gap marker goes into their stream first thing on recovery. */
   private readonly dirty = new Set<string>()
   /** Local cursors (during an outage) carry this: foreign to `history`, so they mean resync. */
-  private readonly epoch = randomBytes(4).toString('hex')
+  private readonly nodeEpoch = randomBytes(4).toString('hex')
+  private readonly beatChannel: string
   private localSeq = 0
+  /** A command timed out: until a liveness probe answers, Redis counts as unreachable. */
+  private stalled = false
   private subLost = false
+  /** Redis clock minus ours, in ms (publish deadlines are in Redis time). */
+  private clockOffset = 0
+  private lastEcho = Date.now()
+  private beats = 0
+  private up = false
+  private recovering: Promise<void> | undefined
+  private recoverAgain = false
+  private readonly timer: NodeJS.Timeout
   private readonly connecting: Promise<unknown>
   private listener: (event: BusEvent) => void = () => {}
   private resyncListener: (topic: string) => void = () => {}
   private closed = false
+  private readonly counts = { localPublishes: 0, timeouts: 0, fills: 0, resyncs: 0, rejectedMessages: 0 }
   private readonly onError = (err: Error): void => log('redis error: %s', err.message)
-  private readonly onReady = (): void => { void this.recover() }
 
   constructor(private readonly client: RedisClientLike, options: RedisBusOptions = {}) {
     this.keyPrefix = options.keyPrefix ?? 'cms-realtime:'
     this.historySize = options.historySize ?? 1000
     this.historyMaxAgeMs = options.historyMaxAgeMs ?? 0
     this.idleTtlMs = options.idleTtlMs ?? 86_400_000
-    this.commandTimeoutMs = options.commandTimeoutMs ?? 1000
-    if (typeof client?.sendCommand !== 'function' || typeof client.duplicate !== 'function') {
+    this.commandTimeoutMs = options.commandTimeoutMs ?? 500
+    this.livenessMs = options.livenessMs ?? 1000
+    this.maxReconnectDelayMs = options.maxReconnectDelayMs ?? 1000
+    if (typeof client?.duplicate !== 'function') {
       throw new TypeError('cms-realtime: RedisBus needs a node-redis client (createClient() from the "redis" package)')
     }
     if (typeof this.keyPrefix !== 'string') throw new TypeError('cms-realtime: option "keyPrefix" must be a string')
     if (!Number.isInteger(this.historySize) || this.historySize < 1) throw new TypeError('cms-realtime: option "historySize" must be a whole number >= 1')
     if (!(this.historyMaxAgeMs >= 0)) throw new TypeError('cms-realtime: option "historyMaxAgeMs" must be >= 0')
     if (!Number.isInteger(this.idleTtlMs) || this.idleTtlMs < 1000) throw new TypeError('cms-realtime: option "idleTtlMs" must be a whole number >= 1000')
-    if (!(this.commandTimeoutMs > 0)) throw new TypeError('cms-realtime: option "commandTimeoutMs" must be > 0')
+    for (const key of ['commandTimeoutMs', 'livenessMs', 'maxReconnectDelayMs'] as const) {
+      if (!(this[key] > 0) || !Number.isFinite(this[key])) throw new TypeError(`cms-realtime: option "${key}" must be a positive number`)
+    }
+    this.beatChannel = `${this.keyPrefix}beat:${this.nodeEpoch}`
     // An 'error' event without a listener would crash the app during an outage.
     client.on('error', this.onError)
-    client.on('ready', this.onReady)
-    this.sub = client.duplicate()
-    this.sub.on('error', this.onError)
+    // Our own connections, with a reconnect delay we choose: node-redis's
+    // default backoff left clients without `resync` for up to 14 s after
+    // Redis came back.
+    const max = this.maxReconnectDelayMs
+    const socket = { ...client.options?.socket, reconnectStrategy: (retries: number) => Math.min(50 * 2 ** retries, max) }
+    this.cmd = client.duplicate({ socket })
+    this.sub = client.duplicate({ socket })
+    for (const c of [this.cmd, this.sub]) c.on('error', this.onError)
     this.sub.on('reconnecting', () => { this.subLost = true })
-    this.sub.on('ready', this.onReady)
-    this.connecting = this.sub.connect().catch((err: Error) => log('subscriber connect failed: %s', err.message))
+    this.cmd.on('ready', () => this.recover())
+    this.sub.on('ready', () => this.recover())
+    this.connecting = Promise.all([
+      this.cmd.connect(),
+      this.sub.connect().then(() => this.sub.subscribe(this.beatChannel, () => { this.lastEcho = Date.now() })),
+    ]).catch((err: Error) => log('connect failed: %s', err.message))
+    this.timer = setInterval(() => void this.probe(), this.livenessMs)
+    this.timer.unref()
   }
 
-  /** Both connections are up: events go through Redis. */
+  /** Both connections are up and answering. */
   get connected(): boolean {
-    return this.client.isReady && this.sub.isReady
+    return this.cmd.isReady && this.sub.isReady && !this.stalled
+  }
+
+  stats(): RedisBusStats {
+    return { connected: this.connected, ...this.counts }
   }
 
   /**
-   * Through Redis when it is reachable; otherwise to this node's subscribers
-   * only, with a local cursor that later makes a recovering client resync.
-   * Never rejects because of Redis.
+   * Through Redis when it answers within `commandTimeoutMs`; otherwise to
+   * this node's subscribers only, with a local cursor (a client recovering
+   * with it gets `resync`). Never rejects because of Redis, never waits
+   * longer than `commandTimeoutMs`.
    */
   async publish(topic: string, type: string, data: string): Promise<BusEvent> {
-    if (this.client.isReady && !this.closed) {
-      try {
-        const id = String(await this.write(topic, type, data))
-        const event: BusEvent = { topic, id, type, data }
-        // Without our subscriber connection the event would wait for it: deliver now, skip its echo later.
-        const state = this.topics.get(topic)
-        if (state !== undefined && !this.sub.isReady) {
-          state.early.add(id)
-          this.listener(event)
-        }
-        return event
-      } catch (err) {
-        log('publish to %s through Redis failed, delivering locally: %s', topic, (err as Error).message)
-      }
+    await this.started()
+    if (!this.cmd.isReady || this.stalled || this.closed) return this.publishLocally(topic, type, data)
+    const gap = this.dirty.has(topic)
+    let reply: string[]
+    try {
+      reply = await this.run(PUBLISH, topic, this.publishArgs(topic, type, data, gap)) as string[]
+    } catch (err) {
+      log('publish to %s through Redis failed, delivering locally: %s', topic, (err as Error).message)
+      return this.publishLocally(topic, type, data)
     }
-    this.dirty.add(topic)
-    const event: BusEvent = { topic, id: `local:${this.epoch}:${++this.localSeq}`, type, data }
-    if (this.topics.has(topic)) this.listener(event)
-    return event
+    if (reply[0] === 'expired') return this.publishLocally(topic, type, data)
+    const [epoch, gapPrev, gapId, prev, id] = reply as [string, string, string, string, string]
+    if (gap) this.dirty.delete(topic)
+    // Our own subscribers get it now, through the chain (so after anything
+    // older it has not delivered yet); the pub/sub echo is then a duplicate.
+    const state = this.topics.get(topic)
+    if (state !== undefined && !state.local) {
+      if (gapId !== '') state.chain.push({ id: gapId, prev: gapPrev, epoch, kind: 'gap' })
+      state.chain.push({ id, prev, epoch, kind: 'event', type, data })
+    }
+    return { topic, id: `${epoch}_${id}`, type, data }
   }
 
   subscribe(topic: string): Promise<void> {
     const existing = this.topics.get(topic)
     if (existing !== undefined) return existing.ready
-    const state: TopicState = { listener: (m) => this.onMessage(topic, state, m), ready: Promise.resolve(), lastId: null, held: null, early: new Set() }
+    const state: TopicState = {
+      chain: new Chain({
+        fill: (epoch, since, upto) => this.fill(topic, epoch, since, upto),
+        deliver: (e) => { if (this.topics.get(topic) === state) this.listener({ topic, id: `${e.epoch}_${e.id}`, type: e.type!, data: e.data! }) },
+        resync: () => this.resync(topic, state),
+      }),
+      listener: (m) => this.onMessage(topic, state, m),
+      ready: Promise.resolve(),
+      local: false,
+      stale: false,
+    }
     this.topics.set(topic, state)
     state.ready = this.listen(topic, state)
     return state.ready
@@ -121,7 +188,7 @@ export class RedisBus implements Bus {
     if (state === undefined) return
     this.topics.delete(topic)
     try {
-      await this.sub.unsubscribe(this.channel(topic), state.listener)
+      await this.timed(this.sub.unsubscribe(this.channel(topic), state.listener))
     } catch (err) {
       log('unsubscribe from %s failed: %s', topic, (err as Error).message)
     }
@@ -135,46 +202,70 @@ export class RedisBus implements Bus {
     this.resyncListener = listener
   }
 
+  /**
+   * Events after `since` up to what this node has delivered live, so a
+   * client's replay and its live events meet without a gap or an overlap.
+   */
   async history(topic: string, since: string): Promise<BusEvent[] | null> {
-    if (!STREAM_ID.test(since) || !this.client.isReady || this.closed) return null
-    // Read after our subscription is confirmed, so every event is either
-    // in what we read or delivered live afterwards.
+    const cursor = CURSOR.exec(since)
+    await this.started()
+    if (cursor === null || !this.cmd.isReady || this.stalled || this.closed) return null
+    const [, epoch, id] = cursor as unknown as [string, string, string]
+    let upto = '+'
     const state = this.topics.get(topic)
-    if (state !== undefined) await bounded(state.ready, this.commandTimeoutMs)
-    try {
-      return await this.read(topic, since)
-    } catch (err) {
-      log('history of %s unavailable: %s', topic, (err as Error).message)
-      return null
+    if (state !== undefined) {
+      await bounded(state.ready, this.commandTimeoutMs)
+      const chain = state.chain
+      if (state.local || !chain.started || chain.epoch !== epoch) return null
+      // A client coming from a node that is ahead of this one: wait for this one to catch up.
+      if (compareIds(id, chain.lastId!) > 0 && !(await chain.reached(epoch, id, this.commandTimeoutMs))) return null
+      upto = chain.lastId!
     }
+    const entries = await this.fill(topic, epoch, id, upto)
+    // A gap marker: some node delivered events here without Redis; they are not in the stream.
+    if (entries === null || entries.some((e) => e.kind === 'gap')) return null
+    return entries.filter((e) => e.kind === 'event').map((e) => ({ topic, id: `${epoch}_${e.id}`, type: e.type!, data: e.data! }))
   }
 
   async latest(topic: string): Promise<string> {
+    await this.started()
     const state = this.topics.get(topic)
-    if (state !== undefined && this.client.isReady) await bounded(state.ready, this.commandTimeoutMs)
-    if (this.client.isReady && !this.closed) {
+    if (state !== undefined) {
+      await bounded(state.ready, this.commandTimeoutMs)
+      if (!state.local && state.chain.started && !this.stalled) return `${state.chain.epoch}_${state.chain.lastId}`
+    }
+    if (this.cmd.isReady && !this.stalled && !this.closed) {
       try {
-        return String(await this.run(LATEST, topic, []))
+        const [epoch, last] = await this.run(LATEST, topic, [String(this.historySize), String(this.idleTtlMs)]) as [string, string]
+        return `${epoch}_${last}`
       } catch (err) {
         log('latest of %s unavailable: %s', topic, (err as Error).message)
       }
     }
-    return `local:${this.epoch}:${this.localSeq}`
+    return `local:${this.nodeEpoch}:${this.localSeq}`
   }
 
-  /** Stop listening and close the bus's own subscriber connection. The client you passed stays yours to close. */
+  /** Stop listening and close the bus's own connections. The client you passed stays yours to close. */
   async close(): Promise<void> {
     if (this.closed) return
     this.closed = true
+    clearInterval(this.timer)
     this.topics.clear()
     this.client.off('error', this.onError)
-    this.client.off('ready', this.onReady)
     // Destroying a connection mid-handshake can leave its socket open.
     await bounded(this.connecting, this.commandTimeoutMs)
+    this.cmd.destroy()
     this.sub.destroy()
   }
 
   // ---- internals ----
+
+  /** Right after construction the bus's connections are still being made: wait for them, boundedly, once. */
+  private async started(): Promise<void> {
+    if (this.up) return
+    await bounded(this.connecting, this.commandTimeoutMs)
+    this.up = true
+  }
 
   private stream(topic: string): string {
     return `${this.keyPrefix}stream:${topic}`
@@ -184,133 +275,217 @@ export class RedisBus implements Bus {
     return `${this.keyPrefix}live:${topic}`
   }
 
-  private write(topic: string, type: string, data: string): Promise<unknown> {
-    const gap = this.dirty.has(topic)
-    const tail = type === '' ? '' : JSON.stringify([type, data])
-    return this.run(PUBLISH, topic, [
-      this.channel(topic), type, data, tail,
-      String(this.historySize), String(this.historyMaxAgeMs), String(this.idleTtlMs), gap ? '1' : '0',
-    ]).then((id) => {
-      if (gap) this.dirty.delete(topic)
-      return id
+  private publishArgs(topic: string, type: string, data: string, gap: boolean): string[] {
+    // The deadline, in Redis time, after which the script refuses to run: by
+    // then this node has given up and delivered the event itself.
+    const deadline = Math.floor(Date.now() + this.clockOffset + this.commandTimeoutMs)
+    return [this.channel(topic), type, data, String(this.historySize), String(this.historyMaxAgeMs), String(this.idleTtlMs), gap ? '1' : '0', String(deadline)]
+  }
+
+  private publishLocally(topic: string, type: string, data: string): BusEvent {
+    this.counts.localPublishes++
+    this.dirty.add(topic)
+    const event: BusEvent = { topic, id: `local:${this.nodeEpoch}:${++this.localSeq}`, type, data }
+    const state = this.topics.get(topic)
+    if (state !== undefined) {
+      state.local = true
+      this.listener(event)
+    }
+    return event
+  }
+
+  private resync(topic: string, state: TopicState): void {
+    if (this.topics.get(topic) !== state) return
+    this.counts.resyncs++
+    this.resyncListener(topic)
+  }
+
+  /** Entries of `epoch` after `since` up to `upto`, or `null` when the stream cannot vouch for them (or Redis did not answer). */
+  private async fill(topic: string, epoch: string, since: string, upto: string): Promise<Entry[] | null> {
+    let reply: [number, Array<[string, string[]]>?]
+    try {
+      reply = await this.run(HISTORY, topic, [epoch, since, upto]) as typeof reply
+    } catch (err) {
+      log('history of %s unavailable: %s', topic, (err as Error).message)
+      return null
+    }
+    if (reply[0] !== 1) return null
+    this.counts.fills++
+    const out: Entry[] = []
+    let prev = since
+    for (const [id, fields] of reply[1] ?? []) {
+      const f: Record<string, string> = {}
+      for (let i = 0; i + 1 < fields.length; i += 2) f[fields[i]!] = fields[i + 1]!
+      const kind = f.h !== undefined ? 'header' : f.g !== undefined ? 'gap' : 'event'
+      if (kind === 'event' && !(typeof f.t === 'string' && isJson(f.d))) {
+        this.counts.rejectedMessages++
+        continue
+      }
+      out.push({ id, prev, epoch, kind, type: f.t, data: f.d })
+      prev = id
+    }
+    return out
+  }
+
+  /** A command, raced against its own timer: node-redis drops a command's timeout once it is written to the socket. */
+  private async run(s: Script, topic: string, args: string[]): Promise<unknown> {
+    const tail = ['1', this.stream(topic), ...args]
+    try {
+      return await this.timed(this.cmd.sendCommand(['EVALSHA', s.sha, ...tail]))
+    } catch (err) {
+      if (!String((err as Error).message).startsWith('NOSCRIPT')) throw err
+      return this.timed(this.cmd.sendCommand(['EVAL', s.source, ...tail]))
+    }
+  }
+
+  private timed<T>(p: Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const t = setTimeout(() => {
+        this.counts.timeouts++
+        if (!this.stalled) log('Redis did not answer within %d ms: delivering locally until it does', this.commandTimeoutMs)
+        this.stalled = true
+        reject(new Error(`Redis did not answer within ${this.commandTimeoutMs} ms`))
+      }, this.commandTimeoutMs)
+      p.then((v) => { clearTimeout(t); resolve(v) }, (err: unknown) => { clearTimeout(t); reject(err as Error) })
     })
   }
 
-  /** `onGap`: for our own catch-up, read past gap markers and report them instead of refusing. */
-  private async read(topic: string, since: string, onGap?: () => void): Promise<BusEvent[] | null> {
-    const reply = await this.run(HISTORY, topic, [since, String(this.idleTtlMs)]) as [number, Array<[string, string[]]>?]
-    if (reply[0] !== 1) return null
-    const events: BusEvent[] = []
-    for (const [id, fields] of reply[1] ?? []) {
-      const f = pairs(fields)
-      // Events were published here while Redis was away: what is stored is not all that happened.
-      if (f.g !== undefined) {
-        if (onGap === undefined) return null
-        log('%s has a gap (events published without Redis) after %s', topic, since)
-        onGap()
-        continue
-      }
-      events.push({ topic, id, type: f.t ?? '', data: f.d ?? 'null' })
-    }
-    return events
-  }
-
-  /** EVALSHA, loading the script on first use (and after a SCRIPT FLUSH or failover). */
-  private async run(s: Script, topic: string, args: string[]): Promise<unknown> {
-    const opts = { timeout: this.commandTimeoutMs }
-    const tail = ['1', this.stream(topic), ...args]
-    try {
-      return await this.client.sendCommand(['EVALSHA', s.sha, ...tail], opts)
-    } catch (err) {
-      if (!String((err as Error).message).startsWith('NOSCRIPT')) throw err
-      return this.client.sendCommand(['EVAL', s.source, ...tail], opts)
-    }
-  }
-
+  /** Subscribe, then learn where the chain starts; a failure leaves it for `recover`. */
   private async listen(topic: string, state: TopicState): Promise<void> {
     try {
-      await this.sub.subscribe(this.channel(topic), state.listener)
-      if (this.topics.get(topic) !== state || !this.client.isReady) return
-      const cursor = String(await this.run(LATEST, topic, []))
-      state.lastId = max(state.lastId, cursor)
+      await this.timed(this.sub.subscribe(this.channel(topic), state.listener))
+      if (this.topics.get(topic) !== state) return
+      await this.start(topic, state)
     } catch (err) {
+      state.stale = true
       log('subscribe to %s: %s', topic, (err as Error).message)
     }
   }
 
-  private onMessage(topic: string, state: TopicState, message: string): void {
-    const nl = message.indexOf('\n')
-    if (nl === message.length - 1) {
-      // A gap notice: some node delivered events of this topic only locally.
-      if (this.topics.get(topic) === state) this.resyncListener(topic)
-      return
+  private async start(topic: string, state: TopicState): Promise<void> {
+    const [epoch, last] = await this.run(LATEST, topic, [String(this.historySize), String(this.idleTtlMs)]) as [string, string]
+    if (this.topics.get(topic) !== state || state.chain.started) return
+    if (state.stale) {
+      state.stale = false
+      state.chain.jump(epoch, last)
+    } else {
+      state.chain.start(epoch, last)
     }
-    let event: BusEvent
-    try {
-      const [type, data] = JSON.parse(message.slice(nl + 1)) as [string, string]
-      event = { topic, id: message.slice(0, nl), type, data }
-    } catch {
-      log('ignoring a malformed message on %s', topic)
-      return
-    }
-    if (state.held !== null) state.held.push(event)
-    else this.deliver(state, event)
   }
 
-  private deliver(state: TopicState, event: BusEvent): void {
-    if (state.lastId !== null && compareIds(event.id, state.lastId) <= 0) return
-    state.lastId = event.id
-    if (state.early.delete(event.id)) return
-    if (this.topics.get(event.topic) === state) this.listener(event)
+  /** A pub/sub message: validated (it may not be ours), then handed to the topic's chain. */
+  private onMessage(topic: string, state: TopicState, message: string): void {
+    const entry = parseMessage(message)
+    if (entry === null) {
+      this.counts.rejectedMessages++
+      log('dropped a malformed message on the channel of %s', topic)
+      return
+    }
+    if (this.topics.get(topic) !== state || state.local) return
+    state.chain.push(entry)
+  }
+
+  /** Liveness: is Redis answering (and what time is it there)? Is our subscriber connection receiving? */
+  private async probe(): Promise<void> {
+    if (this.closed || !this.cmd.isReady) return
+    const t0 = Date.now()
+    try {
+      const [sec, usec] = await this.timed(this.cmd.sendCommand(['TIME'])) as [string, string]
+      const t1 = Date.now()
+      this.clockOffset = Number(sec) * 1000 + Math.floor(Number(usec) / 1000) - (t0 + t1) / 2
+      const wasStalled = this.stalled
+      this.stalled = false
+      if (wasStalled) {
+        log('Redis answers again')
+        this.recover()
+      }
+      // The subscriber connection must hear our beats; if not, read the streams instead.
+      await this.timed(this.cmd.sendCommand(['PUBLISH', this.beatChannel, String(++this.beats)]))
+      if (Date.now() - this.lastEcho > 3 * this.livenessMs) {
+        log('the subscriber connection hears nothing: reading the streams')
+        for (const state of this.topics.values()) if (!state.local) state.chain.catchUp()
+      }
+    } catch {
+      // `timed` marked the link stalled; the next probe tries again.
+    }
   }
 
   /**
-   * Both connections are back: record the gaps this node left in history,
-   * then read back what the subscriber connection missed while it was down
-   * (node-redis has already resubscribed to every channel).
+   * Redis answers again, or a connection came back: record the gaps this node
+   * left (and resync its own clients of those topics), start chains that
+   * could not start, and read back what every other topic missed.
    */
-  private async recover(): Promise<void> {
-    if (this.closed || !this.client.isReady) return
-    for (const topic of [...this.dirty]) {
-      await this.write(topic, '', '').catch((err: Error) => log('could not record the gap on %s: %s', topic, err.message))
+  private recover(): void {
+    if (this.recovering !== undefined) {
+      this.recoverAgain = true
+      return
     }
-    if (!this.subLost || !this.sub.isReady) return
-    this.subLost = false
-    log('reconnected; catching up on %d topics', this.topics.size)
-    await Promise.all([...this.topics].map(async ([topic, state]) => {
-      if (state.lastId === null) return
-      state.held ??= []
-      let missed: BusEvent[] | null = null
-      let gap = false
-      try {
-        missed = await this.read(topic, state.lastId, () => { gap = true })
-      } catch (err) {
-        log('catch-up on %s failed: %s', topic, (err as Error).message)
+    this.recovering = this.recoverOnce().finally(() => {
+      this.recovering = undefined
+      if (this.recoverAgain) {
+        this.recoverAgain = false
+        this.recover()
       }
-      if (missed === null) log('history of %s no longer reaches back to %s: its clients here must resync', topic, state.lastId)
-      if ((missed === null || gap) && this.topics.get(topic) === state) this.resyncListener(topic)
-      const held = state.held
-      state.held = null
-      for (const event of [...(missed ?? []), ...held]) this.deliver(state, event)
-    }))
+    })
+  }
+
+  private async recoverOnce(): Promise<void> {
+    if (this.closed || !this.cmd.isReady || this.stalled) return
+    for (const topic of [...this.dirty]) {
+      try {
+        const [epoch, , gapId] = await this.run(PUBLISH, topic, this.publishArgs(topic, '', '', true)) as string[]
+        if (epoch === 'expired') continue
+        this.dirty.delete(topic)
+        const state = this.topics.get(topic)
+        if (state !== undefined) {
+          state.local = false
+          state.chain.jump(epoch!, gapId!)
+        }
+      } catch (err) {
+        log('could not record the gap on %s: %s', topic, (err as Error).message)
+        return
+      }
+    }
+    const subBack = this.subLost && this.sub.isReady
+    if (subBack) this.subLost = false
+    for (const [topic, state] of this.topics) {
+      if (state.local) continue
+      if (!state.chain.started) {
+        await this.start(topic, state).catch((err: Error) => log('starting %s: %s', topic, err.message))
+      } else {
+        state.chain.catchUp()
+      }
+    }
+    if (subBack) log('subscriber connection back: caught up on %d topics', this.topics.size)
   }
 }
 
-function pairs(fields: string[]): Record<string, string> {
-  const out: Record<string, string> = {}
-  for (let i = 0; i + 1 < fields.length; i += 2) out[fields[i]!] = fields[i + 1]!
-  return out
+/** A live message of ours, or `null`: ids well-formed and not from the future, data valid JSON. */
+export function parseMessage(message: string): Entry | null {
+  let m: unknown
+  try {
+    m = JSON.parse(message)
+  } catch {
+    return null
+  }
+  if (typeof m !== 'object' || m === null) return null
+  const { i, p, e, t, d, g } = m as Record<string, unknown>
+  if (!validId(i) || !validId(p) || !validId(e) || compareIds(p, i) >= 0 || compareIds(e, i) > 0) return null
+  if (Number(i.slice(0, i.indexOf('-'))) > Date.now() + FUTURE_MS) return null
+  if (g === 1) return { id: i, prev: p, epoch: e, kind: 'gap' }
+  if (typeof t !== 'string' || t === '' || t.length > MAX_TYPE || d === undefined) return null
+  // Re-serialised from what was parsed: raw text could not smuggle fields into the frame it is spliced into.
+  return { id: i, prev: p, epoch: e, kind: 'event', type: t, data: JSON.stringify(d) }
 }
 
-function compareIds(a: string, b: string): number {
-  const [am = 0n, as = 0n] = a.split('-').map(BigInt)
-  const [bm = 0n, bs = 0n] = b.split('-').map(BigInt)
-  return am !== bm ? (am < bm ? -1 : 1) : as === bs ? 0 : as < bs ? -1 : 1
-}
-
-function max(a: string | null, b: string): string {
-  if (!STREAM_ID.test(b)) return a ?? b
-  return a === null || compareIds(b, a) > 0 ? b : a
+function isJson(text: string | undefined): boolean {
+  if (text === undefined) return false
+  try {
+    JSON.parse(text)
+    return true
+  } catch {
+    return false
+  }
 }
 
 /** Wait for `p`, but no longer than `ms`; never rejects. */
