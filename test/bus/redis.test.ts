@@ -90,6 +90,23 @@ d('RedisBus', () => {
     expect(fresh.id).toMatch(CURSOR)
   })
 
+  test.each([
+    ['FLUSHALL, nothing published since', false],
+    ['FLUSHALL, then new events (a re-created stream)', true],
+  ])('a cursor from before Redis lost its data never recovers (%s): resync, not recovered with a hole', async (_t, republish) => {
+    const { bus } = await node()
+    const t = topic()
+    await bus.subscribe(t)
+    const e1 = await bus.publish(t, 'x', '1')
+    await bus.publish(t, 'x', '2')
+    await direct.del(`${prefix}stream:${t}`) // what FLUSHALL, a restart without persistence or eviction does to this key
+    if (republish) {
+      const e4 = await bus.publish(t, 'x', '4')
+      expect(e4.id.split('_')[0]).not.toBe(e1.id.split('_')[0]) // a new epoch
+    }
+    expect(await bus.history(t, e1.id)).toBeNull()
+  })
+
   test('close() leaves the client it was given open', async () => {
     const client = await connectRedis()
     cleanup.push(() => client.destroy())
