@@ -343,6 +343,7 @@ export class Realtime<Ctx = IncomingMessage> {
       errors: c.errors,
       sessionsEnded: c.sessionsEnded,
       subscriptionsRevoked: c.subscriptionsRevoked,
+      ...(this.bus.stats === undefined ? {} : { bus: this.bus.stats() }),
     }
   }
 

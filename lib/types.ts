@@ -190,6 +190,8 @@ export interface Bus {
   /** A cursor for "now" on `topic`: `history(topic, latest)` later returns what came after. */
   latest(topic: string): Promise<string>
   close(): Promise<void>
+  /** Optional: counters and health, shown as `rt.stats().bus` (the Redis bus: connected, timeouts, fills, resyncs, …). */
+  stats?(): object
 }
 
 /** Why a handshake or request was refused; the keys of `stats().refusals`. */
@@ -247,6 +249,8 @@ export interface RealtimeStats {
   sessionsEnded: number
   /** Subscriptions dropped by `reauthorize`. */
   subscriptionsRevoked: number
+  /** What the bus reports about itself, if it does (the Redis bus: `RedisBusStats`). */
+  bus?: object
 }
 
 /**
