@@ -5,8 +5,8 @@
  * the min–max spread and cms-realtime's ratio to each baseline.
  *
  * Flags: --smoke (a few hundred clients, seconds), --runs N, --clients N,
- * --connections N, --systems a,b, --cases fanout,connections,long-burst,sse
- * (default all), --out FILE, --cpu-prof (profiles each server into
+ * --connections N, --systems a,b, --cases fanout,connections,long-burst,sse,cross-node
+ * (default all; cross-node needs Redis at 127.0.0.1:6379 or BENCH_REDIS_URL), --out FILE, --cpu-prof (profiles each server into
  * bench/results/prof), --heap-snapshot (each server after its connections
  * case, into bench/results/heap).
  */
@@ -16,6 +16,7 @@ import { join } from 'node:path'
 import { connections, fanout, longBurst, sseFanout, type Config, type ConnectionsRun, type FanoutRun, type LongBurstRun, type SseRun } from './cases'
 import { printTable, sseLine, summarise } from './report'
 import { SYSTEMS, type System } from './systems'
+import { CLUSTERS, crossNode, crossNodeLines, type Cluster, type CrossNodeRun } from './cross-node'
 
 function flag(name: string): string | undefined {
   const i = process.argv.indexOf(`--${name}`)
@@ -34,7 +35,7 @@ const smoke = has('smoke')
 const resultsDir = join(__dirname, 'results')
 const systems = (flag('systems')?.split(',') ?? [...SYSTEMS]) as System[]
 for (const s of systems) if (!SYSTEMS.includes(s)) throw new Error(`unknown system ${s}; known: ${SYSTEMS.join(', ')}`)
-const CASES = ['fanout', 'connections', 'long-burst', 'sse'] as const
+const CASES = ['fanout', 'connections', 'long-burst', 'sse', 'cross-node'] as const
 const cases = flag('cases')?.split(',') ?? [...CASES]
 for (const c of cases) if (!(CASES as readonly string[]).includes(c)) throw new Error(`unknown case ${c}; known: ${CASES.join(', ')}`)
 
@@ -87,9 +88,20 @@ async function main(): Promise<void> {
     process.stdout.write(`cms-realtime: ${cfg.longBurst}-event burst to ${cfg.clients} clients\n`)
     long = await longBurst('cms-realtime', cfg)
   }
+  const cross: Partial<Record<Cluster, CrossNodeRun[]>> = {}
+  const crossCfg = { perNode: num('per-node', smoke ? 20 : 100), events: num('cross-events', smoke ? 200 : 5000), publishes: num('cross-publishes', smoke ? 10 : 200) }
+  if (cases.includes('cross-node')) {
+    for (let run = 1; run <= cfg.runs; run++) {
+      for (const cluster of CLUSTERS) {
+        process.stdout.write(`run ${run}/${cfg.runs} cross-node ${cluster}\n`)
+        ;(cross[cluster] ??= []).push(await crossNode(cluster, crossCfg))
+      }
+    }
+  }
   const summary = summarise(fan, conns, systems)
-  printTable(summary, systems, long)
+  if (Object.keys(fan).length > 0 || Object.keys(conns).length > 0) printTable(summary, systems, long)
   if (sse.length > 0) console.log('\n' + sseLine(sse, fan['cms-realtime'] ?? [], cfg.clients))
+  if (Object.keys(cross).length > 0) console.log('\n' + crossNodeLines(cross, crossCfg).join('\n'))
   const machine = {
     cpus: cpus().length,
     cpu: cpus()[0]?.model ?? 'unknown',
@@ -100,7 +112,7 @@ async function main(): Promise<void> {
   }
   const out = flag('out') ?? join(resultsDir, `bench-${new Date().toISOString().replace(/[:.]/g, '-')}.json`)
   mkdirSync(join(out, '..'), { recursive: true })
-  const json = { date: new Date().toISOString(), seconds: (Date.now() - t0) / 1000, machine, config: cfg, summary, longBurst: long, runs: { fanout: fan, connections: conns, sse } }
+  const json = { date: new Date().toISOString(), seconds: (Date.now() - t0) / 1000, machine, config: cfg, summary, longBurst: long, runs: { fanout: fan, connections: conns, sse, crossNode: cross } }
   writeFileSync(out, JSON.stringify(json, null, 2))
   console.log(`\n${json.seconds.toFixed(0)} s on ${machine.cpus} × ${machine.cpu}, Node ${machine.node}; JSON: ${out}`)
 }

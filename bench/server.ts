@@ -12,11 +12,28 @@ import { writeHeapSnapshot } from 'node:v8'
 import { WebSocketServer, type WebSocket } from 'ws'
 import { Server as SocketIOServer } from 'socket.io'
 import { createRealtime } from '../lib/realtime'
+import { RedisBus } from '../lib/bus/redis'
+import { createClient } from 'redis'
+import { createAdapter } from '@socket.io/redis-adapter'
+import { createAdapter as createStreamsAdapter } from '@socket.io/redis-streams-adapter'
 import { serve } from './ipc'
 import { eventData, SYSTEMS, type System } from './systems'
 
 const system = process.argv[2] as System
 if (!SYSTEMS.includes(system)) throw new Error(`unknown system ${process.argv[2]}`)
+/**
+ * Cluster mode (the cross-node case): `--redis URL --prefix P [--adapter
+ * pubsub|streams]`. cms-realtime uses its RedisBus; Socket.IO its Redis
+ * adapter (`@socket.io/redis-adapter`) or its Streams adapter.
+ */
+const argOf = (name: string): string | undefined => {
+  const i = process.argv.indexOf(`--${name}`)
+  return i < 0 ? undefined : process.argv[i + 1]
+}
+const redisUrl = argOf('redis')
+const prefix = argOf('prefix') ?? 'bench:'
+const adapter = argOf('adapter') ?? 'pubsub'
+let ready: Promise<unknown> = Promise.resolve()
 
 /** Plain HTTP requests: cms-realtime answers its own routes (the SSE fallback among them). */
 let onRequest: (req: IncomingMessage, res: ServerResponse) => boolean = () => false
@@ -35,7 +52,8 @@ let stats: () => unknown = () => ({})
 
 switch (system) {
   case 'cms-realtime': {
-    const rt = createRealtime({ server: http })
+    const bus = redisUrl === undefined ? undefined : new RedisBus(createClient({ url: redisUrl }), { keyPrefix: prefix, idleTtlMs: 600_000 })
+    const rt = createRealtime({ server: http, ...(bus === undefined ? {} : { bus }) })
     onRequest = (req, res) => rt.handleRequest(req, res)
     publish = (topic, seq) => void rt.publish(topic, 'update', eventData(seq))
     stats = () => rt.stats()
@@ -65,6 +83,15 @@ switch (system) {
   }
   case 'socket.io': {
     const io = new SocketIOServer(http, { transports: ['websocket'], perMessageDeflate: false, serveClient: false })
+    if (redisUrl !== undefined) {
+      const pub = createClient({ url: redisUrl })
+      const sub = pub.duplicate()
+      ready = Promise.all([pub.connect(), sub.connect()]).then(() => {
+        io.adapter(adapter === 'streams'
+          ? createStreamsAdapter(pub, { streamName: `${prefix}socket.io` })
+          : createAdapter(pub, sub, { key: `${prefix}socket.io` }))
+      })
+    }
     io.on('connection', (socket) => {
       const raw = socket.handshake.query.topics
       const topics = typeof raw === 'string' && raw !== '' ? raw.split(',') : []
@@ -98,6 +125,7 @@ interface BurstArgs { topics: string[]; count: number }
 serve({
   async start() {
     await listening
+    await ready
     return { port: (http.address() as AddressInfo).port, pid: process.pid }
   },
   /** Start measuring: CPU time and event-loop delay from here. */

@@ -7,6 +7,7 @@ import { spawn } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { redisReachable } from './bus/redis-helpers'
 
 const SYSTEMS = ['cms-realtime', 'ws', 'socket.io']
 
@@ -47,3 +48,29 @@ test('npm run bench:smoke runs every case against every system and writes the ta
     rmSync(dir, { recursive: true, force: true })
   }
 }, 120_000)
+
+const redisUp = redisReachable('the cross-node bench smoke')
+;(redisUp ? test : test.skip)('the cross-node case runs cms-realtime and both Socket.IO Redis adapters on three nodes and prints the ratios', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'cms-realtime-bench-'))
+  const out = join(dir, 'cross.json')
+  try {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'bench/run.ts', '--smoke', '--cases', 'cross-node', '--out', out], {
+      cwd: join(__dirname, '..'),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (c: Buffer) => { stdout += c.toString() })
+    child.stderr.on('data', (c: Buffer) => { stderr += c.toString() })
+    const timer = setTimeout(() => child.kill('SIGKILL'), 55_000)
+    const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)))
+    clearTimeout(timer)
+    expect({ code, stderr: code === 0 ? '' : stderr }).toEqual({ code: 0, stderr: '' })
+    expect(stdout).toMatch(/cms-realtime ÷ socket\.io: events\/s [\d.]+×/)
+    expect(stdout).toMatch(/cms-realtime ÷ socket\.io-streams: events\/s [\d.]+×/)
+    const json = JSON.parse(readFileSync(out, 'utf8')) as { runs: { crossNode: Record<string, Array<{ eventsPerSecond: number }>> } }
+    for (const c of ['cms-realtime', 'socket.io', 'socket.io-streams']) expect(json.runs.crossNode[c]?.[0]?.eventsPerSecond).toBeGreaterThan(0)
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+}, 60_000)

@@ -233,6 +233,12 @@ export class RedisBus implements Bus {
     if (state !== undefined) {
       await bounded(state.ready, this.commandTimeoutMs)
       if (!state.local && state.chain.started && !this.stalled) return `${state.chain.epoch}_${state.chain.lastId}`
+      // The chain has not started (Redis slow or away): it may start after
+      // events this subscriber will never get live, so it resyncs then.
+      if (!state.chain.started) {
+        state.stale = true
+        return `local:${this.nodeEpoch}:${this.localSeq}`
+      }
     }
     if (this.cmd.isReady && !this.stalled && !this.closed) {
       try {
@@ -395,10 +401,9 @@ export class RedisBus implements Bus {
       this.clockOffset = Number(sec) * 1000 + Math.floor(Number(usec) / 1000) - (t0 + t1) / 2
       const wasStalled = this.stalled
       this.stalled = false
-      if (wasStalled) {
-        log('Redis answers again')
-        this.recover()
-      }
+      if (wasStalled) log('Redis answers again')
+      // Also retry gap markers a failed recovery could not write.
+      if (wasStalled || this.dirty.size > 0) this.recover()
       // The subscriber connection must hear our beats; if not, read the streams instead.
       await this.timed(this.cmd.sendCommand(['PUBLISH', this.beatChannel, String(++this.beats)]))
       if (Date.now() - this.lastEcho > 3 * this.livenessMs) {
