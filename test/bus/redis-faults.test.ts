@@ -252,7 +252,7 @@ d('Redis faults: exactly once and in order, or resync', () => {
     expect(r.resyncFrames).toBe(0)
   })
 
-  test('Redis frozen (SIGSTOP) for 3 s', async () => {
+  test(`Redis frozen (SIGSTOP) for ${FAULT_MS / 1000} s`, async () => {
     const r = await run(async () => {
       redis.pause()
       return async () => redis.resume()
@@ -265,7 +265,7 @@ d('Redis faults: exactly once and in order, or resync', () => {
     expect(bus.resyncs).toBeGreaterThan(0)
   })
 
-  test('Redis killed (SIGKILL) and restarted empty after 3 s', async () => {
+  test(`Redis killed (SIGKILL) and restarted empty after ${FAULT_MS / 1000} s`, async () => {
     await run(async () => {
       await redis.kill()
       return async () => { await redis.start() }
@@ -287,7 +287,7 @@ d('Redis faults: exactly once and in order, or resync', () => {
     }, { during: 1500 })
   })
 
-  test('the link between node A and Redis stops forwarding for 3 s', async () => {
+  test(`the link between node A and Redis stops forwarding for ${FAULT_MS / 1000} s`, async () => {
     await run(async () => {
       nodes[0]!.proxy.pause()
       return async () => nodes[0]!.proxy.resume()
