@@ -35,6 +35,28 @@ export function validId(id: unknown): id is string {
   return typeof id === 'string' && ID.test(id)
 }
 
+/** An epoch: the id of the stream's header entry and its random nonce. */
+const EPOCH = /^(\d{1,15}-\d{1,20})\.[0-9a-f]{8}$/
+
+export function validEpoch(epoch: unknown): epoch is string {
+  return typeof epoch === 'string' && EPOCH.test(epoch)
+}
+
+/** The header id an epoch began at. */
+export function epochStart(epoch: string): string {
+  return epoch.slice(0, epoch.indexOf('.'))
+}
+
+/**
+ * Order of two epochs by when their stream was created; two different epochs
+ * created in the same millisecond count the second as newer (a needless
+ * resync at worst, never a replay across them).
+ */
+export function compareEpochs(a: string, b: string): number {
+  if (a === b) return 0
+  return compareIds(epochStart(a), epochStart(b)) || 1
+}
+
 /** Compare stream ids `ms-seq` numerically. */
 export function compareIds(a: string, b: string): number {
   const da = a.indexOf('-')
@@ -108,7 +130,7 @@ export class Chain {
     while (!this.filling && this.epoch !== null && this.queue.length > 0) {
       const e = this.queue[0]!
       if (e.epoch !== this.epoch) {
-        if (compareIds(e.epoch, this.epoch) < 0) {
+        if (compareEpochs(e.epoch, this.epoch) < 0) {
           this.queue.shift() // a straggler of an older epoch
           continue
         }

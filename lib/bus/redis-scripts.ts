@@ -3,7 +3,9 @@
  * the XADD and the PUBLISH of one event cannot interleave with another's:
  * live order on the channel equals id order in the stream. Needs Redis >= 7.
  *
- * A stream's entries: a header `h` (its id is the stream's *epoch*), events
+ * A stream's entries: a header `h` (its id and its value, a random nonce,
+ * make the stream's *epoch*: `<id>.<nonce>`, unique even when a lost stream
+ * is re-created within the same millisecond), events
  * `t` type, `d` data (JSON text), `e` epoch, and gap markers `g`, `e`. The
  * epoch lives in the stream itself, so it is lost together with it (a
  * restart without persistence, FLUSHALL, eviction, expiry): a re-created
@@ -37,7 +39,7 @@ local function epoch_of(key)
   local f = last[2]
   for i = 1, #f, 2 do
     if f[i] == 'e' then return f[i + 1], last[1] end
-    if f[i] == 'h' then return last[1], last[1] end
+    if f[i] == 'h' then return last[1] .. '.' .. f[i + 1], last[1] end
   end
   return nil, nil
 end
@@ -59,7 +61,7 @@ end
  * KEYS[1] stream. ARGV: channel, type ('' = gap marker only), data (JSON
  * text), historySize, historyMaxAgeMs (0 = none), idleTtlMs, gap ('1': first
  * record that events were delivered without Redis), deadline (server ms; 0 =
- * none). Past the deadline it does nothing and returns {'expired'}: the
+ * none), nonce (for a new epoch). Past the deadline it does nothing and returns {'expired'}: the
  * node timed out and delivered the event locally already, so a late run
  * must not deliver it a second time.
  * Returns {epoch, gapPrev, gapId, prev, id} ('' where absent).
@@ -70,8 +72,8 @@ if deadline > 0 and now > deadline then return {'expired'} end
 local key, ch, size = KEYS[1], ARGV[1], ARGV[4]
 local epoch, prev = epoch_of(key)
 if not epoch then
-  epoch = redis.call('XADD', key, 'MAXLEN', '~', size, '*', 'h', '1')
-  prev = epoch
+  prev = redis.call('XADD', key, 'MAXLEN', '~', size, '*', 'h', ARGV[9])
+  epoch = prev .. '.' .. ARGV[9]
 end
 local out = {epoch, '', '', '', ''}
 if ARGV[7] == '1' then
@@ -104,7 +106,7 @@ if e ~= epoch then return {0} end
 local r = redis.call('XINFO', 'STREAM', key)
 local i = {}
 for k = 1, #r, 2 do i[r[k]] = r[k + 1] end
-if cmp(since, i['last-generated-id']) > 0 or cmp(since, epoch) < 0 then return {0} end
+if cmp(since, i['last-generated-id']) > 0 or cmp(since, string.match(epoch, '^[%d-]+')) < 0 then return {0} end
 -- Entries were trimmed: a cursor before the first one kept may have lost
 -- some (exactly at the last trimmed one it resyncs needlessly, which is safe).
 if tonumber(i['entries-added']) > tonumber(i['length']) then
@@ -115,7 +117,7 @@ return {1, redis.call('XRANGE', key, '(' .. since, upto)}
 `)
 
 /**
- * KEYS[1] stream. ARGV: historySize, idleTtlMs. The epoch and last id,
+ * KEYS[1] stream. ARGV: historySize, idleTtlMs, nonce. The epoch and last id,
  * starting a new epoch (a header entry) when the stream has none, so every
  * cursor handed out names an epoch that can vouch for it.
  */
@@ -123,8 +125,8 @@ export const LATEST = script(`${EPOCH}
 local key = KEYS[1]
 local epoch, last = epoch_of(key)
 if not epoch then
-  epoch = redis.call('XADD', key, 'MAXLEN', '~', ARGV[1], '*', 'h', '1')
-  last = epoch
+  last = redis.call('XADD', key, 'MAXLEN', '~', ARGV[1], '*', 'h', ARGV[3])
+  epoch = last .. '.' .. ARGV[3]
   redis.call('PEXPIRE', key, ARGV[2])
 end
 return {epoch, last}

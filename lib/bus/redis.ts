@@ -8,7 +8,7 @@
 import { randomBytes } from 'node:crypto'
 import debug from 'debug'
 import type { Bus, BusEvent } from '../types'
-import { Chain, compareIds, validId, type Entry } from './redis-chain'
+import { Chain, compareIds, epochStart, validEpoch, validId, type Entry } from './redis-chain'
 import type { RedisBusOptions, RedisClientLike, RedisConnectionLike } from './redis-options'
 import { HISTORY, LATEST, PUBLISH, type Script } from './redis-scripts'
 
@@ -43,8 +43,8 @@ export interface RedisBusStats {
   rejectedMessages: number
 }
 
-/** `<epoch>_<id>`: the stream's epoch and the entry's id. */
-const CURSOR = /^(\d{1,15}-\d{1,20})_(\d{1,15}-\d{1,20})$/
+/** `<epoch>_<id>`: the stream's epoch (header id and nonce) and the entry's id. */
+const CURSOR = /^(\d{1,15}-\d{1,20}\.[0-9a-f]{8})_(\d{1,15}-\d{1,20})$/
 /** A message id may not be from further in the future than this (clock skew): a forged `9999999999999-0` must not stall a topic. */
 const FUTURE_MS = 60_000
 const MAX_TYPE = 200
@@ -242,7 +242,7 @@ export class RedisBus implements Bus {
     }
     if (this.cmd.isReady && !this.stalled && !this.closed) {
       try {
-        const [epoch, last] = await this.run(LATEST, topic, [String(this.historySize), String(this.idleTtlMs)]) as [string, string]
+        const [epoch, last] = await this.run(LATEST, topic, [String(this.historySize), String(this.idleTtlMs), nonce()]) as [string, string]
         return `${epoch}_${last}`
       } catch (err) {
         log('latest of %s unavailable: %s', topic, (err as Error).message)
@@ -285,7 +285,7 @@ export class RedisBus implements Bus {
     // The deadline, in Redis time, after which the script refuses to run: by
     // then this node has given up and delivered the event itself.
     const deadline = Math.floor(Date.now() + this.clockOffset + this.commandTimeoutMs)
-    return [this.channel(topic), type, data, String(this.historySize), String(this.historyMaxAgeMs), String(this.idleTtlMs), gap ? '1' : '0', String(deadline)]
+    return [this.channel(topic), type, data, String(this.historySize), String(this.historyMaxAgeMs), String(this.idleTtlMs), gap ? '1' : '0', String(deadline), nonce()]
   }
 
   private publishLocally(topic: string, type: string, data: string): BusEvent {
@@ -369,7 +369,7 @@ export class RedisBus implements Bus {
   }
 
   private async start(topic: string, state: TopicState): Promise<void> {
-    const [epoch, last] = await this.run(LATEST, topic, [String(this.historySize), String(this.idleTtlMs)]) as [string, string]
+    const [epoch, last] = await this.run(LATEST, topic, [String(this.historySize), String(this.idleTtlMs), nonce()]) as [string, string]
     if (this.topics.get(topic) !== state || state.chain.started) return
     if (state.stale) {
       state.stale = false
@@ -475,12 +475,17 @@ export function parseMessage(message: string): Entry | null {
   }
   if (typeof m !== 'object' || m === null) return null
   const { i, p, e, t, d, g } = m as Record<string, unknown>
-  if (!validId(i) || !validId(p) || !validId(e) || compareIds(p, i) >= 0 || compareIds(e, i) > 0) return null
+  if (!validId(i) || !validId(p) || !validEpoch(e) || compareIds(p, i) >= 0 || compareIds(epochStart(e), i) > 0) return null
   if (Number(i.slice(0, i.indexOf('-'))) > Date.now() + FUTURE_MS) return null
   if (g === 1) return { id: i, prev: p, epoch: e, kind: 'gap' }
   if (typeof t !== 'string' || t === '' || t.length > MAX_TYPE || d === undefined) return null
   // Re-serialised from what was parsed: raw text could not smuggle fields into the frame it is spliced into.
   return { id: i, prev: p, epoch: e, kind: 'event', type: t, data: JSON.stringify(d) }
+}
+
+/** A new epoch's nonce: 4 random bytes, hex. */
+function nonce(): string {
+  return randomBytes(4).toString('hex')
 }
 
 function isJson(text: string | undefined): boolean {

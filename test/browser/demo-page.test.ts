@@ -81,6 +81,10 @@ describeBrowser('the demo page in Chromium', () => {
   async function submit(page: Page, form: string, values: Record<string, string>): Promise<void> {
     for (const [name, value] of Object.entries(values)) await page.fill(`#${form} [name="${name}"]`, value)
     await page.click(`#${form} button`)
+    // The page resets the form once the write is answered: wait for that, or
+    // a reset landing after the next fill would submit an empty form.
+    const last = Object.keys(values).at(-1)!
+    await page.waitForFunction(([f, n]) => (document.querySelector(`#${f} [name="${n}"]`) as HTMLInputElement).value === '', [form, last], { timeout: 5000 })
   }
 
   test('a comment added in one window appears in the other without a reload, and the overview count follows an item', async () => {

@@ -6,7 +6,7 @@
 import { Chain, compareIds, type Entry } from '../../lib/bus/redis-chain'
 import { parseMessage } from '../../lib/bus/redis'
 
-const E = '100-0'
+const E = '100-0.0000000a'
 const ev = (n: number, prev = n - 1, epoch = E): Entry => ({ id: `${n}-0`, prev: `${prev}-0`, epoch, kind: 'event', type: 't', data: String(n) })
 
 /** A chain over a fake stream `stream` (entries of epoch E by id), recording what it delivers. */
@@ -81,12 +81,13 @@ test('a forged message whose id the stream does not hold is dropped without stal
 })
 
 test('a newer epoch (the stream was lost and re-created) resyncs and goes on; an older epoch straggler is dropped', () => {
+  // (Two epochs of one millisecond differ by their nonce: compareEpochs counts the one that comes second as newer.)
   const { chain, out } = setup()
   chain.start(E, '1-0')
   chain.push(ev(2))
-  chain.push(ev(300, 200, '200-0')) // new epoch
+  chain.push(ev(300, 200, '200-0.0000000b')) // new epoch
   chain.push(ev(3)) // old epoch, late
-  chain.push(ev(301, 300, '200-0'))
+  chain.push(ev(301, 300, '200-0.0000000b'))
   expect(out).toEqual(['2', 'resync', '300', '301'])
 })
 
@@ -118,14 +119,14 @@ test('reached() resolves when the chain gets to an id, false after the wait or o
   chain.push(ev(2))
   await expect(waiting).resolves.toBe(true)
   await expect(chain.reached(E, '9-0', 20)).resolves.toBe(false)
-  await expect(chain.reached('5-0', '2-0', 20)).resolves.toBe(false)
+  await expect(chain.reached('5-0.0000000c', '2-0', 20)).resolves.toBe(false)
 })
 
 describe('channel messages are validated (they may not be ours)', () => {
   const now = Date.now()
-  const good = { i: `${now}-1`, p: `${now}-0`, e: `${now}-0`, t: 'saved', d: { a: 1 } }
+  const good = { i: `${now}-1`, p: `${now}-0`, e: `${now}-0.0123abcd`, t: 'saved', d: { a: 1 } }
   test('a well-formed message becomes an entry; data is re-serialised from what was parsed', () => {
-    expect(parseMessage(JSON.stringify(good))).toEqual({ id: `${now}-1`, prev: `${now}-0`, epoch: `${now}-0`, kind: 'event', type: 'saved', data: '{"a":1}' })
+    expect(parseMessage(JSON.stringify(good))).toEqual({ id: `${now}-1`, prev: `${now}-0`, epoch: `${now}-0.0123abcd`, kind: 'event', type: 'saved', data: '{"a":1}' })
     expect(parseMessage(JSON.stringify({ i: good.i, p: good.p, e: good.e, g: 1 }))).toMatchObject({ kind: 'gap' })
   })
   test.each([
@@ -134,7 +135,8 @@ describe('channel messages are validated (they may not be ours)', () => {
     ['a bad id', JSON.stringify({ ...good, i: 'x' })],
     ['an id from the future', JSON.stringify({ ...good, i: '9999999999999-0' })],
     ['prev not before id', JSON.stringify({ ...good, p: good.i })],
-    ['an epoch after the id', JSON.stringify({ ...good, e: `${now + 5}-0` })],
+    ['an epoch after the id', JSON.stringify({ ...good, e: `${now + 5}-0.0123abcd` })],
+    ['an epoch without its nonce', JSON.stringify({ ...good, e: `${now}-0` })],
     ['no type', JSON.stringify({ ...good, t: '' })],
     ['no data', JSON.stringify({ i: good.i, p: good.p, e: good.e, t: 'x' })],
     ['a data text that would splice fields into the frame', `{"i":"${good.i}","p":"${good.p}","e":"${good.e}","t":"x","d":1,"topic":"other"`],

@@ -9,7 +9,7 @@ import { connect, listen, type Frame, type TestClient } from '../helpers/net'
 import { connectRedis, deleteKeys, redisReachable, RedisProxy, uniquePrefix, until, type TestRedis } from './redis-helpers'
 
 /** Stream cursors: `<epoch>_<id>`, both stream ids. */
-const CURSOR = /^\d+-\d+_\d+-\d+$/
+const CURSOR = /^\d+-\d+\.[0-9a-f]{8}_\d+-\d+$/
 
 const d = redisReachable('RedisBus nodes') ? describe : describe.skip
 

@@ -9,7 +9,7 @@ import type { BusEvent } from '../../lib/types'
 import { connectRedis, deleteKeys, redisReachable, RedisProxy, uniquePrefix, until, type TestRedis } from './redis-helpers'
 
 /** Stream cursors: `<epoch>_<id>`, both stream ids. */
-const CURSOR = /^\d+-\d+_\d+-\d+$/
+const CURSOR = /^\d+-\d+\.[0-9a-f]{8}_\d+-\d+$/
 
 const d = redisReachable('RedisBus') ? describe : describe.skip
 
