@@ -107,6 +107,33 @@ d('RedisBus', () => {
     expect(await bus.history(t, e1.id)).toBeNull()
   })
 
+  test('foreign and malformed messages on a channel are dropped and counted: no refetch storm, no stalled topic, no injected fields', async () => {
+    const a = await node()
+    const b = await node()
+    const t = topic()
+    const resyncs: string[] = []
+    a.bus.onResync((x) => resyncs.push(x))
+    await Promise.all([a.bus.subscribe(t), b.bus.subscribe(t)])
+    const e1 = await b.bus.publish(t, 'real', '1')
+    await until(() => a.got.length === 1, 3000, 'the first real event')
+    const channel = `${prefix}live:${t}`
+    const [epoch, id] = e1.id.split('_') as [string, string]
+    const next = `${Number(id.split('-')[0]) + 1}-0`
+    for (const m of [
+      '', // used to send resync to every client
+      'garbage',
+      JSON.stringify({ i: '9999999999999-0', p: id, e: epoch, t: 'x', d: 1 }), // used to stop delivery of later events
+      JSON.stringify({ i: next, p: `${Number(id.split('-')[0]) - 5}-0`, e: epoch, t: 'forged', d: 1 }), // a hole the stream does not have
+      `{"i":"${next}","p":"${id}","e":"${epoch}","t":"x","d":1,"topic":"other"`, // splicing
+    ]) await direct.publish(channel, m)
+    const e2 = await b.bus.publish(t, 'real', '2')
+    await until(() => a.got.length >= 2, 3000, 'the next real event')
+    await new Promise((r) => setTimeout(r, 100))
+    expect(a.got).toEqual([e1, e2])
+    expect(resyncs).toEqual([])
+    expect((a.bus.stats() as { rejectedMessages: number }).rejectedMessages).toBeGreaterThanOrEqual(3)
+  })
+
   test('close() leaves the client it was given open', async () => {
     const client = await connectRedis()
     cleanup.push(() => client.destroy())
