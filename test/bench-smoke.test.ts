@@ -9,13 +9,12 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { redisReachable } from './bus/redis-helpers'
 
-const SYSTEMS = ['cms-realtime', 'ws', 'socket.io']
-
-test('npm run bench:smoke runs every case against every system and writes the table and JSON', async () => {
+/** Run `bench/run.ts --smoke` with `args`; its output, and the JSON it wrote. */
+async function smoke(args: string[], killAfterMs: number): Promise<{ stdout: string; json: unknown }> {
   const dir = mkdtempSync(join(tmpdir(), 'cms-realtime-bench-'))
   const out = join(dir, 'smoke.json')
   try {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'bench/run.ts', '--smoke', '--out', out], {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'bench/run.ts', '--smoke', ...args, '--out', out], {
       cwd: join(__dirname, '..'),
       stdio: ['ignore', 'pipe', 'pipe'],
     })
@@ -23,54 +22,43 @@ test('npm run bench:smoke runs every case against every system and writes the ta
     let stderr = ''
     child.stdout.on('data', (c: Buffer) => { stdout += c.toString() })
     child.stderr.on('data', (c: Buffer) => { stderr += c.toString() })
-    const timer = setTimeout(() => child.kill('SIGKILL'), 110_000)
+    const timer = setTimeout(() => child.kill('SIGKILL'), killAfterMs)
     const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)))
     clearTimeout(timer)
     expect({ code, stderr: code === 0 ? '' : stderr }).toEqual({ code: 0, stderr: '' })
-
-    expect(stdout).toContain('| metric (median, min–max) | cms-realtime | ws | socket.io | ÷ ws | ÷ socket.io |')
-    expect(stdout).toMatch(/-event burst: complete/)
-    expect(stdout).toMatch(/SSE fallback, 200 streams .*× the WebSocket path/)
-    const json = JSON.parse(readFileSync(out, 'utf8')) as {
-      summary: Record<string, Record<string, { median: number }>>
-      longBurst: { ok: boolean; received: number; events: number }
-      runs: { sse: Array<{ burstRate: number }> }
-    }
-    expect(json.runs.sse[0]?.burstRate).toBeGreaterThan(0)
-    for (const system of SYSTEMS) {
-      expect(json.summary.burstRate?.[system]?.median).toBeGreaterThan(0)
-      expect(json.summary.lastP50?.[system]?.median).toBeGreaterThan(0)
-      expect(json.summary.rssPerConn?.[system]).toBeDefined()
-      expect(json.summary.connErrors?.[system]?.median).toBe(0)
-    }
-    expect(json.longBurst.ok).toBe(true)
+    return { stdout, json: JSON.parse(readFileSync(out, 'utf8')) as unknown }
   } finally {
     rmSync(dir, { recursive: true, force: true })
   }
+}
+
+const SYSTEMS = ['cms-realtime', 'ws', 'socket.io']
+
+test('npm run bench:smoke runs every single-node case against every system and writes the table and JSON', async () => {
+  const { stdout, json: raw } = await smoke(['--cases', 'fanout,connections,long-burst,sse'], 110_000)
+  expect(stdout).toContain('| metric (median, min–max) | cms-realtime | ws | socket.io | ÷ ws | ÷ socket.io |')
+  expect(stdout).toMatch(/-event burst: complete/)
+  expect(stdout).toMatch(/SSE fallback, 200 streams .*× the WebSocket path/)
+  const json = raw as {
+    summary: Record<string, Record<string, { median: number }>>
+    longBurst: { ok: boolean; received: number; events: number }
+    runs: { sse: Array<{ burstRate: number }> }
+  }
+  expect(json.runs.sse[0]?.burstRate).toBeGreaterThan(0)
+  for (const system of SYSTEMS) {
+    expect(json.summary.burstRate?.[system]?.median).toBeGreaterThan(0)
+    expect(json.summary.lastP50?.[system]?.median).toBeGreaterThan(0)
+    expect(json.summary.rssPerConn?.[system]).toBeDefined()
+    expect(json.summary.connErrors?.[system]?.median).toBe(0)
+  }
+  expect(json.longBurst.ok).toBe(true)
 }, 120_000)
 
 const redisUp = redisReachable('the cross-node bench smoke')
 ;(redisUp ? test : test.skip)('the cross-node case runs cms-realtime and both Socket.IO Redis adapters on three nodes and prints the ratios', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'cms-realtime-bench-'))
-  const out = join(dir, 'cross.json')
-  try {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'bench/run.ts', '--smoke', '--cases', 'cross-node', '--out', out], {
-      cwd: join(__dirname, '..'),
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', (c: Buffer) => { stdout += c.toString() })
-    child.stderr.on('data', (c: Buffer) => { stderr += c.toString() })
-    const timer = setTimeout(() => child.kill('SIGKILL'), 55_000)
-    const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)))
-    clearTimeout(timer)
-    expect({ code, stderr: code === 0 ? '' : stderr }).toEqual({ code: 0, stderr: '' })
-    expect(stdout).toMatch(/cms-realtime ÷ socket\.io: events\/s [\d.]+×/)
-    expect(stdout).toMatch(/cms-realtime ÷ socket\.io-streams: events\/s [\d.]+×/)
-    const json = JSON.parse(readFileSync(out, 'utf8')) as { runs: { crossNode: Record<string, Array<{ eventsPerSecond: number }>> } }
-    for (const c of ['cms-realtime', 'socket.io', 'socket.io-streams']) expect(json.runs.crossNode[c]?.[0]?.eventsPerSecond).toBeGreaterThan(0)
-  } finally {
-    rmSync(dir, { recursive: true, force: true })
-  }
+  const { stdout, json } = await smoke(['--cases', 'cross-node'], 55_000)
+  expect(stdout).toMatch(/cms-realtime ÷ socket\.io: events\/s [\d.]+×/)
+  expect(stdout).toMatch(/cms-realtime ÷ socket\.io-streams: events\/s [\d.]+×/)
+  const runs = (json as { runs: { crossNode: Record<string, Array<{ eventsPerSecond: number }>> } }).runs.crossNode
+  for (const c of ['cms-realtime', 'socket.io', 'socket.io-streams']) expect(runs[c]?.[0]?.eventsPerSecond).toBeGreaterThan(0)
 }, 60_000)
