@@ -87,6 +87,15 @@ describe('what the server saw for a nonce', () => {
     expect(d.lookup('c'.repeat(16))).toEqual({ seen: 'stripped_upgrade' })
   })
 
+  test('records are limited per client: one client flooding nonces cannot evict another's record', () => {
+    const d = new Diagnostics({ recordBurst: 2, recordsPerSecond: 0.001 })
+    const n = (c: string) => c.repeat(16)
+    d.stripped({ url: `/realtime?nonce=${n('a')}` } as never, '198.51.100.7')
+    for (const c of ['b', 'c', 'd']) d.stripped({ url: `/realtime?nonce=${n(c)}` } as never, '203.0.113.9')
+    expect(d.lookup(n('d'))).toEqual({ seen: 'nothing' }) // over the flooding client's burst
+    expect(d.lookup(n('a'))).toEqual({ seen: 'stripped_upgrade' })
+  })
+
   test('records expire', () => {
     const d = new Diagnostics({ ttlMs: -1 })
     d.stripped({ url: `/realtime?nonce=${NONCE}` } as never, '127.0.0.1')
