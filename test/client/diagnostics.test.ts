@@ -87,7 +87,7 @@ describe('what the server saw for a nonce', () => {
     expect(d.lookup('c'.repeat(16))).toEqual({ seen: 'stripped_upgrade' })
   })
 
-  test('records are limited per client: one client flooding nonces cannot evict another's record', () => {
+  test('records are limited per client: one client flooding nonces cannot evict the records of another', () => {
     const d = new Diagnostics({ recordBurst: 2, recordsPerSecond: 0.001 })
     const n = (c: string) => c.repeat(16)
     d.stripped({ url: `/realtime?nonce=${n('a')}` } as never, '198.51.100.7')
