@@ -90,8 +90,8 @@ describe('what the server saw for a nonce', () => {
   test('records are limited per client: one client flooding nonces cannot evict the records of another', () => {
     const d = new Diagnostics({ recordBurst: 2, recordsPerSecond: 0.001 })
     const n = (c: string) => c.repeat(16)
-    d.stripped({ url: `/realtime?nonce=${n('a')}` } as never, '198.51.100.7')
     for (const c of ['b', 'c', 'd']) d.stripped({ url: `/realtime?nonce=${n(c)}` } as never, '203.0.113.9')
+    d.stripped({ url: `/realtime?nonce=${n('a')}` } as never, '198.51.100.7') // after the flood: a global bucket would be empty
     expect(d.lookup(n('d'))).toEqual({ seen: 'nothing' }) // over the flooding client's burst
     expect(d.lookup(n('a'))).toEqual({ seen: 'stripped_upgrade' })
   })
