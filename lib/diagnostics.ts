@@ -76,10 +76,10 @@ export class Diagnostics {
     this.settle(socket, { seen: 'accepted' })
   }
 
-  /** A plain GET on the WebSocket path, with WebSocket headers and a nonce: a proxy stripped our client's upgrade. */
-  stripped(req: IncomingMessage, client: string): void {
+  /** A plain GET on the WebSocket path, with WebSocket headers and a nonce: by default, a proxy stripped our client's upgrade. */
+  stripped(req: IncomingMessage, client: string, seen: HandshakeSeen = { seen: 'stripped_upgrade' }): void {
     const nonce = nonceOf(req.url)
-    if (nonce !== undefined) this.record(nonce, { seen: 'stripped_upgrade' }, client)
+    if (nonce !== undefined) this.record(nonce, seen, client)
   }
 
   /** What was seen for `nonce`; each record is read once. */

@@ -6,6 +6,8 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import debug from 'debug'
+import { hasToken } from './handshake'
+import type { HandshakeSeen } from './client/wire'
 import { PROTOCOL, type ClientConfig } from './types'
 
 const log = debug('cms-realtime')
@@ -22,10 +24,13 @@ export interface RouteState {
   heartbeatMs: number
   /** Transport offered when the WebSocket fails or is disabled. */
   fallback?: 'sse' | 'none'
-  /** A GET on the WebSocket path that should have been an upgrade (for the nonce diagnosis); `client` keys per-client limits. */
-  sawPlainGet?(req: IncomingMessage, client: string): void
+  /**
+   * A GET on the WebSocket path that should have been an upgrade, and what it
+   * was (for the nonce diagnosis); `client` keys per-client limits.
+   */
+  sawPlainGet?(req: IncomingMessage, client: string, seen: HandshakeSeen): void
   /** Count a refusal; `stripped` marks a proxy that dropped the upgrade. */
-  refuse(reason: 'stripped_upgrade' | 'plain_request' | 'not_found' | 'bad_method'): void
+  refuse(reason: 'stripped_upgrade' | 'plain_request' | 'not_found' | 'bad_method' | 'not_attached'): void
 }
 
 const NO_STORE = { 'Cache-Control': 'no-store' }
@@ -79,6 +84,20 @@ export function config(state: Pick<RouteState, 'path' | 'webSocketEnabled' | 'he
  */
 function upgradeRequired(req: IncomingMessage, state: RouteState, client: string): Reply {
   const h = req.headers
+  if (hasToken(h.connection, 'upgrade') && typeof h.upgrade === 'string' && h.upgrade.trim().toLowerCase() === 'websocket') {
+    // A whole upgrade reaches the request listeners only when the server had
+    // no 'upgrade' listener: cms-realtime was not attached yet (no `server`
+    // option, and no request came first to attach it lazily). No proxy is to
+    // blame; the middleware has attached itself now, so a retry works.
+    state.refuse('not_attached')
+    state.sawPlainGet?.(req, client, { seen: 'refused', reason: 'not_attached', status: 503 })
+    log('an upgrade for %s arrived before cms-realtime was attached to this server: pass `server` or call rt.attach(server) at startup', state.path)
+    return json(503, {
+      error: 'not_attached',
+      reason: 'cms-realtime was not yet attached to this server when the handshake arrived (pass `server` in the options, ' +
+        'or call rt.attach(server) at startup); it is attached now: retry',
+    }, { ...NO_STORE, 'Retry-After': '0' })
+  }
   const stripped =
     h['sec-websocket-key'] !== undefined ||
     h['sec-websocket-version'] !== undefined ||
@@ -89,7 +108,7 @@ function upgradeRequired(req: IncomingMessage, state: RouteState, client: string
   if (stripped) {
     // Only a request that carries WebSocket headers is recorded for its
     // nonce: a bare GET with a made-up nonce must not evict real records.
-    state.sawPlainGet?.(req, client)
+    state.sawPlainGet?.(req, client, { seen: 'stripped_upgrade' })
     state.refuse('stripped_upgrade')
     if (!warnedStripped) {
       warnedStripped = true

@@ -158,7 +158,7 @@ export class Realtime<Ctx = IncomingMessage> {
       get fallback() {
         return self.fallbackOffered() ? 'sse' : 'none'
       },
-      sawPlainGet: (req, client) => this.diagnostics.stripped(req, client),
+      sawPlainGet: (req, client, seen) => this.diagnostics.stripped(req, client, seen),
       refuse: (reason) => this.refused(reason),
     }
     this.sse = new SseStreams(this.core, {
@@ -299,6 +299,9 @@ export class Realtime<Ctx = IncomingMessage> {
     // already, and is no stripped upgrade to diagnose.
     if (this.upgrades.wasRouted(req)) return true
     if (!isOurs(pathnameOf(url), this.opts.path)) return false
+    // A reason phrase an earlier middleware left (Koa sets one with every
+    // `ctx.status`) would otherwise go out with our status: `200 Unauthorized`.
+    res.statusMessage = ''
     const trusted = this.trusted(ctx)
     // Our routes carry our CORS headers only: never an app middleware's.
     const origin = checkOrigin(req, this.opts.originAllowed, this.opts.requireOrigin, trusted)

@@ -220,6 +220,7 @@ export type RefusalReason =
   | 'too_many_connections'
   | 'forbidden'
   | 'internal_error'
+  | 'not_attached'
 
 export interface RealtimeStats {
   connections: number

@@ -43,6 +43,8 @@ export class Upgrades<Ctx> {
   private readonly pending = new WeakMap<IncomingMessage, Pending>()
   /** Every upgrade handed to the app: if one reaches us after it timed out, it is no plain GET. */
   private readonly routed = new WeakSet<IncomingMessage>()
+  /** The status each refused handshake socket was answered with. */
+  private readonly answered = new WeakMap<Duplex, number>()
 
   constructor(private readonly host: UpgradeHost<Ctx>) {}
 
@@ -76,10 +78,14 @@ export class Upgrades<Ctx> {
     clearTimeout(p.timer)
     p.res.detachSocket(p.socket as never)
     await this.admitSafely(req, p.socket, p.head, ctx)
+    // What the app's own logging reads (Koa's ctx.status, Express's
+    // res.statusCode): the real outcome, not the framework's default 404.
+    p.res.statusCode = this.answered.get(p.socket) ?? 101
   }
 
   /** Write `refusal` as a complete HTTP response, count it, and close the socket. */
   refuse(socket: Duplex, refusal: Refusal): void {
+    this.answered.set(socket, refusal.status)
     this.host.refused(refusal.reason)
     this.host.diagnostics.refused(socket, refusal)
     log('refused handshake: %d %s', refusal.status, refusal.reason)
