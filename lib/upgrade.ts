@@ -37,6 +37,8 @@ interface Pending {
   head: Buffer
   res: ServerResponse
   timer: NodeJS.Timeout
+  /** Our 'finish' listener on `res` (the app answered by itself): removed once we take the socket back. */
+  onFinish: () => void
 }
 
 export class Upgrades<Ctx> {
@@ -76,11 +78,17 @@ export class Upgrades<Ctx> {
     if (p === undefined) return
     this.pending.delete(req)
     clearTimeout(p.timer)
+    p.res.off('finish', p.onFinish)
     p.res.detachSocket(p.socket as never)
     await this.admitSafely(req, p.socket, p.head, ctx)
     // What the app's own logging reads (Koa's ctx.status, Express's
     // res.statusCode): the real outcome, not the framework's default 404.
     p.res.statusCode = this.answered.get(p.socket) ?? 101
+    // The app's request is over: 'finish' lets what watches it (Koa's and
+    // Express's on-finished) conclude now and drop its listeners on the
+    // socket, which belongs to `ws` from here; else a client's reset later
+    // reached the app as an error and was printed on its stderr.
+    p.res.emit('finish')
   }
 
   /** Write `refusal` as a complete HTTP response, count it, and close the socket. */
@@ -118,7 +126,7 @@ export class Upgrades<Ctx> {
     const res = new ServerResponse(req)
     res.shouldKeepAlive = false
     res.assignSocket(socket as never)
-    res.on('finish', () => {
+    const onFinish = (): void => {
       if (this.pending.get(req)?.res === res) {
         this.pending.delete(req)
         clearTimeout(timer)
@@ -128,17 +136,19 @@ export class Upgrades<Ctx> {
       const s = socket as Duplex & { destroySoon?: () => void }
       if (s.destroySoon) s.destroySoon()
       else s.end()
-    })
+    }
+    res.on('finish', onFinish)
     const timer = setTimeout(() => {
       if (this.pending.get(req)?.res !== res) return
       this.pending.delete(req)
+      res.off('finish', onFinish)
       res.detachSocket(socket as never)
       this.refuse(socket, {
         status: 503, reason: 'timeout', message: 'the app did not pass the upgrade on to cms-realtime in time: is the middleware mounted?',
       })
     }, this.host.handshakeTimeoutMs)
     timer.unref()
-    this.pending.set(req, { socket, head, res, timer })
+    this.pending.set(req, { socket, head, res, timer, onFinish })
     this.routed.add(req)
     // The app's own request listeners run inside this emit; a throw from one
     // of them lands in our catch, and the socket gets a 500.

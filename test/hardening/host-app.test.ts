@@ -64,3 +64,25 @@ test('an upgrade that arrives before the middleware was attached is refused trut
   expect(seen).toEqual({ seen: 'refused', reason: 'not_attached', status: 503 })
   expect((await rawRequest(srv.port, handshake(srv.port, '/realtime', { 'x-user': 'anna' }))).status).toBe(101)
 })
+
+test('a client that resets its upgraded socket does not surface as an error in the host app (no ECONNRESET on its stderr)', async () => {
+  const errors: unknown[] = []
+  const a = new Koa()
+  a.on('error', (err: unknown) => errors.push(err)) // what Koa would print
+  const r = realtime({})
+  a.use(r)
+  rt = r as RealtimeHandle<unknown>
+  srv = await listen(a.callback() as unknown as Parameters<typeof listen>[0])
+  r.attach(srv.server as Server)
+  const { connect: netConnect } = await import('node:net')
+  for (let i = 0; i < 5; i++) {
+    const s = netConnect(srv.port, '127.0.0.1')
+    s.on('error', () => {})
+    s.write(handshake(srv.port, '/realtime').replace(/\n/g, '\r\n') + '\r\n\r\n')
+    await new Promise((res) => s.once('data', res)) // the 101
+    s.resetAndDestroy() // RST: the server side reads ECONNRESET
+  }
+  await new Promise((res) => setTimeout(res, 200))
+  expect(rt.stats().connections).toBe(0)
+  expect(errors).toEqual([])
+})
