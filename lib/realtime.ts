@@ -566,6 +566,7 @@ function closing(): Refusal {
 }
 
 /** Create the framework-free core. See `RealtimeOptions` for every option. */
-export function createRealtime<Ctx = IncomingMessage>(options?: RealtimeOptions<Ctx>, binding?: Binding<Ctx>): Realtime<Ctx> {
-  return new Realtime(options, binding)
+export function createRealtime<Ctx = IncomingMessage, U = User>(options?: RealtimeOptions<Ctx, U>, binding?: Binding<Ctx>): Realtime<Ctx> {
+  // The core handles users as opaque values; `U` types the app's callbacks only.
+  return new Realtime(options as RealtimeOptions<Ctx>, binding)
 }

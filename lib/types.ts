@@ -42,7 +42,11 @@ export interface FallbackInfo {
   url: string
 }
 
-export interface RealtimeOptions<Ctx = IncomingMessage> {
+/**
+ * `U` is the type of your users: inferred from what `authenticate` returns,
+ * so `authorize`, `revalidate` and selectors receive it typed.
+ */
+export interface RealtimeOptions<Ctx = IncomingMessage, U = User> {
   /** Server to attach to now. Default: none (call `attach`, or let the middleware attach lazily). */
   server?: AttachableServer
   /**
@@ -61,12 +65,12 @@ export interface RealtimeOptions<Ctx = IncomingMessage> {
    * middleware ran, so a session loaded there is visible. Return a user, or
    * `null`/`undefined`/`false` to refuse with 401. Default: everyone is anonymous.
    */
-  authenticate?: (ctx: Ctx) => MaybePromise<User | null | undefined | false>
+  authenticate?: (ctx: Ctx) => MaybePromise<U | null | undefined | false>
   /**
    * May `user` subscribe to `topic`? Default: every topic except
    * `notifications:<id>`, which only the user whose id is `<id>` may read.
    */
-  authorize?: (user: User, topic: string) => MaybePromise<boolean>
+  authorize?: (user: U, topic: string) => MaybePromise<boolean>
   /**
    * Origins allowed to open a socket besides the same origin. Strings are
    * full origins (`https://cms.example.com`); `'*'` allows any. Default: same origin only.
@@ -99,7 +103,7 @@ export interface RealtimeOptions<Ctx = IncomingMessage> {
    * frame). A throw keeps the connection and is retried next round (logged,
    * counted in `stats().errors`), so a database blip does not sign everyone out.
    */
-  revalidate?: (user: User) => MaybePromise<boolean>
+  revalidate?: (user: U) => MaybePromise<boolean>
   /** Interval of `revalidate`. Default 60000. */
   revalidateMs?: number
   /** Topics one connection may hold at once. Default 100. */
@@ -259,7 +263,7 @@ export interface RealtimeStats {
  * (by `userId(user)`: `user.id`, or the user itself when it is a string or a
  * number), those holding a topic, or those whose user matches a predicate.
  */
-export type ConnectionSelector =
+export type ConnectionSelector<U = User> =
   | { user: string | number }
   | { topic: string }
-  | ((user: User) => boolean)
+  | ((user: U) => boolean)

@@ -4,9 +4,9 @@
  * object. Shared by every adapter so none re-implements the core.
  */
 import type { Realtime } from '../realtime'
-import type { AttachableServer, ConnectionSelector, Published, RealtimeStats } from '../types'
+import type { AttachableServer, ConnectionSelector, Published, RealtimeStats, User } from '../types'
 
-export interface RealtimeHandle<Ctx> {
+export interface RealtimeHandle<Ctx, U = User> {
   /** The framework-free core behind this middleware. */
   readonly core: Realtime<Ctx>
   /** Publish an event to every subscriber of `topic` (see `Realtime.publish`). */
@@ -17,15 +17,15 @@ export interface RealtimeHandle<Ctx> {
   close(timeoutMs?: number): Promise<void>
   stats(): RealtimeStats
   /** End the selected users' connections and streams now (close 4401); see `Realtime.disconnect`. */
-  disconnect(selector: ConnectionSelector, reason?: string): number
+  disconnect(selector: ConnectionSelector<U>, reason?: string): number
   /** Ask `authorize` again and drop refused subscriptions; see `Realtime.reauthorize`. */
-  reauthorize(selector?: ConnectionSelector): Promise<number>
+  reauthorize(selector?: ConnectionSelector<U>): Promise<number>
   /** Switch the WebSocket channel on or off at run time. */
   webSocketEnabled: boolean
 }
 
-export function withApi<F extends object, Ctx>(fn: F, core: Realtime<Ctx>): F & RealtimeHandle<Ctx> {
-  const handle = fn as F & RealtimeHandle<Ctx>
+export function withApi<F extends object, Ctx, U = User>(fn: F, core: Realtime<Ctx>): F & RealtimeHandle<Ctx, U> {
+  const handle = fn as F & RealtimeHandle<Ctx, U>
   Object.defineProperties(handle, {
     core: { value: core },
     publish: { value: core.publish.bind(core) },

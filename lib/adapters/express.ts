@@ -4,12 +4,12 @@
  */
 import type { NextFunction, Request, RequestHandler, Response } from 'express'
 import { createRealtime } from '../realtime'
-import type { RealtimeOptions } from '../types'
+import type { RealtimeOptions, User } from '../types'
 import { withApi, type RealtimeHandle } from './api'
 import { mountError } from './mount'
 
-export type ExpressRealtimeOptions = RealtimeOptions<Request>
-export type ExpressRealtime = RequestHandler & RealtimeHandle<Request>
+export type ExpressRealtimeOptions<U = User> = RealtimeOptions<Request, U>
+export type ExpressRealtime<U = User> = RequestHandler & RealtimeHandle<Request, U>
 export type { RealtimeHandle } from './api'
 
 /**
@@ -18,8 +18,8 @@ export type { RealtimeHandle } from './api'
  * so `authenticate(req)` sees `req.session`/`req.user` as a normal request would.
  * Mount it anywhere (`app.use('/cms', rt)`, a Router): it matches `req.originalUrl`.
  */
-export function realtime(options: ExpressRealtimeOptions = {}): ExpressRealtime {
-  const core = createRealtime<Request>(options, {
+export function realtime<U = User>(options: ExpressRealtimeOptions<U> = {}): ExpressRealtime<U> {
+  const core = createRealtime<Request, U>(options, {
     upgradesThroughApp: true,
     bodyOf: (req) => req.body as unknown,
     trustProxy: expressTrust,
@@ -36,7 +36,7 @@ export function realtime(options: ExpressRealtimeOptions = {}): ExpressRealtime 
       (err: unknown) => next(err),
     )
   }
-  return withApi(cmsRealtime, core)
+  return withApi<typeof cmsRealtime, Request, U>(cmsRealtime, core)
 }
 
 /** Express's `trust proxy` setting, compiled by Express into a function of the peer address and hop. */

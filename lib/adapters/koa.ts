@@ -4,12 +4,12 @@
  */
 import type { Context, Middleware, Next } from 'koa'
 import { createRealtime } from '../realtime'
-import type { RealtimeOptions } from '../types'
+import type { RealtimeOptions, User } from '../types'
 import { withApi, type RealtimeHandle } from './api'
 import { mountError } from './mount'
 
-export type KoaRealtimeOptions = RealtimeOptions<Context>
-export type KoaRealtime = Middleware & RealtimeHandle<Context>
+export type KoaRealtimeOptions<U = User> = RealtimeOptions<Context, U>
+export type KoaRealtime<U = User> = Middleware & RealtimeHandle<Context, U>
 export type { RealtimeHandle } from './api'
 
 /**
@@ -17,8 +17,8 @@ export type { RealtimeHandle } from './api'
  * `<path>`. Upgrades run through the app's middleware before the handshake,
  * so `authenticate(ctx)` sees `ctx.state`/`ctx.session` as a normal request would.
  */
-export function realtime(options: KoaRealtimeOptions = {}): KoaRealtime {
-  const core = createRealtime<Context>(options, {
+export function realtime<U = User>(options: KoaRealtimeOptions<U> = {}): KoaRealtime<U> {
+  const core = createRealtime<Context, U>(options, {
     upgradesThroughApp: true,
     bodyOf: koaBody,
     // Koa's own switch for X-Forwarded-* (what ctx.host and ctx.ip honour).
@@ -34,7 +34,7 @@ export function realtime(options: KoaRealtimeOptions = {}): KoaRealtime {
     if (misMounted !== undefined) throw misMounted
     await next()
   }
-  return withApi(cmsRealtime, core)
+  return withApi<typeof cmsRealtime, Context, U>(cmsRealtime, core)
 }
 
 /** What a Koa body parser (`@koa/bodyparser`, `koa-body`) left on the request; Koa itself types no body. */
