@@ -66,7 +66,9 @@ export class Sessions {
     const at = expiryOf(session.user)
     if (at !== undefined) this.armExpiry(session, at)
     if (this.opts.revalidate !== undefined && this.sweep === undefined) {
-      this.sweep = setInterval(() => void this.revalidateAll(), this.opts.revalidateMs)
+      this.sweep = setInterval(() => {
+        this.revalidateAll().catch((err: unknown) => this.onError('revalidate sweep', err))
+      }, this.opts.revalidateMs)
       this.sweep.unref()
     }
   }
@@ -163,7 +165,11 @@ export class Sessions {
       if (!this.all.has(session)) return
       if (Date.now() < at) return this.armExpiry(session, at) // past setTimeout's range
       log('session expired')
-      this.end(session, 'session expired')
+      try {
+        this.end(session, 'session expired')
+      } catch (err) {
+        this.onError('session expiry', err)
+      }
     }, Math.min(Math.max(0, at - Date.now()), MAX_TIMER))
     timer.unref()
     this.expiry.set(session, timer)

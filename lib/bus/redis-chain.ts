@@ -23,6 +23,8 @@ export interface Entry {
 }
 
 export interface ChainHost {
+  /** A listener threw while the chain was delivering (logged and counted by the host; the chain goes on). */
+  error(err: unknown): void
   /** Entries after `since` up to `upto` (inclusive) of `epoch`, oldest first; `null` when the stream cannot vouch for them. Must not reject. */
   fill(epoch: string, since: string, upto: string): Promise<Entry[] | null>
   deliver(entry: Entry): void
@@ -162,7 +164,7 @@ export class Chain {
   private fillHole(e: Entry): void {
     const epoch = this.epoch!
     this.filling = true
-    void this.host.fill(epoch, this.lastId!, e.id).then((entries) => {
+    this.host.fill(epoch, this.lastId!, e.id).then((entries) => {
       this.filling = false
       if (e.kind === 'catch-up') this.queue.shift()
       if (this.epoch === epoch) {
@@ -177,6 +179,10 @@ export class Chain {
         }
       }
       this.drain()
+    }).catch((err: unknown) => {
+      // Only a throwing listener gets here (fill never rejects): keep the chain moving.
+      this.filling = false
+      this.host.error(err)
     })
   }
 

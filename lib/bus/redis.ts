@@ -172,6 +172,7 @@ export class RedisBus implements Bus {
         fill: (epoch, since, upto) => this.fill(topic, epoch, since, upto),
         deliver: (e) => { if (this.topics.get(topic) === state) this.listener({ topic, id: `${e.epoch}_${e.id}`, type: e.type!, data: e.data! }) },
         resync: () => this.resync(topic, state),
+        error: (err) => log('a listener threw while delivering %s: %O', topic, err),
       }),
       listener: (m) => this.onMessage(topic, state, m),
       ready: Promise.resolve(),
@@ -425,7 +426,7 @@ export class RedisBus implements Bus {
       this.recoverAgain = true
       return
     }
-    this.recovering = this.recoverOnce().finally(() => {
+    this.recovering = this.recoverOnce().catch((err: unknown) => log('recovery failed: %O', err)).finally(() => {
       this.recovering = undefined
       if (this.recoverAgain) {
         this.recoverAgain = false

@@ -10,9 +10,10 @@ const E = '100-0.0000000a'
 const ev = (n: number, prev = n - 1, epoch = E): Entry => ({ id: `${n}-0`, prev: `${prev}-0`, epoch, kind: 'event', type: 't', data: String(n) })
 
 /** A chain over a fake stream `stream` (entries of epoch E by id), recording what it delivers. */
-function setup(stream: Entry[] | null = [], delay = 0) {
+function setup(stream: Entry[] | null = [], delay = 0, throwOn?: string) {
   const out: string[] = []
   const fills: string[] = []
+  const errors: unknown[] = []
   const chain = new Chain({
     fill: async (epoch, since, upto) => {
       fills.push(`${since}..${upto}`)
@@ -20,10 +21,14 @@ function setup(stream: Entry[] | null = [], delay = 0) {
       if (stream === null || epoch !== E) return null
       return stream.filter((e) => compareIds(e.id, since) > 0 && (upto === '+' || compareIds(e.id, upto) <= 0))
     },
-    deliver: (e) => out.push(e.data!),
+    deliver: (e) => {
+      if (e.data === throwOn) throw new Error(`listener failed on ${e.data}`)
+      out.push(e.data!)
+    },
     resync: () => out.push('resync'),
+    error: (err) => errors.push(err),
   })
-  return { chain, out, fills }
+  return { chain, out, fills, errors }
 }
 
 const tick = () => new Promise((r) => setTimeout(r, 5))
@@ -57,6 +62,18 @@ test('a hole is filled from the stream before anything after it; later arrivals 
   await new Promise((r) => setTimeout(r, 30))
   expect(out).toEqual(['2', '3', '4', '5'])
   expect(fills).toEqual(['1-0..4-0'])
+})
+
+test('a listener that throws while a hole is filled is reported, and the chain goes on (no unhandled rejection)', async () => {
+  const stream = [1, 2, 3, 4].map((n) => ev(n))
+  const { chain, out, errors } = setup(stream, 0, '2')
+  chain.start(E, '1-0')
+  chain.push(ev(4)) // 2 and 3 are filled from the stream; delivering 2 throws
+  await tick()
+  chain.push(ev(5))
+  await tick()
+  expect(errors).toHaveLength(1)
+  expect(out.at(-1)).toBe('5')
 })
 
 test('a hole the stream cannot vouch for becomes one resync, then delivery goes on', async () => {
