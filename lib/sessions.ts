@@ -49,10 +49,6 @@ export class Sessions {
     private readonly onError: (where: string, err: unknown) => void,
   ) {}
 
-  get size(): number {
-    return this.all.size
-  }
-
   /** May `user` open one more connection or stream? Anonymous users are not counted. */
   admits(user: User): boolean {
     const id = userId(user)
