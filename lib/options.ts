@@ -25,6 +25,7 @@ export const DEFAULTS = {
   handshakeTimeoutMs: 10_000,
   fallback: 'sse',
   fallbackWhenDisabled: false,
+  ticketTtlMs: 30_000,
 } as const
 
 export interface ResolvedOptions<Ctx> {
@@ -52,11 +53,13 @@ export interface ResolvedOptions<Ctx> {
   bus: Bus | undefined
   fallback: 'sse' | 'none'
   fallbackWhenDisabled: boolean
+  ticketSecret: string | Uint8Array | undefined
+  ticketTtlMs: number
 }
 
 const KNOWN = new Set([
   'server', 'path', 'webSocketEnabled', 'authenticate', 'authorize', 'allowedOrigins',
-  'requireOrigin', 'bus', 'trustProxy', 'revalidate', ...Object.keys(DEFAULTS),
+  'requireOrigin', 'bus', 'trustProxy', 'revalidate', 'ticketSecret', ...Object.keys(DEFAULTS),
 ])
 
 export function resolveOptions<Ctx>(
@@ -79,7 +82,7 @@ export function resolveOptions<Ctx>(
     throw new TypeError('cms-realtime: option "webSocketEnabled" must be a boolean')
   }
   for (const key of ['maxPayload', 'maxConnectionsPerUser', 'revalidateMs', 'maxTopicsPerConnection', 'maxTopicLength', 'maxBufferedBytes',
-    'maxMessagesPerSecond', 'maxProtocolErrors', 'heartbeatMs', 'unclaimedUpgradeTimeoutMs', 'handshakeTimeoutMs'] as const) {
+    'maxMessagesPerSecond', 'maxProtocolErrors', 'heartbeatMs', 'unclaimedUpgradeTimeoutMs', 'handshakeTimeoutMs', 'ticketTtlMs'] as const) {
     const v = o[key]
     if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
       throw new TypeError(`cms-realtime: option "${key}" must be a positive number (got ${String(v)})`)
@@ -93,6 +96,12 @@ export function resolveOptions<Ctx>(
   }
   if (o.trustProxy !== undefined && typeof o.trustProxy !== 'boolean') {
     throw new TypeError('cms-realtime: option "trustProxy" must be a boolean')
+  }
+  if (o.ticketSecret !== undefined && !(typeof o.ticketSecret === 'string' || o.ticketSecret instanceof Uint8Array)) {
+    throw new TypeError('cms-realtime: option "ticketSecret" must be a string or bytes')
+  }
+  if (o.ticketSecret !== undefined && o.ticketSecret.length < 16) {
+    throw new TypeError('cms-realtime: option "ticketSecret" must be at least 16 characters or bytes')
   }
   for (const key of ['authenticate', 'authorize', 'revalidate'] as const) {
     if (o[key] !== undefined && typeof o[key] !== 'function') {
@@ -123,6 +132,8 @@ export function resolveOptions<Ctx>(
     bus: o.bus,
     fallback: o.fallback,
     fallbackWhenDisabled: o.fallbackWhenDisabled,
+    ticketSecret: o.ticketSecret,
+    ticketTtlMs: o.ticketTtlMs,
   }
 }
 

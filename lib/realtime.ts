@@ -20,6 +20,7 @@ import { resolveOptions, type ResolvedOptions } from './options'
 import { checkOrigin, clientAddress, ownCors } from './origin'
 import { CloseCode, validTopic } from './protocol'
 import { expiryOf, Sessions } from './sessions'
+import { ticketOf, Tickets } from './tickets'
 import { onSocketError, Upgrades } from './upgrade'
 import {
   PROTOCOL,
@@ -83,6 +84,9 @@ export class Realtime<Ctx = IncomingMessage> {
   /** What each nonce'd handshake looked like to us, and what browsers reported. */
   private readonly diagnostics = new Diagnostics()
   private readonly sse: SseStreams
+  private readonly tickets: Tickets
+  /** Each request's ticket, redeemed once: the refusal if it was bad. */
+  private readonly exchanged = new WeakMap<IncomingMessage, Refusal | null>()
   private enabled: boolean
   private closed = false
 
@@ -92,6 +96,7 @@ export class Realtime<Ctx = IncomingMessage> {
     this.bodyOf = binding.bodyOf
     this.trustOf = binding.trustProxy
     this.enabled = this.opts.webSocketEnabled
+    this.tickets = new Tickets(this.opts.ticketSecret, this.opts.ticketTtlMs)
     this.ownsBus = this.opts.bus === undefined
     this.bus = this.opts.bus ?? new MemoryBus()
     // Bus callbacks run on the bus's stack (a Redis reply): a throw must not escape.
@@ -129,7 +134,7 @@ export class Realtime<Ctx = IncomingMessage> {
       handshakeTimeoutMs: this.opts.handshakeTimeoutMs,
       unclaimedUpgradeTimeoutMs: this.opts.unclaimedUpgradeTimeoutMs,
       diagnostics: this.diagnostics,
-      gate: (req) => (this.closed ? closing() : checkUpgrade(req, this.enabled)),
+      gate: (req) => (this.closed ? closing() : checkUpgrade(req, this.enabled) ?? this.exchange(req)),
       admit: (req, socket, head, ctx) => this.admit(req, socket, head, ctx),
       refused: (reason) => this.refused(reason),
       error: (where, err) => this.error(where, err),
@@ -388,6 +393,8 @@ export class Realtime<Ctx = IncomingMessage> {
     try {
       this.newest.set(req.socket, req)
       if (this.sse.pipelined(req)) this.refused('pipelined_request')
+      // Before the app's middleware, so its own auth sees the bearer token.
+      else if (pathnameOf(req.url) === `${this.opts.path}/events`) this.exchange(req)
     } catch (err) {
       this.error('request', err)
     }
@@ -453,6 +460,57 @@ export class Realtime<Ctx = IncomingMessage> {
     return expires !== undefined && expires <= Date.now() ? undefined : user
   }
 
+  /**
+   * Turn the request's `ticket` back into its `Authorization` header (see
+   * tickets.ts), once per request; a bad ticket is a 401, whatever else the
+   * request carries, so the client learns to fetch a new one.
+   */
+  private exchange(req: IncomingMessage): Refusal | null {
+    const done = this.exchanged.get(req)
+    if (done !== undefined) return done
+    const ticket = ticketOf(req.url)
+    let refusal: Refusal | null = null
+    if (ticket !== undefined) {
+      const r = this.tickets.redeem(ticket)
+      if (r.ok) req.headers.authorization = r.authorization
+      else refusal = { status: 401, reason: 'unauthenticated', message: `${r.why}: get a new one from POST ${this.opts.path}/ticket` }
+    }
+    this.exchanged.set(req, refusal)
+    return refusal
+  }
+
+  /**
+   * `POST <path>/ticket`: seal the request's `Authorization` into a ticket,
+   * once `authenticate` accepts it (a bad token is a 401 now, not at the
+   * socket). `OPTIONS` answers an allowed cross-origin preflight.
+   */
+  private async serveTicket(req: IncomingMessage, res: ServerResponse, ctx: Ctx, originRefusal: Refusal | null): Promise<void> {
+    if (originRefusal !== null) {
+      this.refused('origin')
+      return sendJson(res, 403, { error: 'origin', reason: originRefusal.message })
+    }
+    if (req.method === 'OPTIONS') {
+      res.writeHead(204, {
+        'Access-Control-Allow-Methods': 'POST', 'Access-Control-Allow-Headers': 'Authorization', 'Access-Control-Max-Age': '600',
+      }).end()
+      return
+    }
+    if (req.method !== 'POST') {
+      this.refused('bad_method')
+      return sendJson(res, 405, { error: 'method_not_allowed', reason: 'use POST' }, { Allow: 'POST, OPTIONS' })
+    }
+    const authorization = req.headers.authorization
+    if (authorization === undefined || authorization.trim() === '') {
+      return sendJson(res, 400, { error: 'no_credentials', reason: 'send the token to seal as Authorization: Bearer <token>' })
+    }
+    if (this.closed) return sendJson(res, 503, { error: 'shutting_down', reason: closing().message })
+    if ((await this.identify(ctx)) === undefined) {
+      this.refused('unauthenticated')
+      return sendJson(res, 401, { error: 'unauthenticated', reason: 'authentication required' })
+    }
+    sendJson(res, 200, { ticket: this.tickets.mint(authorization), expiresInMs: this.tickets.ttlMs })
+  }
+
   private trusted(ctx: Ctx): boolean {
     if (this.opts.trustProxy !== undefined) return this.opts.trustProxy
     try {
@@ -512,12 +570,22 @@ export class Realtime<Ctx = IncomingMessage> {
         sendJson(res, 503, { error: 'disabled', reason: 'no fallback transport is offered now; see GET <path>/config' })
         return true
       }
+      const badTicket = this.exchange(req)
+      if (badTicket !== null) {
+        this.refused(badTicket.reason)
+        sendJson(res, badTicket.status, { error: badTicket.reason, reason: badTicket.message })
+        return true
+      }
       await this.sse.handle(req, res, ctx, url ?? '/')
       return true
     }
     if (pathname === `${this.opts.path}/diagnostics`) {
       if (originRefusal !== null && req.method === 'POST') return forbidden()
       await this.diagnostics.handle(req, res, url ?? '/', () => this.bodyOf?.(ctx), clientAddress(req, trusted))
+      return true
+    }
+    if (pathname === `${this.opts.path}/ticket`) {
+      await this.serveTicket(req, res, ctx, originRefusal)
       return true
     }
     if (pathname === `${this.opts.path}/client.js`) {

@@ -140,6 +140,15 @@ export interface RealtimeOptions<Ctx = IncomingMessage, U = User> {
    * WebSockets only because a proxy cannot carry them sets this to `true`.
    */
   fallbackWhenDisabled?: boolean
+  /**
+   * Key for connection tickets (`POST <path>/ticket`, for browsers whose
+   * credential is a bearer token; see the README). Give every node the same
+   * secret so a ticket minted on one is redeemed on another. Default: a
+   * random key per process (a ticket works on the node that minted it).
+   */
+  ticketSecret?: string | Uint8Array
+  /** How long a ticket may wait before it is used. Default 30000. */
+  ticketTtlMs?: number
 }
 
 /**

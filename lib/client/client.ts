@@ -100,6 +100,16 @@ export interface ClientOptions {
   heartbeatTimeoutMs?: number
   /** Report the diagnosis once to `POST <path>/diagnostics`. Default true. */
   report?: boolean
+  /**
+   * For a CMS whose credential is a bearer token (a JWT in memory or
+   * localStorage) rather than a cookie: called before every (re)connect,
+   * so a refreshed token is used. The client trades it for a one-time
+   * ticket (`POST <path>/ticket`, with `Authorization: Bearer`) and opens
+   * the WebSocket or event stream with that ticket: browsers cannot set
+   * headers on either, and the token itself never appears in a URL.
+   * Return `null` when there is no signed-in user (state `signed-out`).
+   */
+  token?: () => string | null | undefined | Promise<string | null | undefined>
 }
 
 export interface RealtimeClient {
@@ -159,6 +169,9 @@ class Client implements RealtimeClient {
   private closed = false
   private reported = false
   private reopening = false
+  /** Bumped by each start() and by each stream (re)open or close: an await that comes back to a newer one gives up. */
+  private gen = 0
+  private streamGen = 0
 
   constructor(private readonly o: ClientOptions) {
     const g = globalThis as Globals
@@ -220,6 +233,7 @@ class Client implements RealtimeClient {
   /** Read config and act on it. Every (re)connection starts here, so a switched-off channel is always noticed. */
   private async start(): Promise<void> {
     clearTimeout(this.timer)
+    const gen = ++this.gen
     let cfg: WireConfig
     try {
       const r = await this.fetch(this.base, { cache: 'no-store', credentials: 'same-origin' })
@@ -232,9 +246,9 @@ class Client implements RealtimeClient {
       if (this.es === undefined) this.set('offline')
       return this.retry()
     }
-    if (this.closed || this.ws !== undefined || this.state === 'signed-out') return
+    if (this.closed || this.ws !== undefined || this.state === 'signed-out' || gen !== this.gen) return
     this.cfg = cfg
-    if (cfg.webSocketEnabled && cfg.url !== undefined && this.WS !== undefined) return this.connect(cfg.url)
+    if (cfg.webSocketEnabled && cfg.url !== undefined && this.WS !== undefined) return this.connect(cfg.url, gen)
     if (!cfg.webSocketEnabled) this.diagnose({ cause: 'disabled' }, false)
     if (cfg.fallback !== null && this.ES !== undefined) {
       if (this.es === undefined) this.stream()
@@ -245,11 +259,16 @@ class Client implements RealtimeClient {
     this.set('manual-refresh')
   }
 
-  private connect(path: string): void {
+  private async connect(path: string, gen: number): Promise<void> {
     const nonce = Array.from((globalThis as Globals).crypto!.getRandomValues(new Uint8Array(22)), (b) => ALPHABET[b & 63]).join('')
     const url = new URL(path, this.base)
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:'
     url.searchParams.set('nonce', nonce)
+    if (this.o.token !== undefined) {
+      const ticket = await this.ticket()
+      if (ticket === null || this.closed || this.ws !== undefined || gen !== this.gen) return
+      url.searchParams.set('ticket', ticket)
+    }
     const ws = new this.WS!(url.href, PROTOCOL)
     this.ws = ws
     this.timer = setTimeout(() => {
@@ -333,14 +352,26 @@ class Client implements RealtimeClient {
 
   /** (Re)open the event stream for the current topics, resuming each from its cursor. */
   private stream(): void {
+    void this.openStream()
+  }
+
+  private async openStream(): Promise<void> {
     const fb = this.cfg?.fallback
     this.closeStream()
+    const gen = this.streamGen
     if (fb == null || this.ES === undefined) return
+    let ticket: string | null = null
+    if (this.o.token !== undefined && this.handlers.size > 0) {
+      ticket = await this.ticket()
+      if (ticket === null || this.closed || gen !== this.streamGen) return
+    }
+    // Read after the await: topics and cursors may have moved meanwhile.
     const topics = [...this.handlers.keys()]
     if (topics.length === 0) return this.set('fallback')
     const url = new URL(fb.url, this.base)
     url.searchParams.set('topics', topics.join(','))
     if (topics.some((t) => this.cursors.has(t))) url.searchParams.set('since', encodeCursors(topics.map((t) => this.cursors.get(t))))
+    if (ticket !== null) url.searchParams.set('ticket', ticket)
     const es = new this.ES(url.href)
     this.es = es
     es.onopen = () => this.es === es && this.set('fallback')
@@ -349,6 +380,12 @@ class Client implements RealtimeClient {
     // was an HTTP error; the WebSocket probe retries the rest.
     es.onerror = () => {
       if (this.es !== es) return
+      // A ticket is spent: EventSource's own retry would present it again.
+      // Close; the probe loop reopens with a fresh one.
+      if (ticket !== null) {
+        this.closeStream()
+        return this.set('offline')
+      }
       if (es.readyState === CLOSED) {
         this.closeStream()
         void this.whyNot(url.href)
@@ -379,8 +416,46 @@ class Client implements RealtimeClient {
   }
 
   private closeStream(): void {
+    this.streamGen++
     this.es?.close()
     this.es = undefined
+  }
+
+  /**
+   * Trade the app's token for a one-time ticket. `null` when there is none:
+   * signed out (no token, or a 401), or a failure that was left to the retry loop.
+   */
+  private async ticket(): Promise<string | null> {
+    const setback = (): null => {
+      if (!this.closed && this.state !== 'signed-out') {
+        if (this.es === undefined) this.set('offline')
+        this.retry()
+      }
+      return null
+    }
+    let token: string | null | undefined
+    try {
+      token = await this.o.token!()
+    } catch {
+      return setback()
+    }
+    if (token === null || token === undefined || token === '') {
+      this.signOut('no credentials')
+      return null
+    }
+    try {
+      const r = await this.fetch(new URL('ticket', this.base).href, {
+        method: 'POST', headers: { Authorization: `Bearer ${token}` }, cache: 'no-store', credentials: 'same-origin',
+      })
+      if (r.status === 401) {
+        this.signOut('unauthenticated')
+        return null
+      }
+      const body = r.ok ? ((await r.json()) as { ticket?: unknown }) : {}
+      return typeof body.ticket === 'string' ? body.ticket : setback()
+    } catch {
+      return setback()
+    }
   }
 
   /** Topics changed while streaming: reopen once, after the caller's loop of subscribes. */
