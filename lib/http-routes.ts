@@ -4,7 +4,7 @@
  *   <path>          a GET that should have been an upgrade → 426
  *   <path>/config   what the browser UI should do
  */
-import type { IncomingMessage, ServerResponse } from 'node:http'
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http'
 import debug from 'debug'
 import { hasToken } from './handshake'
 import type { HandshakeSeen } from './client/wire'
@@ -147,7 +147,9 @@ function methodNotAllowed(state: RouteState, allow: string): Reply {
 /** Write a JSON answer (never cached) on a raw response: the one way every route answers. */
 export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   const reply = json(status, body, { ...headers, ...NO_STORE })
-  res.writeHead(reply.status, reply.headers).end(reply.body)
+  // The phrase named explicitly: the app's own auth (Strapi's ctx.unauthorized)
+  // may have set one on `res` while we awaited `authenticate`.
+  res.writeHead(reply.status, STATUS_CODES[reply.status] ?? '', reply.headers).end(reply.body)
 }
 
 /** Bodies are always given; the HTTP layer drops them for HEAD. */

@@ -11,7 +11,7 @@
  * where it stopped. A `since` query parameter (same encoding) lets a client
  * coming from the WebSocket resume too; `Last-Event-ID` wins over it.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http'
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http'
 import debug from 'debug'
 import { boundedReplay, heldAfter, type Core } from './connection'
 import type { Subscriber } from './hub'
@@ -94,7 +94,8 @@ export class SseStreams {
       return fail(res, 429, 'too_many_connections', `at most ${opts.maxConnectionsPerUser} connections and streams per user`)
     }
 
-    res.writeHead(200, {
+    // The phrase named: `authenticate` (Strapi's ctx.unauthorized) may have left another on `res`.
+    res.writeHead(200, STATUS_CODES[200], {
       'Content-Type': 'text/event-stream; charset=utf-8',
       // no-transform: a compressing proxy would buffer the stream.
       'Cache-Control': 'no-store, no-transform',

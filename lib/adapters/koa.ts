@@ -27,6 +27,10 @@ export function realtime<U = User>(options: KoaRealtimeOptions<U> = {}): KoaReal
   async function cmsRealtime(ctx: Context, next: Next): Promise<void> {
     // The core writes to the raw response (streams included), so Koa must not.
     if (await core.serve(ctx.req, ctx.res, ctx, ctx.originalUrl)) {
+      // Through Koa's setter, so it counts as set (`_explicitStatus`): an
+      // upgrade's status lives on a response Koa never writes, and Strapi's
+      // errors middleware turns an unset status into 404 after `next()`.
+      if (!ctx.res.headersSent) ctx.status = ctx.res.statusCode
       ctx.respond = false
       return
     }

@@ -17,13 +17,17 @@ afterEach(async () => {
 })
 
 /** A Koa app with an access log (what koa-logger reads after `next()`), optionally not attached up front. */
-async function app(options: { attach: boolean; earlier?: (ctx: Koa.Context) => void }) {
+async function app(options: { attach: boolean; earlier?: (ctx: Koa.Context) => void; after?: (ctx: Koa.Context) => void }) {
   const log: string[] = []
   const a = new Koa()
   a.use(async (ctx, next) => {
     await next()
     log.push(`${ctx.method} ${ctx.path} ${ctx.status}`)
   })
+  if (options.after !== undefined) {
+    const after = options.after
+    a.use(async (ctx, next) => { await next(); after(ctx) })
+  }
   if (options.earlier !== undefined) {
     const earlier = options.earlier
     a.use(async (ctx, next) => { earlier(ctx); await next() })
@@ -38,6 +42,15 @@ async function app(options: { attach: boolean; earlier?: (ctx: Koa.Context) => v
 
 test('the access log shows 101 for an accepted upgrade and the refusal status for a refused one, not 404', async () => {
   const log = await app({ attach: true })
+  expect((await rawRequest(srv.port, handshake(srv.port, '/realtime', { 'x-user': 'anna' }))).status).toBe(101)
+  expect((await rawRequest(srv.port, handshake(srv.port, '/realtime'))).status).toBe(401)
+  await new Promise((r) => setTimeout(r, 50))
+  expect(log).toEqual(['GET /realtime 101', 'GET /realtime 401'])
+})
+
+test("an app that treats a status nobody set explicitly as 404 (Strapi's errors middleware) still logs 101", async () => {
+  // Strapi: `await next(); if (!ctx.response._explicitStatus) return ctx.notFound()`.
+  const log = await app({ attach: true, after: (ctx) => { if (!(ctx.response as { _explicitStatus?: boolean })._explicitStatus) ctx.status = 404 } })
   expect((await rawRequest(srv.port, handshake(srv.port, '/realtime', { 'x-user': 'anna' }))).status).toBe(101)
   expect((await rawRequest(srv.port, handshake(srv.port, '/realtime'))).status).toBe(401)
   await new Promise((r) => setTimeout(r, 50))
