@@ -26,7 +26,7 @@
  */
 import debug from 'debug'
 import { realtime, type KoaRealtime, type KoaRealtimeOptions } from '../adapters/koa'
-import type { Context, Middleware } from 'koa'
+import type { Context } from 'koa'
 import type { Server } from 'node:http'
 import type { MaybePromise } from '../types'
 
@@ -86,9 +86,14 @@ export interface StrapiRealtimeOptions {
   realtime?: Omit<KoaRealtimeOptions<StrapiUser>, 'authenticate' | 'authorize' | 'revalidate' | 'server'>
 }
 
-/** The parts of Strapi this integration touches (typed here, so `@strapi/types` is no dependency). */
+/**
+ * The parts of Strapi this integration touches (typed here, so `@strapi/types`
+ * is no dependency). Middleware parameters are typed loosely on purpose:
+ * Strapi's Koa types (2.x) and this package's (3.x) differ, and both must fit.
+ */
 export interface StrapiLike {
-  server: { use(mw: Middleware): unknown; httpServer: Server }
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- any Koa major's middleware type must accept ours
+  server: { use(mw: (ctx: any, next: any) => Promise<void>): unknown; httpServer: Server }
   documents: { use(mw: (ctx: { uid: string; action: string; params?: Record<string, unknown> }, next: () => Promise<unknown>) => Promise<unknown>): unknown }
   db: { inTransaction(): boolean; transaction(cb: (t: { onCommit(fn: () => void): void }) => unknown): Promise<unknown> }
   config: { get(path: string, fallback?: unknown): unknown }
