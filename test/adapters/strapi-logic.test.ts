@@ -1,0 +1,212 @@
+/**
+ * cms-realtime/strapi's own rules, with a stand-in for the few Strapi APIs it
+ * touches (the real Strapi runs in `npm run test:strapi`): a publish waits
+ * for the surrounding transaction's commit and never happens on rollback; a
+ * failing publish never fails the write; topics map to Strapi permissions.
+ * Each rule is documented in the README ("Use it in Strapi").
+ */
+import { once } from 'node:events'
+import { createServer } from 'node:http'
+import Koa from 'koa'
+import WebSocket from 'ws'
+import { listen, type Listening } from '../helpers/net'
+import { PROTOCOL } from '../../lib/types'
+import type { Bus, BusEvent } from '../../lib/types'
+import { MemoryBus } from '../../lib/bus/memory'
+import { strapiRealtime, type StrapiLike, type StrapiAuth } from '../../lib/strapi'
+
+type DocMiddleware = Parameters<StrapiLike['documents']['use']>[0]
+
+function fakeStrapi(bus?: Bus) {
+  let middleware: DocMiddleware | undefined
+  let commitHooks: Array<() => void> | null = null
+  const container = new Map<string, unknown>()
+  const strapi: StrapiLike = {
+    server: { use: () => undefined, httpServer: createServer() },
+    documents: { use: (mw) => { middleware = mw } },
+    db: {
+      inTransaction: () => commitHooks !== null,
+      transaction: async (cb) => cb({ onCommit: (fn) => commitHooks!.push(fn) }),
+    },
+    config: { get: () => ['k1k1k1k1k1k1k1k1', 'k2'] },
+    add: (name, resolver) => container.set(name, resolver()),
+    get: (name) => container.get(name),
+  }
+  const live = strapiRealtime({ contentTypes: ['api::article.article'], realtime: bus === undefined ? {} : { bus } })
+  live.register({ strapi })
+  return {
+    live,
+    strapi,
+    /** A document-service call: `write` stands for Strapi's own work (next()). */
+    call: (action: string, write: () => Promise<unknown>, uid = 'api::article.article') =>
+      middleware!({ uid, action, params: {} }, write),
+    /** Run `fn` as inside strapi.db.transaction; commit or roll back afterwards. */
+    async inTransaction(fn: () => Promise<unknown>, outcome: 'commit' | 'rollback') {
+      commitHooks = []
+      try {
+        await fn()
+      } finally {
+        const hooks = commitHooks
+        commitHooks = null
+        if (outcome === 'commit') for (const h of hooks) h()
+      }
+    },
+  }
+}
+
+/** Every event published to the bus. */
+function recordingBus(): { bus: MemoryBus; seen: BusEvent[] } {
+  const bus = new MemoryBus()
+  const seen: BusEvent[] = []
+  const publish = bus.publish.bind(bus)
+  bus.publish = (topic, type, data) => {
+    const e = publish(topic, type, data)
+    if (!('then' in e)) seen.push(e)
+    return e
+  }
+  return { bus, seen }
+}
+
+const flush = () => new Promise((r) => setImmediate(r))
+
+test('a change inside a transaction is published when it commits, and never when it rolls back', async () => {
+  const { bus, seen } = recordingBus()
+  const s = fakeStrapi(bus)
+  await s.inTransaction(async () => {
+    await s.call('create', async () => ({ documentId: 'd1', title: 'kept' }))
+    await flush()
+    expect(seen).toEqual([]) // not before the commit
+  }, 'commit')
+  await flush()
+  expect(seen.map((e) => [e.topic, e.type])).toEqual([
+    ['strapi:api::article.article', 'created'], ['strapi:api::article.article:d1', 'created'],
+  ])
+  await s.inTransaction(() => s.call('update', async () => ({ documentId: 'd1', title: 'lost' })), 'rollback')
+  await flush()
+  expect(seen).toHaveLength(2)
+  await s.live.destroy()
+})
+
+test('a publish that fails (the bus throws or rejects) never fails the saved write', async () => {
+  const failing: Bus = Object.assign(new MemoryBus(), {
+    publish: () => { throw new Error('bus down') },
+  })
+  const s = fakeStrapi(failing)
+  await expect(s.call('create', async () => ({ documentId: 'd2' }))).resolves.toEqual({ documentId: 'd2' })
+  const rejecting: Bus = Object.assign(new MemoryBus(), {
+    publish: () => Promise.reject(new Error('timeout')),
+  })
+  const r = fakeStrapi(rejecting)
+  await expect(r.call('update', async () => ({ documentId: 'd3' }))).resolves.toEqual({ documentId: 'd3' })
+  await flush() // the rejection is caught: jest would report an unhandled one
+  await s.live.destroy()
+  await r.live.destroy()
+})
+
+test("the write's own failure propagates unchanged, and nothing is published", async () => {
+  const { bus, seen } = recordingBus()
+  const s = fakeStrapi(bus)
+  await expect(s.call('create', () => Promise.reject(new Error('unique violation')))).rejects.toThrow('unique violation')
+  await flush()
+  expect(seen).toEqual([])
+  await s.live.destroy()
+})
+
+test('only the listed content types and the document actions are published', async () => {
+  const { bus, seen } = recordingBus()
+  const s = fakeStrapi(bus)
+  await s.call('findMany', async () => [{ documentId: 'd1' }])
+  await s.call('create', async () => ({ documentId: 'u1' }), 'plugin::users-permissions.user')
+  await s.call('delete', async () => ({ documentId: 'd9', entries: [] }))
+  await flush()
+  expect(seen.map((e) => e.type)).toEqual(['deleted', 'deleted'])
+  expect(JSON.parse(seen[0]!.data)).toEqual({ uid: 'api::article.article', documentId: 'd9', locale: null, action: 'delete' })
+  expect(s.strapi.get('realtime')).toBe(s.live.rt)
+  await s.live.destroy()
+})
+
+describe('authentication and authorisation follow Strapi (its auth service and permissions), over real sockets', () => {
+  const tokens = new Map<string, { type: 'admin' | 'content-api'; auth: StrapiAuth; session?: string }>()
+  const admin = (can: string[]): StrapiAuth => ({
+    strategy: { name: 'admin' }, credentials: { id: 1 }, ability: { can: (action, subject) => can.includes(`${action} ${subject}`) },
+  })
+  const reader = (scopes: string[], name = 'users-permissions', credentials: unknown = { id: 7 }): StrapiAuth => ({
+    strategy: { name, verify: (_a, config) => { if (!config.scope!.every((sc) => scopes.includes(sc))) throw new Error('Forbidden') } },
+    credentials,
+    ability: null,
+  })
+  tokens.set('editor', { type: 'admin', auth: admin(['plugin::content-manager.explorer.read api::article.article']), session: 's1' })
+  tokens.set('author-without-read', { type: 'admin', auth: admin([]) })
+  tokens.set('reader-find', { type: 'content-api', auth: reader(['api::article.article.find']) })
+  tokens.set('reader-findOne', { type: 'content-api', auth: reader(['api::article.article.findOne']) })
+  tokens.set('api-token', { type: 'content-api', auth: reader(['api::article.article.find'], 'api-token', { id: 3 }) })
+  tokens.set('public', { type: 'content-api', auth: reader(['api::article.article.find'], 'users-permissions', null) })
+
+  let srv: Listening
+  let live: ReturnType<typeof strapiRealtime>
+  beforeAll(async () => {
+    const s = fakeStrapi()
+    live = s.live
+    // Strapi's auth service: runs the strategies named for the route's type; unauthorized() sets a 401.
+    s.strapi.add('auth', () => ({
+      authenticate: async (ctx: Koa.Context, next: () => Promise<void>) => {
+        const route = ctx.state.route as { info: { type: string }; config: { auth: { strategies: string[] } } }
+        const t = tokens.get(ctx.get('authorization').replace(/^Bearer /, ''))
+        if (t === undefined || t.type !== route.info.type || !route.config.auth.strategies.includes(t.auth.strategy.name)) {
+          ctx.status = 401
+          return
+        }
+        ctx.state.auth = t.auth
+        if (t.session !== undefined) ctx.state.session = { id: t.session }
+        return next()
+      },
+    }))
+    const app = new Koa()
+    // Lazily, as Strapi does: Koa composes its middleware when callback() is called.
+    let handler: ReturnType<Koa['callback']> | undefined
+    const httpServer = createServer((req, res) => (handler ??= app.callback())(req, res))
+    live.bootstrap({ strapi: { ...s.strapi, server: { use: (mw) => app.use(mw), httpServer } } })
+    srv = await listen(httpServer)
+  })
+  afterAll(async () => {
+    await live.destroy()
+    await srv.close()
+  })
+
+  async function answer(token: string | undefined, topic: string): Promise<string> {
+    const ws = new WebSocket(`ws://127.0.0.1:${srv.port}/realtime`, PROTOCOL, token === undefined ? {} : { headers: { Authorization: `Bearer ${token}` } })
+    const status = await new Promise<number>((resolve) => {
+      ws.once('open', () => resolve(101))
+      ws.once('unexpected-response', (_q, res) => resolve(res.statusCode ?? 0))
+      ws.on('error', () => {})
+    })
+    if (status !== 101) return String(status)
+    ws.send(JSON.stringify({ op: 'subscribe', topic }))
+    const [frame] = (await once(ws, 'message')) as [Buffer]
+    ws.close()
+    const f = JSON.parse(String(frame)) as { op: string; code?: string }
+    return f.op === 'error' ? f.code! : f.op
+  }
+
+  test('an admin: the content-manager read permission on that type; nothing outside contentTypes', async () => {
+    expect(await answer('editor', 'strapi:api::article.article')).toBe('subscribed')
+    expect(await answer('editor', 'strapi:api::article.article:abc123')).toBe('subscribed')
+    expect(await answer('author-without-read', 'strapi:api::article.article')).toBe('forbidden')
+    expect(await answer('editor', 'strapi:api::page.page')).toBe('forbidden')
+    expect(await answer('editor', 'project:1')).toBe('forbidden') // not a Strapi topic, no `authorize` option
+    expect(await answer('editor', 'strapi:api::article.article:a:b')).toBe('forbidden')
+  })
+
+  test('a users-permissions user: find for the type, find or findOne for one document', async () => {
+    expect(await answer('reader-find', 'strapi:api::article.article')).toBe('subscribed')
+    expect(await answer('reader-findOne', 'strapi:api::article.article')).toBe('forbidden')
+    expect(await answer('reader-findOne', 'strapi:api::article.article:abc')).toBe('subscribed')
+  })
+
+  test('refused unless enabled: no token, an unknown token, API tokens, the public role', async () => {
+    expect(await answer(undefined, 'strapi:api::article.article')).toBe('401')
+    expect(await answer('nope', 'strapi:api::article.article')).toBe('401')
+    expect(await answer('api-token', 'strapi:api::article.article')).toBe('401')
+    expect(await answer('public', 'strapi:api::article.article')).toBe('401')
+  })
+})
