@@ -1,7 +1,9 @@
 // Articles, live: the public browser client with a credentials hook. Strapi's
-// admin authenticates with a bearer JWT that a browser WebSocket cannot send;
-// `token` hands it to the client, which trades it for a one-time ticket on
-// every (re)connect (POST /realtime/ticket), so the JWT never appears in a URL.
+// admin authenticates with a short-lived bearer JWT (30 min) that a browser
+// WebSocket cannot send. The `token` hook asks Strapi for a fresh one on every
+// (re)connect (POST /admin/access-token, with the refresh cookie its login
+// set), and the client trades it for a one-time ticket (POST /realtime/ticket),
+// so the JWT never appears in a URL and a reconnect never uses an expired one.
 import { createClient } from '/realtime/client.js'
 
 const UID = 'api::article.article'
@@ -57,18 +59,29 @@ async function load() {
   render()
 }
 
-let rt = null
+/** A fresh admin access token from Strapi's refresh session, or null when signed out. */
+async function freshToken() {
+  const r = await fetch('/admin/access-token', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}' })
+  token = r.ok ? (await r.json()).data.token : null
+  return token
+}
 
-function start() {
-  $('login').hidden = true
-  $('articles').hidden = false
-  if (rt !== null) return rt.reconnect() // signed in again after `signed-out`
-  rt = createClient({ configUrl: '/realtime/config', token: () => token })
-  rt.on('state', (s) => { $('state').dataset.state = s; $('state').textContent = s })
-  rt.on('resync', () => void load()) // history could not cover a gap: read the list again
-  rt.on('signed-out', () => { token = null; $('login').hidden = false; $('articles').hidden = true })
-  rt.subscribe(`strapi:${UID}`, onEvent)
-  void load()
+const rt = createClient({ configUrl: '/realtime/config', token: freshToken })
+rt.on('state', (s) => {
+  $('state').dataset.state = s
+  $('state').textContent = s
+  if (s === 'live' || s === 'fallback') show(true)
+})
+rt.on('resync', () => void load()) // history could not cover a gap: read the list again
+rt.on('signed-out', () => show(false))
+rt.subscribe(`strapi:${UID}`, onEvent)
+
+let shown = false
+function show(signedIn) {
+  $('login').hidden = signedIn
+  $('articles').hidden = !signedIn
+  if (signedIn && !shown) void load()
+  shown = signedIn
 }
 
 $('login').addEventListener('submit', async (ev) => {
@@ -84,8 +97,7 @@ $('login').addEventListener('submit', async (ev) => {
     $('login-error').textContent = 'Sign-in failed.'
     return
   }
-  token = (await r.json()).data.token
-  start()
+  rt.reconnect() // signed in: the token hook now gets a fresh access token
 })
 
 $('add').addEventListener('submit', async (ev) => {
