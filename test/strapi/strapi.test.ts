@@ -132,13 +132,13 @@ describeStrapi('cms-realtime in Strapi 5', () => {
     const from = s.frames.length
     const t0 = Date.now()
     const r = await write()
-    ;(latencies[`${name}, the write's own response`] ??= []).push(Date.now() - t0)
+    ;(latencies[`${name}: write sent → its HTTP response`] ??= []).push(Date.now() - t0)
     expect(r.status).toBeLessThan(300)
     const documentId = known ?? r.body?.data?.documentId ?? r.body?.documentId
     const event = await until(
       () => s.frames.slice(from).find((f) => f.op === 'event' && f.type === type && (f.data as { documentId: string }).documentId === documentId), `${type} event`,
     )
-    ;(latencies[name] ??= []).push(event.at - t0)
+    ;(latencies[`${name}: write sent → event at a Node client`] ??= []).push(event.at - t0)
     return { r, event, documentId: documentId as string }
   }
 
@@ -180,7 +180,7 @@ describeStrapi('cms-realtime in Strapi 5', () => {
     }
     for (const [name, ms] of Object.entries(latencies)) {
       const sorted = [...ms].sort((a, b) => a - b)
-      console.log(`write request sent → event received, through Strapi (${name}): median ${sorted[sorted.length >> 1]} ms, max ${sorted[sorted.length - 1]} ms (n=${ms.length})`)
+      console.log(`through Strapi, ${name}: median ${sorted[sorted.length >> 1]} ms, max ${sorted[sorted.length - 1]} ms (n=${ms.length})`)
     }
   })
 
@@ -264,9 +264,9 @@ describeStrapi('cms-realtime in Strapi 5', () => {
         const title = `From the API ${i}`
         const t0 = Date.now()
         expect((await api('/api/articles', { method: 'POST', token: apiToken, body: { data: { title } } })).status).toBe(201)
-        ;(latencies["Chromium page, the write's own response"] ??= []).push(Date.now() - t0)
+        ;(latencies['REST: write sent → its HTTP response'] ??= []).push(Date.now() - t0)
         await page.waitForFunction((t) => [...document.querySelectorAll('#list .title')].some((e) => e.textContent === t), title, { timeout: 5000, polling: 5 })
-        ;(latencies['Chromium page'] ??= []).push(Date.now() - t0)
+        ;(latencies['REST: write sent → shown in the Chromium page'] ??= []).push(Date.now() - t0)
       }
       // A reload: the hook gets a fresh access token from Strapi's refresh cookie; no sign-in needed.
       await page.reload()
