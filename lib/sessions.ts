@@ -171,7 +171,11 @@ export class Sessions {
     this.expiry.set(session, timer)
   }
 
-  /** One round of `revalidate`, once per user id (many tabs, one call); never overlapping. */
+  /**
+   * One round of `revalidate`, once per user id and session (many tabs of one
+   * session, one call; a user signed in on two devices has two sessions, and
+   * signing out of one must not keep, nor end, the other); never overlapping.
+   */
   private async revalidateAll(): Promise<void> {
     const revalidate = this.opts.revalidate
     if (revalidate === undefined || this.sweeping) return
@@ -179,7 +183,9 @@ export class Sessions {
     try {
       const verdicts = new Map<unknown, Promise<boolean | undefined>>()
       const ask = (user: User): Promise<boolean | undefined> => {
-        const key = userId(user) ?? user
+        const id = userId(user)
+        const session = (user as { sessionId?: unknown } | null)?.sessionId
+        const key = id === undefined ? user : typeof session === 'string' || typeof session === 'number' ? `${id}\u0000${session}` : id
         let v = verdicts.get(key)
         if (v === undefined) {
           v = Promise.resolve()

@@ -82,7 +82,11 @@ export interface StrapiRealtimeOptions {
   data?: (change: DocumentChange) => Record<string, unknown> | undefined
   /** For your own topics (not `strapi:…`): may this user subscribe? Default: no. */
   authorize?: (user: StrapiUser, topic: string) => MaybePromise<boolean>
-  /** Every other cms-realtime option (`path`, `bus`, limits…). `ticketSecret` defaults to one derived from the app's `APP_KEYS`. */
+  /**
+   * Every other cms-realtime option (`path`, `bus`, limits…), over what the
+   * app's `config/realtime.ts` says. `ticketSecret` defaults to one derived
+   * from the app's `APP_KEYS`.
+   */
   realtime?: Omit<KoaRealtimeOptions<StrapiUser>, 'authenticate' | 'authorize' | 'revalidate' | 'server'>
 }
 
@@ -132,6 +136,8 @@ export function strapiRealtime(options: StrapiRealtimeOptions): StrapiRealtime {
     register({ strapi }) {
       const channel = realtime<StrapiUser>({
         ticketSecret: appKeys(strapi),
+        // `config/realtime.ts`, Strapi's way for per-environment settings (its `env()` helper).
+        ...(strapi.config.get('realtime', {}) as KoaRealtimeOptions<StrapiUser>),
         ...options.realtime,
         authenticate: (ctx) => authenticate(strapi, ctx, options),
         authorize: (user, topic) => authorize(user, topic, watched, options),

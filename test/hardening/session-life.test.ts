@@ -188,6 +188,31 @@ describe('session expiry', () => {
     expect(f.rt.stats().errors).toBeGreaterThanOrEqual(1)
   })
 
+  test('revalidate is asked per session: one user signed in on two devices, signed out of one, keeps the other', async () => {
+    const active = new Set(['laptop', 'phone'])
+    const asked: string[] = []
+    f = await fixture({
+      authenticate: (req: unknown) => ({ id: 'anna', sessionId: String((req as IncomingMessage).headers['x-session']) }),
+      revalidateMs: 100,
+      revalidate: (u: unknown) => {
+        const session = (u as { sessionId: string }).sessionId
+        asked.push(session)
+        return active.has(session)
+      },
+    })
+    const laptop = await f.connect({ headers: { 'x-session': 'laptop' } })
+    const laptopTab2 = await f.connect({ headers: { 'x-session': 'laptop' } })
+    const phone = await f.connect({ headers: { 'x-session': 'phone' } })
+    active.delete('phone') // signed out on the phone
+    expect(await phone.closed(2000)).toBe(4401)
+    await new Promise((r) => setTimeout(r, 250))
+    for (const c of [laptop, laptopTab2]) {
+      c.send({ op: 'ping' })
+      expect(await c.op('pong')).toEqual({ op: 'pong' })
+    }
+    expect(asked).toContain('laptop')
+  })
+
   test('a user whose expiresAt passes is disconnected then; one already expired is refused 401', async () => {
     let expiresAt = Date.now() + 300
     f = await fixture({ authenticate: () => ({ id: 'anna', expiresAt }) })

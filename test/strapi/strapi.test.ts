@@ -13,6 +13,7 @@
  * bugs 2 and 4 as Strapi itself shows them (stderr, access log).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { randomUUID } from 'node:crypto'
 import { once } from 'node:events'
 import { existsSync } from 'node:fs'
 import { createServer, type AddressInfo } from 'node:net'
@@ -152,7 +153,7 @@ describeStrapi('cms-realtime in Strapi 5', () => {
       env: {
         ...process.env, PORT: String(port), HOST: '127.0.0.1', DATABASE_URL: `${PG}/${DB}`, SERVE_ADMIN_PANEL: 'false',
         STRAPI_ADMIN_EMAIL: ADMIN.email, STRAPI_ADMIN_PASSWORD: ADMIN.password, STRAPI_TELEMETRY_DISABLED: 'true', NODE_ENV: 'development',
-        DEBUG: '', FORCE_COLOR: '0',
+        DEBUG: '', FORCE_COLOR: '0', REALTIME_REVALIDATE_MS: '300',
       },
       stdio: ['ignore', 'pipe', 'pipe'],
     })
@@ -287,6 +288,20 @@ describeStrapi('cms-realtime in Strapi 5', () => {
     expect(output).toMatch(/GET \/realtime \(\d+ ms\) 101/)
     expect(output).not.toMatch(/GET \/realtime \(\d+ ms\) 404/)
     expect(output).not.toMatch(/ECONNRESET/)
+  })
+
+  test("signing out of Strapi (POST /admin/logout, one device) ends that session's connections with 4401 and no other", async () => {
+    const deviceId = randomUUID()
+    const login = await api('/admin/login', { method: 'POST', body: { ...ADMIN, deviceId } })
+    const jwt = login.body.data.token as string
+    const leaving = await subscribed({ Authorization: `Bearer ${jwt}` })
+    const staying = await subscribed({ Authorization: `Bearer ${adminJwt}` })
+    const t0 = Date.now()
+    expect((await api('/admin/logout', { method: 'POST', token: jwt, body: { deviceId } })).status).toBe(200)
+    expect(await leaving.closed).toBe(4401)
+    console.log(`Strapi sign-out → 4401 in ${Date.now() - t0} ms (revalidateMs 300)`)
+    await new Promise((r) => setTimeout(r, 700)) // two more rounds
+    expect(staying.ws.readyState).toBe(WebSocket.OPEN)
   })
 
   test('Strapi shutting down (SIGTERM → destroy) closes every socket with 1001', async () => {
