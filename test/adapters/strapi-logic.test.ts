@@ -28,7 +28,7 @@ function fakeStrapi(bus?: Bus) {
       inTransaction: () => commitHooks !== null,
       transaction: async (cb) => cb({ onCommit: (fn) => commitHooks!.push(fn) }),
     },
-    config: { get: () => ['k1k1k1k1k1k1k1k1', 'k2'] },
+    config: { get: (path, fallback) => (path === 'server.app.keys' ? ['k1k1k1k1k1k1k1k1', 'k2'] : fallback) },
     add: (name, resolver) => container.set(name, resolver()),
     get: (name) => container.get(name),
   }
