@@ -10,6 +10,7 @@ import type { ResolvedOptions } from './options'
 import { CloseCode, encode, encodeEvent, parseClientFrame, wsTextFrames, type ErrorCode, type ServerFrame } from './protocol'
 import { holdForSlice } from './delivery'
 import type { Subscriber } from './hub'
+import type { Collab, Participant } from './collab/collab'
 import type { Session, Sessions } from './sessions'
 import type { BusEvent, User } from './types'
 
@@ -30,6 +31,8 @@ export interface Core {
   closed(conn: Connection): void
   /** Every open connection and stream, for session life and per-user limits. */
   readonly sessions: Sessions
+  /** Presence and soft locks. */
+  readonly collab: Collab
 }
 
 export interface Counters {
@@ -51,7 +54,7 @@ const NO_TOPICS: string[] = []
 /** Bytes a socket may hold corked within a delivery slice before they go out. */
 const FLUSH_AT = 64 * 1024
 
-export class Connection implements Subscriber, Session {
+export class Connection implements Subscriber, Session, Participant {
   /**
    * Active subscriptions. An array, not a Set: most connections hold one
    * or a few topics (at most `maxTopicsPerConnection`), and a one-element
@@ -94,11 +97,14 @@ export class Connection implements Subscriber, Session {
   }
 
   heldTopics(): readonly string[] {
-    return this.pending === undefined ? this.topics : [...this.topics, ...this.pending.keys()]
+    const collab = this.core.collab.topicsOf(this)
+    if (this.pending === undefined && collab.length === 0) return this.topics
+    return [...new Set([...this.topics, ...(this.pending?.keys() ?? []), ...collab])]
   }
 
   revoke(topic: string): void {
     this.unsubscribe(topic)
+    this.core.collab.revoked(this, topic)
     this.send({ op: 'unsubscribed', topic, reason: 'forbidden' })
   }
 
@@ -113,6 +119,10 @@ export class Connection implements Subscriber, Session {
 
   send(frame: ServerFrame): void {
     this.write(wsTextFrames([Buffer.from(encode(frame))]), 0)
+  }
+
+  sendEncoded(frame: Buffer): void {
+    this.write(wsTextFrames([frame]), 0)
   }
 
   /**
@@ -182,6 +192,21 @@ export class Connection implements Subscriber, Session {
         this.unsubscribe(frame.topic)
         this.send({ op: 'unsubscribed', topic: frame.topic })
         return
+      case 'presence':
+      case 'leave':
+      case 'lock':
+      case 'unlock': {
+        const c = this.core.collab
+        const done = frame.op === 'presence' ? c.presence(this, frame.topic, frame.tab, frame.meta)
+          : frame.op === 'leave' ? c.leave(this, frame.topic)
+            : frame.op === 'lock' ? c.lock(this, frame.key, frame.tab, frame.takeover === true)
+              : c.unlock(this, frame.key)
+        done.catch((err: unknown) => {
+          log('%s failed: %O', frame.op, err)
+          this.send({ op: 'error', code: 'unavailable', message: `${frame.op} failed`, topic: 'topic' in frame ? frame.topic : frame.key })
+        })
+        return
+      }
       case 'subscribe':
         this.subscribe(frame.topic, frame.since).catch((err: unknown) => {
           log('subscribe to %s failed: %O', frame.topic, err)
@@ -270,6 +295,7 @@ export class Connection implements Subscriber, Session {
     const topics = this.topics
     this.topics = NO_TOPICS
     for (const topic of topics) this.core.leave(this, topic)
+    this.core.collab.gone(this)
     this.core.sessions.remove(this)
     this.core.closed(this)
   }

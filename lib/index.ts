@@ -8,6 +8,8 @@ export { checkUpgrade, type Refusal } from './handshake'
 export { parseClientFrame, CloseCode, type ClientFrame, type ServerFrame, type ErrorCode } from './protocol'
 export { defaultAuthorize, userId, ENV_ENABLED, DEFAULTS } from './options'
 export type { Reply } from './http-routes'
+export { MemoryCollabStore, type CollabStore, type PresenceMember, type LockHolder, type Acquired } from './collab/store'
+export { staleEdit, type Revisioned, type StaleAnswer } from './stale'
 export {
   PROTOCOL,
   type RealtimeOptions,
@@ -22,4 +24,5 @@ export {
   type User,
   type MaybePromise,
   type ConnectionSelector,
+  type CollabOptions,
 } from './types'

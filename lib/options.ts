@@ -3,6 +3,7 @@
  * Misuse throws a TypeError naming the option (the way `ws` does), so a typo
  * fails at startup rather than at the first editor's connection.
  */
+import type { CollabSettings } from './collab/collab'
 import type { OriginPolicy } from './origin'
 import type { RealtimeOptions, User, MaybePromise, Bus } from './types'
 
@@ -55,11 +56,12 @@ export interface ResolvedOptions<Ctx> {
   fallbackWhenDisabled: boolean
   ticketSecret: string | Uint8Array | undefined
   ticketTtlMs: number
+  collab: CollabSettings
 }
 
 const KNOWN = new Set([
   'server', 'path', 'webSocketEnabled', 'authenticate', 'authorize', 'allowedOrigins',
-  'requireOrigin', 'bus', 'trustProxy', 'revalidate', 'ticketSecret', ...Object.keys(DEFAULTS),
+  'requireOrigin', 'bus', 'trustProxy', 'revalidate', 'ticketSecret', 'collab', ...Object.keys(DEFAULTS),
 ])
 
 export function resolveOptions<Ctx>(
@@ -134,7 +136,30 @@ export function resolveOptions<Ctx>(
     fallbackWhenDisabled: o.fallbackWhenDisabled,
     ticketSecret: o.ticketSecret,
     ticketTtlMs: o.ticketTtlMs,
+    collab: collabSettings(o.collab as RealtimeOptions['collab']),
   }
+}
+
+const COLLAB_DEFAULTS = { leaveGraceMs: 3000, lockGraceMs: 15_000, leaseMs: 30_000 }
+
+function collabSettings(c: RealtimeOptions['collab']): CollabSettings {
+  if (c !== undefined && (typeof c !== 'object' || c === null)) throw new TypeError('cms-realtime: option "collab" must be an object')
+  for (const key of Object.keys(c ?? {})) {
+    if (!['leaveGraceMs', 'lockGraceMs', 'leaseMs', 'canLock', 'canTakeOver', 'profile'].includes(key)) {
+      throw new TypeError(`cms-realtime: unknown option "collab.${key}"`)
+    }
+  }
+  const merged = { ...COLLAB_DEFAULTS, ...stripUndefined(c ?? {}) }
+  for (const key of ['leaveGraceMs', 'lockGraceMs', 'leaseMs'] as const) {
+    const v = merged[key]
+    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
+      throw new TypeError(`cms-realtime: option "collab.${key}" must be a positive number (got ${String(v)})`)
+    }
+  }
+  for (const key of ['canLock', 'canTakeOver', 'profile'] as const) {
+    if (merged[key] !== undefined && typeof merged[key] !== 'function') throw new TypeError(`cms-realtime: option "collab.${key}" must be a function`)
+  }
+  return merged as CollabSettings
 }
 
 /** `true`/`false` from an environment value, `undefined` when unset; anything else is a startup error. */

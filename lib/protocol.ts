@@ -33,6 +33,11 @@ export function parseClientFrame(text: string, maxTopicLength: number): ParseRes
   switch (op) {
     case 'ping':
       return { ok: true, frame: { op } }
+    case 'presence':
+    case 'leave':
+    case 'lock':
+    case 'unlock':
+      return parseCollab(op, msg as Record<string, unknown>, maxTopicLength)
     case 'subscribe':
     case 'unsubscribe': {
       if (!validTopic(topic, maxTopicLength)) {
@@ -56,6 +61,34 @@ export function parseClientFrame(text: string, maxTopicLength: number): ParseRes
         message: typeof op === 'string' ? `unknown op ${JSON.stringify(op.slice(0, 32))}` : 'frame needs an "op" string',
       }
   }
+}
+
+/** Tab ids: what the browser client makes (16-64 URL-safe characters). */
+const TAB = /^[A-Za-z0-9_-]{8,64}$/
+/** Presence metadata stays small: it is sent to everyone present on the topic at every change. */
+export const MAX_META_BYTES = 512
+
+function parseCollab(op: 'presence' | 'leave' | 'lock' | 'unlock', msg: Record<string, unknown>, maxTopicLength: number): ParseResult {
+  const field = op === 'presence' || op === 'leave' ? 'topic' : 'key'
+  const name = msg[field]
+  if (!validTopic(name, maxTopicLength)) {
+    return { ok: false, code: 'bad_request', message: `"${field}" must be 1-${maxTopicLength} characters of A-Z a-z 0-9 _ . : - / @` }
+  }
+  if (op === 'leave') return { ok: true, frame: { op, topic: name } }
+  if (op === 'unlock') return { ok: true, frame: { op, key: name } }
+  const tab = msg.tab
+  if (typeof tab !== 'string' || !TAB.test(tab)) {
+    return { ok: false, code: 'bad_request', message: '"tab" must be 8-64 characters of A-Z a-z 0-9 _ -', topic: name }
+  }
+  if (op === 'lock') {
+    if (msg.takeover !== undefined && typeof msg.takeover !== 'boolean') return { ok: false, code: 'bad_request', message: '"takeover" must be a boolean', topic: name }
+    return { ok: true, frame: msg.takeover === true ? { op, key: name, tab, takeover: true } : { op, key: name, tab } }
+  }
+  const meta = msg.meta ?? null
+  if (JSON.stringify(meta).length > MAX_META_BYTES) {
+    return { ok: false, code: 'too_large', message: `"meta" must be at most ${MAX_META_BYTES} bytes of JSON`, topic: name }
+  }
+  return { ok: true, frame: { op, topic: name, tab, meta } }
 }
 
 export function encode(frame: ServerFrame): string {

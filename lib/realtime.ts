@@ -8,6 +8,8 @@ import type { Duplex } from 'node:stream'
 import debug from 'debug'
 import { WebSocketServer, type RawData, type WebSocket } from 'ws'
 import { MemoryBus } from './bus/memory'
+import { Collab } from './collab/collab'
+import { MemoryCollabStore, type LockHolder, type PresenceMember } from './collab/store'
 import { Connection, type Core, type Counters } from './connection'
 import { Delivery } from './delivery'
 import { checkUpgrade, type Refusal } from './handshake'
@@ -74,6 +76,7 @@ export class Realtime<Ctx = IncomingMessage> {
   private readonly servers = new Map<AttachableServer, (req: IncomingMessage, socket: Duplex, head: Buffer) => void>()
   private readonly upgrades: Upgrades<Ctx>
   private readonly sessions: Sessions
+  private readonly collab: Collab
   private readonly counters: Counters = {
     eventsPublished: 0, eventsDelivered: 0, slowConsumersClosed: 0, drops: 0, protocolErrors: 0, strippedUpgrades: 0,
     refusals: {}, errors: 0, sessionsEnded: 0, subscriptionsRevoked: 0,
@@ -115,6 +118,12 @@ export class Realtime<Ctx = IncomingMessage> {
       }
     })
     this.sessions = new Sessions(this.opts as ResolvedOptions<never>, this.counters, (where, err) => this.error(where, err))
+    this.collab = new Collab(
+      this.bus.collabStore?.() ?? new MemoryCollabStore(),
+      this.opts.collab,
+      (user, topic) => this.sessions.allowed(user, topic),
+      (where, err) => this.error(where, err),
+    )
     this.wss = new WebSocketServer({
       noServer: true,
       clientTracking: false,
@@ -153,6 +162,7 @@ export class Realtime<Ctx = IncomingMessage> {
       drained: () => this.delivery.drained(),
       closed: (conn) => { this.connections.delete(conn) },
       sessions: this.sessions,
+      collab: this.collab,
     }
     this.routeState = {
       path: this.opts.path,
@@ -282,6 +292,17 @@ export class Realtime<Ctx = IncomingMessage> {
     return this.sessions.reauthorize(selector)
   }
 
+  /** Who is present on `topic` now, on every node (one entry per tab). */
+  presence(topic: string): Promise<PresenceMember[]> {
+    return this.collab.members(topic)
+  }
+
+  /** Soft locks: who holds `key`, and releasing it whoever holds it (its holder is told at once). */
+  readonly locks = {
+    holder: (key: string): Promise<LockHolder | null> => this.collab.holder(key),
+    release: (key: string): Promise<boolean> => this.collab.forceRelease(key),
+  }
+
   /** The reply for a plain HTTP request to our routes, or `undefined` when the path is not ours. */
   route(req: IncomingMessage, url: string | undefined = req.url, trusted = this.opts.trustProxy ?? false): Reply | undefined {
     const pathname = pathnameOf(url)
@@ -381,6 +402,7 @@ export class Realtime<Ctx = IncomingMessage> {
     const timer = setTimeout(() => { for (const conn of this.connections) conn.ws.terminate() }, timeoutMs)
     await Promise.all(closing)
     clearTimeout(timer)
+    await this.collab.close().catch((err: unknown) => this.error('collab close', err))
     if (this.ownsBus) await this.bus.close()
   }
 

@@ -2,6 +2,8 @@
  * The single source of cms-realtime's public types. Everything here is
  * framework-neutral: the Koa and Express adapters only choose `Ctx`.
  */
+import type { CollabStore } from './collab/store'
+import type { LockHolder } from './client/wire'
 import type { IncomingMessage, Server as HttpServer } from 'node:http'
 import type { Server as HttpsServer } from 'node:https'
 import { PROTOCOL, type DiagnosisCause } from './client/wire'
@@ -149,6 +151,8 @@ export interface RealtimeOptions<Ctx = IncomingMessage, U = User> {
   ticketSecret?: string | Uint8Array
   /** How long a ticket may wait before it is used. Default 30000. */
   ticketTtlMs?: number
+  /** Presence and soft locks: timings and hooks. */
+  collab?: CollabOptions<U>
 }
 
 /**
@@ -205,6 +209,27 @@ export interface Bus {
   close(): Promise<void>
   /** Optional: counters and health, shown as `rt.stats().bus` (the Redis bus: connected, timeouts, fills, resyncs, …). */
   stats?(): object
+  /**
+   * Optional: where presence and soft locks live so every node shares them
+   * (the Redis bus: in Redis). Without it they live in this process.
+   */
+  collabStore?(): CollabStore
+}
+
+/** Presence and soft locks (see the README, "Presence and soft locks"). */
+export interface CollabOptions<U = User> {
+  /** How long a tab whose socket dropped still shows as present (a reload, a blip). Default 3000. */
+  leaveGraceMs?: number
+  /** How long a tab whose socket dropped keeps its locks, for it to reconnect and take them back. Default 15000. */
+  lockGraceMs?: number
+  /** Lease of every presence entry and lock in the store, renewed every third of it: a crashed node's lapse within it. Default 30000. */
+  leaseMs?: number
+  /** May `user` lock `key` (a topic it may read)? Default: yes. */
+  canLock?: (user: U, key: string) => MaybePromise<boolean>
+  /** May `user` take `key` over from `holder`? Default: yes (the holder is told at once). */
+  canTakeOver?: (user: U, key: string, holder: LockHolder) => MaybePromise<boolean>
+  /** What others see of a present user besides its id (a name, an avatar URL): small, public. Default: nothing. */
+  profile?: (user: U) => unknown
 }
 
 /** Why a handshake or request was refused; the keys of `stats().refusals`. */

@@ -4,6 +4,7 @@
  * object. Shared by every adapter so none re-implements the core.
  */
 import type { Realtime } from '../realtime'
+import type { PresenceMember } from '../client/wire'
 import type { AttachableServer, ConnectionSelector, Published, RealtimeStats, User } from '../types'
 
 export interface RealtimeHandle<Ctx, U = User> {
@@ -22,6 +23,10 @@ export interface RealtimeHandle<Ctx, U = User> {
   reauthorize(selector?: ConnectionSelector<U>): Promise<number>
   /** Switch the WebSocket channel on or off at run time. */
   webSocketEnabled: boolean
+  /** Who is present on `topic` now, on every node (one entry per tab). */
+  presence(topic: string): Promise<PresenceMember[]>
+  /** Soft locks: `holder(key)`, and `release(key)` whoever holds it (the holder is told at once). */
+  readonly locks: Realtime<Ctx>['locks']
 }
 
 export function withApi<F extends object, Ctx, U = User>(fn: F, core: Realtime<Ctx>): F & RealtimeHandle<Ctx, U> {
@@ -34,6 +39,8 @@ export function withApi<F extends object, Ctx, U = User>(fn: F, core: Realtime<C
     stats: { value: () => core.stats() },
     disconnect: { value: core.disconnect.bind(core) },
     reauthorize: { value: core.reauthorize.bind(core) },
+    presence: { value: core.presence.bind(core) },
+    locks: { value: core.locks },
     webSocketEnabled: {
       get: () => core.webSocketEnabled,
       set: (value: boolean) => { core.webSocketEnabled = value },

@@ -8,7 +8,44 @@
  */
 import { BACKOFF, backoff, type BackoffOptions } from './backoff'
 import { encodeCursors } from './cursor-vector'
-import { PROTOCOL, type DiagnosisCause, type HandshakeSeen, type WireConfig, type WireFrame } from './wire'
+import { PROTOCOL, type DiagnosisCause, type HandshakeSeen, type LockHolder, type PresenceMember, type WireConfig, type WireFrame } from './wire'
+
+export type { LockHolder, PresenceMember } from './wire'
+
+/** Presence on one topic, from `rt.presence(topic, meta)`. */
+export interface Presence {
+  readonly topic: string
+  /** Everyone present, one entry per tab (this tab included), as the server last said. */
+  readonly members: readonly PresenceMember[]
+  /** Who holds the topic's lock (`rt.lock(topic)`), or null. */
+  readonly lock: LockHolder | null
+  /** This tab's user id, as the server knows it (once joined). */
+  readonly you: string | undefined
+  /** This tab's id: `member.tab === presence.tab` is this tab; same `user`, other tab: "you, in another tab". */
+  readonly tab: string
+  /** Members and lock changed (also once after joining). Returns the function that stops listening. */
+  on(name: 'change', listener: (p: Presence) => void): () => void
+  /** Change what others see of this tab (what it views, which field it edits). */
+  update(meta: unknown): void
+  /** Leave now (no grace). */
+  leave(): void
+}
+
+/** A soft lock this tab holds, from `rt.lock(key)`. */
+export interface HeldLock {
+  readonly held: true
+  readonly key: string
+  /** Lost: taken over (`by` says who), released by the server, or refused when reclaimed after a reconnect. */
+  on(name: 'lost', listener: (e: { key: string; by: LockHolder | null }) => void): () => void
+  release(): void
+}
+
+/** `rt.lock(key)` when another tab holds the lock. */
+export interface RefusedLock {
+  readonly held: false
+  readonly key: string
+  readonly holder: LockHolder
+}
 
 /** A handler slot that accepts `ws`'s and the DOM's own event types (checked bivariantly). */
 type Handler<E> = { bivarianceHack(event: E): void }['bivarianceHack']
@@ -114,6 +151,23 @@ export interface ClientOptions {
 
 export interface RealtimeClient {
   readonly state: ClientState
+  /** This tab's id (kept in sessionStorage, so a reload is the same tab and takes its locks back). */
+  readonly tab: string
+  /**
+   * Be present on `topic` with `meta` (small JSON: what this tab views or
+   * edits) and see who else is. Needs the WebSocket; rejoined after every
+   * reconnect; left on `pagehide`.
+   */
+  presence(topic: string, meta?: unknown): Presence
+  /**
+   * Ask for the soft lock on `key` (a topic the user may read):
+   * `{ held: true }` with `release()` and a `lost` event, or
+   * `{ held: false, holder }`. `takeover: true` takes it from its holder,
+   * who is told at once. Rejects when the WebSocket is not live or the
+   * server refuses (`forbidden`, `unavailable`). Reclaimed after a
+   * reconnect; released on `pagehide`.
+   */
+  lock(key: string, options?: { takeover?: boolean }): Promise<HeldLock | RefusedLock>
   readonly diagnosis: Diagnosis | null
   /** Receive the events of `topic`; returns the function that stops. */
   subscribe<T = unknown>(topic: string, handler: (event: RealtimeEvent<T>) => void): () => void
@@ -128,6 +182,7 @@ export interface RealtimeClient {
 }
 
 type Globals = Partial<{
+  sessionStorage: { getItem(k: string): string | null; setItem(k: string, v: string): void }
   WebSocket: WebSocketCtor
   EventSource: EventSourceCtor
   fetch: FetchLike
@@ -169,6 +224,9 @@ class Client implements RealtimeClient {
   private closed = false
   private reported = false
   private reopening = false
+  readonly tab: string
+  private readonly presences = new Map<string, PresenceState>()
+  private readonly locks = new Map<string, LockState>()
   /** Bumped by each start() and by each stream (re)open or close: an await that comes back to a newer one gives up. */
   private gen = 0
   private streamGen = 0
@@ -180,6 +238,9 @@ class Client implements RealtimeClient {
     this.fetch = o.fetch ?? ((url, init) => g.fetch!(url, init))
     this.base = new URL(o.configUrl, g.location?.href).href
     this.bo = { ...BACKOFF, ...o.backoff }
+    this.tab = tabId(g)
+    // Leaving the page: out of presence and locks at once, not after the grace.
+    g.addEventListener?.('pagehide', () => this.farewell())
     // Back online: try now rather than at the end of a long backoff.
     g.addEventListener?.('online', () => {
       if (!this.closed && this.state !== 'live' && this.state !== 'manual-refresh' && this.state !== 'signed-out') this.reconnect()
@@ -213,6 +274,100 @@ class Client implements RealtimeClient {
     return () => void set.delete(listener)
   }
 
+  presence(topic: string, meta: unknown = null): Presence {
+    const existing = this.presences.get(topic)
+    if (existing !== undefined) {
+      existing.handle.update(meta)
+      return existing.handle
+    }
+    const state: PresenceState = { meta, members: [], lock: null, you: undefined, listeners: new Set(), handle: undefined as never }
+    const client = this
+    state.handle = {
+      topic,
+      tab: this.tab,
+      get members() { return state.members },
+      get lock() { return state.lock },
+      get you() { return state.you },
+      on: (_name, listener) => {
+        state.listeners.add(listener)
+        return () => void state.listeners.delete(listener)
+      },
+      update(next) {
+        state.meta = next
+        if (client.presences.get(topic) === state) client.send({ op: 'presence', topic, tab: client.tab, meta: next })
+      },
+      leave() {
+        if (client.presences.get(topic) !== state) return
+        client.presences.delete(topic)
+        client.send({ op: 'leave', topic })
+      },
+    }
+    this.presences.set(topic, state)
+    this.send({ op: 'presence', topic, tab: this.tab, meta })
+    return state.handle
+  }
+
+  lock(key: string, options: { takeover?: boolean } = {}): Promise<HeldLock | RefusedLock> {
+    if (!this.open) return Promise.reject(new Error('cms-realtime: locks need the live WebSocket'))
+    const held = this.locks.get(key)
+    if (held !== undefined && !options.takeover) return Promise.resolve(held.handle)
+    return new Promise((resolve, reject) => {
+      const waiting = (this.asking.get(key) ?? [])
+      waiting.push({ resolve, reject })
+      this.asking.set(key, waiting)
+      this.send(options.takeover ? { op: 'lock', key, tab: this.tab, takeover: true } : { op: 'lock', key, tab: this.tab })
+    })
+  }
+
+  /** Lock requests awaiting the server's answer, by key. */
+  private readonly asking = new Map<string, Array<{ resolve: (l: HeldLock | RefusedLock) => void; reject: (e: Error) => void }>>()
+
+  private granted(key: string): HeldLock {
+    const existing = this.locks.get(key)
+    if (existing !== undefined) return existing.handle
+    const state: LockState = { listeners: new Set(), handle: undefined as never }
+    state.handle = {
+      held: true,
+      key,
+      on: (_name, listener) => {
+        state.listeners.add(listener)
+        return () => void state.listeners.delete(listener)
+      },
+      release: () => {
+        if (this.locks.get(key) !== state) return
+        this.locks.delete(key)
+        this.send({ op: 'unlock', key })
+      },
+    }
+    this.locks.set(key, state)
+    return state.handle
+  }
+
+  private lockLost(key: string, by: LockHolder | null): void {
+    const state = this.locks.get(key)
+    if (state === undefined) return
+    this.locks.delete(key)
+    for (const fn of state.listeners) call(fn, { key, by })
+  }
+
+  /** Rejoin presence and reclaim locks on a new socket (same tab: within the grace, nothing flickers). */
+  private rejoin(): void {
+    for (const [topic, p] of this.presences) this.send({ op: 'presence', topic, tab: this.tab, meta: p.meta })
+    for (const key of this.locks.keys()) this.send({ op: 'lock', key, tab: this.tab })
+  }
+
+  /** Lock requests the server will not answer now: rejected (the caller may retry once live). */
+  private dropAsking(why: string): void {
+    const all = [...this.asking.values()].flat()
+    this.asking.clear()
+    for (const w of all) w.reject(new Error(`cms-realtime: ${why}`))
+  }
+
+  private farewell(): void {
+    for (const topic of this.presences.keys()) this.send({ op: 'leave', topic })
+    for (const key of this.locks.keys()) this.send({ op: 'unlock', key })
+  }
+
   reconnect(): void {
     if (this.closed) return
     this.attempt = 0
@@ -221,6 +376,8 @@ class Client implements RealtimeClient {
   }
 
   close(): void {
+    this.farewell()
+    this.dropAsking('the client was closed')
     this.closed = true
     clearTimeout(this.timer)
     if (this.ws !== undefined) this.drop(this.ws)
@@ -285,6 +442,7 @@ class Client implements RealtimeClient {
       this.set('live')
       this.diagnose(null, false)
       for (const topic of this.handlers.keys()) this.sub(topic)
+      this.rejoin()
       this.alive()
     }
     ws.onmessage = (e) => {
@@ -296,6 +454,7 @@ class Client implements RealtimeClient {
       const wasOpen = this.open
       this.drop(ws)
       if (this.closed) return
+      this.dropAsking('the WebSocket closed')
       if (!wasOpen) return this.failed(nonce)
       if (e.code === SESSION_ENDED) return this.signOut(e.reason || 'session ended')
       if (e.code === DISABLED) return void this.start()
@@ -514,8 +673,46 @@ class Client implements RealtimeClient {
         return void this.start()
       case 'resync':
         return this.emit('resync', f.topic)
-      case 'error':
+      case 'error': {
+        const waiting = f.topic === undefined ? undefined : this.asking.get(f.topic)
+        if (waiting !== undefined) {
+          this.asking.delete(f.topic!)
+          for (const w of waiting) w.reject(new Error(`cms-realtime: lock ${f.code}: ${f.message}`))
+        } else if (f.topic !== undefined && this.locks.has(f.topic)) {
+          this.lockLost(f.topic, null) // reclaiming after a reconnect was refused
+        }
         return this.emit('error', f.topic === undefined ? { code: f.code, message: f.message } : { code: f.code, message: f.message, topic: f.topic })
+      }
+      case 'present': {
+        const p = this.presences.get(f.topic)
+        if (p !== undefined) p.you = f.user
+        return
+      }
+      case 'presence': {
+        const p = this.presences.get(f.topic)
+        if (p === undefined) return
+        p.members = f.members
+        p.lock = f.lock
+        for (const fn of p.listeners) call(fn, p.handle)
+        return
+      }
+      case 'lock': {
+        const waiting = this.asking.get(f.key) ?? []
+        this.asking.delete(f.key)
+        if (f.result === 'held') {
+          const handle = this.granted(f.key)
+          for (const w of waiting) w.resolve(handle)
+        } else {
+          // A refusal of a reclaim after reconnect: someone took it meanwhile.
+          if (waiting.length === 0) this.lockLost(f.key, f.holder)
+          for (const w of waiting) w.resolve({ held: false, key: f.key, holder: f.holder })
+        }
+        return
+      }
+      case 'lock-lost':
+        return this.lockLost(f.key, f.by)
+      case 'unlocked':
+        return
     }
   }
 
@@ -564,6 +761,35 @@ class Client implements RealtimeClient {
       keepalive: true,
     }).catch(() => {})
   }
+}
+
+interface PresenceState {
+  meta: unknown
+  members: PresenceMember[]
+  lock: LockHolder | null
+  you: string | undefined
+  listeners: Set<(p: Presence) => void>
+  handle: Presence
+}
+
+interface LockState {
+  listeners: Set<(e: { key: string; by: LockHolder | null }) => void>
+  handle: HeldLock
+}
+
+const TAB_KEY = 'cms-realtime.tab'
+
+/** This tab's id: sessionStorage is per tab and survives a reload (so the tab takes its locks back). */
+function tabId(g: Globals): string {
+  const fresh = Array.from(g.crypto!.getRandomValues(new Uint8Array(16)), (b) => ALPHABET[b & 63]).join('')
+  try {
+    const kept = g.sessionStorage?.getItem(TAB_KEY)
+    if (kept != null && /^[A-Za-z0-9_-]{8,64}$/.test(kept)) return kept
+    g.sessionStorage?.setItem(TAB_KEY, fresh)
+  } catch {
+    // storage blocked (privacy settings): a fresh id per page load
+  }
+  return fresh
 }
 
 /** A throwing handler must not stop the others, nor the client: report it asynchronously. */

@@ -18,7 +18,13 @@ export {
   type EventSourceLike,
   type EventSourceCtor,
   type FetchLike,
+  type Presence,
+  type HeldLock,
+  type RefusedLock,
+  type PresenceMember,
+  type LockHolder,
 } from './client'
+export { watchRevision, type RevisionWatch, type StaleChange } from './stale'
 export { backoff, BACKOFF, type BackoffOptions } from './backoff'
 export { encodeCursors, decodeCursors } from './cursor-vector'
 export { PROTOCOL, DIAGNOSIS_CAUSES, type DiagnosisCause, type WireConfig, type WireFrame, type HandshakeSeen } from './wire'

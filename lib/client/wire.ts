@@ -23,8 +23,31 @@ export type ClientFrame =
   | { op: 'subscribe'; topic: string; since?: string }
   | { op: 'unsubscribe'; topic: string }
   | { op: 'ping' }
+  /** Be present on `topic` (join, or update `meta`) as the tab `tab`. */
+  | { op: 'presence'; topic: string; tab: string; meta?: unknown }
+  /** No longer present on `topic` (the tab closed or navigated away): at once, no grace. */
+  | { op: 'leave'; topic: string }
+  /** Ask for the soft lock on `key` (a topic) for the tab `tab`; `takeover` takes it from its holder. */
+  | { op: 'lock'; key: string; tab: string; takeover?: boolean }
+  | { op: 'unlock'; key: string }
 
-export type ErrorCode = 'forbidden' | 'bad_request' | 'unknown_op' | 'too_large' | 'rate_limited'
+export type ErrorCode = 'forbidden' | 'bad_request' | 'unknown_op' | 'too_large' | 'rate_limited' | 'unavailable'
+
+/** Someone present on a topic: one per tab. `user` is the server's id for the user; `info` what the server's `profile(user)` says. */
+export interface PresenceMember {
+  user: string
+  tab: string
+  meta: unknown
+  info?: unknown
+}
+
+/** Who holds a soft lock, since when (epoch ms). */
+export interface LockHolder {
+  user: string
+  tab: string
+  since: number
+  info?: unknown
+}
 
 /** Frames the server sends, over the WebSocket and as SSE `data`. */
 export type ServerFrame =
@@ -44,6 +67,15 @@ export type ServerFrame =
   | { op: 'resync'; topic: string }
   | { op: 'pong' }
   | { op: 'error'; code: ErrorCode; message: string; topic?: string }
+  /** The presence on `topic` was accepted; `user` is this connection's user id (to tell "you, in another tab"). */
+  | { op: 'present'; topic: string; user: string; tab: string }
+  /** Everyone present on `topic` now, and who holds its lock: sent on every change to every present tab. */
+  | { op: 'presence'; topic: string; members: PresenceMember[]; lock: LockHolder | null }
+  /** The answer to `lock`: `held`, or `refused` with the holder. */
+  | { op: 'lock'; key: string; result: 'held' } | { op: 'lock'; key: string; result: 'refused'; holder: LockHolder }
+  /** This tab no longer holds `key`: taken over (`by` says who), or released by the server. */
+  | { op: 'lock-lost'; key: string; by: LockHolder | null }
+  | { op: 'unlocked'; key: string }
 
 /**
  * What the client reads: a server frame, where a newer server may send

@@ -1,0 +1,361 @@
+/**
+ * Presence and soft locks on one node, over a shared `CollabStore`.
+ *
+ * - The unit is the tab (its id comes from the client), never the socket
+ *   or the user: a second tab is not "someone else", and closing one tab
+ *   does not remove a user still present in another.
+ * - A tab whose socket drops stays present for `leaveGraceMs` and keeps its
+ *   locks for `lockGraceMs`, so a reload or a network blip does not flicker
+ *   or lose the lock: the same tab reconnecting in time takes them back. An
+ *   explicit `leave`/`unlock` (the client sends them on `pagehide`) is immediate.
+ * - Every entry in the store is a lease of `leaseMs`, renewed by this node
+ *   every `leaseMs / 3` while it serves the tab (grace included). A node
+ *   that crashes stops renewing; its entries lapse within one lease, and
+ *   nodes that watch the topic notice at their next sweep.
+ * - Everyone present on a topic receives its member list and lock holder
+ *   on every change (`presence` frames, coalesced); a lock holder that is
+ *   taken over is told at once, on whichever node it is (`lock-lost`).
+ */
+import debug from 'debug'
+import type { LockHolder, PresenceMember, ServerFrame } from '../client/wire'
+import { encode } from '../protocol'
+import { userId } from '../options'
+import type { MaybePromise, User } from '../types'
+import type { CollabStore } from './store'
+
+const log = debug('cms-realtime:collab')
+
+export interface CollabSettings {
+  leaveGraceMs: number
+  lockGraceMs: number
+  leaseMs: number
+  canLock: ((user: User, key: string) => MaybePromise<boolean>) | undefined
+  canTakeOver: ((user: User, key: string, holder: LockHolder) => MaybePromise<boolean>) | undefined
+  profile: ((user: User) => unknown) | undefined
+}
+
+/** A WebSocket connection, as presence sees it. */
+export interface Participant {
+  readonly user: User
+  send(frame: ServerFrame): void
+  /** A frame encoded once for every recipient. */
+  sendEncoded(frame: Buffer): void
+}
+
+interface Held {
+  tab: string
+  /** `null` during the grace after its socket dropped. */
+  by: Participant | null
+  timer?: NodeJS.Timeout
+}
+
+export class Collab {
+  /** Tabs present here, by topic: the ones that receive its `presence` frames. */
+  private readonly here = new Map<string, Map<string, Participant>>()
+  /** What each participant holds: presence tab per topic, and lock keys. */
+  private readonly parts = new Map<Participant, { topics: Map<string, string>; locks: Set<string> }>()
+  /** Presence kept through the grace after a drop, by `topic \0 tab`. */
+  private readonly leaving = new Map<string, NodeJS.Timeout>()
+  /** Locks this node serves. */
+  private readonly held = new Map<string, Held>()
+  /** The last `presence` frame sent per topic, to send only changes. */
+  private readonly last = new Map<string, string>()
+  /** Joiners that need the current frame even if it did not change. */
+  private readonly fresh = new Map<string, Set<Participant>>()
+  private readonly dirty = new Set<string>()
+  private flushing: NodeJS.Timeout | undefined
+  private readonly timers: NodeJS.Timeout[] = []
+  private closed = false
+
+  constructor(
+    private readonly store: CollabStore,
+    private readonly settings: CollabSettings,
+    private readonly allowed: (user: User, topic: string) => Promise<boolean>,
+    private readonly onError: (where: string, err: unknown) => void,
+  ) {
+    store.onChange((_kind, name) => this.touch(name))
+    const every = Math.max(50, Math.floor(settings.leaseMs / 3))
+    this.timers.push(setInterval(() => this.guard('renew', () => this.renew()), every))
+    // A crashed node's entries lapse silently: re-read what is watched here.
+    if (store.sweeps) this.timers.push(setInterval(() => this.guard('sweep', () => this.sweep()), every))
+    for (const t of this.timers) t.unref()
+  }
+
+  // ---- what clients ask ----
+
+  async presence(p: Participant, topic: string, tab: string, meta: unknown): Promise<void> {
+    if (!(await this.permitted(p, topic, topic))) return
+    const user = userId(p.user) ?? ''
+    const info = this.info(p.user)
+    const member: PresenceMember = info === undefined ? { user, tab, meta } : { user, tab, meta, info }
+    this.cancelLeave(topic, tab)
+    let tabs = this.here.get(topic)
+    if (tabs === undefined) this.here.set(topic, (tabs = new Map()))
+    tabs.set(tab, p)
+    this.part(p).topics.set(topic, tab)
+    let fresh = this.fresh.get(topic)
+    if (fresh === undefined) this.fresh.set(topic, (fresh = new Set()))
+    fresh.add(p)
+    if (!(await this.tryStore(p, topic, () => this.store.present(topic, member, this.settings.leaseMs)))) return
+    p.send({ op: 'present', topic, user, tab })
+    this.touch(topic)
+  }
+
+  async leave(p: Participant, topic: string): Promise<void> {
+    const tab = this.parts.get(p)?.topics.get(topic)
+    if (tab === undefined) return
+    this.dropLocal(p, topic, tab)
+    await this.tryStore(null, topic, () => this.store.absent(topic, tab))
+    this.touch(topic)
+  }
+
+  async lock(p: Participant, key: string, tab: string, takeover: boolean): Promise<void> {
+    if (!(await this.permitted(p, key, key))) return
+    const s = this.settings
+    if (s.canLock !== undefined && (await this.ask('canLock', () => s.canLock!(p.user, key))) !== true) {
+      return p.send({ op: 'error', code: 'forbidden', message: 'not allowed to lock this key', topic: key })
+    }
+    if (takeover && s.canTakeOver !== undefined) {
+      const current = await this.store.holder(key).catch(() => null)
+      if (current !== null && current.tab !== tab && (await this.ask('canTakeOver', () => s.canTakeOver!(p.user, key, current))) !== true) {
+        return p.send({ op: 'error', code: 'forbidden', message: 'not allowed to take this lock over', topic: key })
+      }
+    }
+    const info = this.info(p.user)
+    const who = { user: userId(p.user) ?? '', tab, ...(info === undefined ? {} : { info }) }
+    let got
+    try {
+      got = await this.store.acquire(key, who, s.leaseMs, takeover)
+    } catch (err) {
+      this.onError('lock', err)
+      return p.send({ op: 'error', code: 'unavailable', message: 'locks are unavailable right now', topic: key })
+    }
+    if (!got.ok) return p.send({ op: 'lock', key, result: 'refused', holder: got.holder })
+    const before = this.held.get(key)
+    if (before?.timer !== undefined) clearTimeout(before.timer)
+    if (before?.by != null && before.by !== p && before.tab !== tab) this.lost(key, before, { ...who, since: Date.now() })
+    this.held.set(key, { tab, by: p })
+    this.part(p).locks.add(key)
+    p.send({ op: 'lock', key, result: 'held' })
+    this.touch(key)
+  }
+
+  async unlock(p: Participant, key: string): Promise<void> {
+    const h = this.held.get(key)
+    if (h === undefined || h.by !== p) return p.send({ op: 'unlocked', key })
+    this.held.delete(key)
+    this.parts.get(p)?.locks.delete(key)
+    await this.tryStore(null, key, () => this.store.release(key, h.tab))
+    p.send({ op: 'unlocked', key })
+    this.touch(key)
+  }
+
+  /** The socket closed: presence and locks stay through their grace, for the same tab to take back. */
+  gone(p: Participant): void {
+    const part = this.parts.get(p)
+    if (part === undefined) return
+    this.parts.delete(p)
+    for (const [topic, tab] of part.topics) {
+      this.dropLocal(p, topic, tab, false)
+      const id = `${topic}\u0000${tab}`
+      clearTimeout(this.leaving.get(id))
+      const timer = setTimeout(() => {
+        this.leaving.delete(id)
+        this.guard('leave after grace', async () => {
+          await this.store.absent(topic, tab)
+          this.touch(topic)
+        })
+      }, this.settings.leaveGraceMs)
+      timer.unref()
+      this.leaving.set(id, timer)
+    }
+    for (const key of part.locks) {
+      const h = this.held.get(key)
+      if (h === undefined || h.by !== p) continue
+      h.by = null
+      h.timer = setTimeout(() => {
+        if (this.held.get(key) !== h) return
+        this.held.delete(key)
+        this.guard('unlock after grace', async () => {
+          await this.store.release(key, h.tab)
+          this.touch(key)
+        })
+      }, this.settings.lockGraceMs)
+      h.timer.unref()
+    }
+  }
+
+  /** Access to `topic` was withdrawn (`rt.reauthorize`): out of its presence, and its lock released, at once. */
+  revoked(p: Participant, topic: string): void {
+    this.guard('revoke', async () => {
+      await this.leave(p, topic)
+      if (this.held.get(topic)?.by === p) await this.unlock(p, topic)
+    })
+  }
+
+  /** Topics `p` is present on or holds a lock on (so `reauthorize` checks them too). */
+  topicsOf(p: Participant): string[] {
+    const part = this.parts.get(p)
+    return part === undefined ? [] : [...new Set([...part.topics.keys(), ...part.locks])]
+  }
+
+  // ---- what the server reads ----
+
+  members(topic: string): Promise<PresenceMember[]> {
+    return this.store.members(topic)
+  }
+
+  holder(key: string): Promise<LockHolder | null> {
+    return this.store.holder(key)
+  }
+
+  /** Release `key` whoever holds it (an admin's action); its holder is told. */
+  async forceRelease(key: string): Promise<boolean> {
+    const h = await this.store.holder(key)
+    if (h === null) return false
+    const released = await this.store.release(key, h.tab)
+    this.touch(key)
+    return released
+  }
+
+  async close(): Promise<void> {
+    this.closed = true
+    for (const t of this.timers) clearInterval(t)
+    clearTimeout(this.flushing)
+    for (const t of this.leaving.values()) clearTimeout(t)
+    for (const h of this.held.values()) clearTimeout(h.timer)
+    // Leases are left to lapse: tabs reconnecting to another node within
+    // the grace take their presence and locks back there.
+    await this.store.close()
+  }
+
+  // ---- internals ----
+
+  /** Re-read `name` soon (coalesced): its members and lock, pushed to those present here. */
+  private touch(name: string): void {
+    if (this.closed) return
+    this.dirty.add(name)
+    if (this.flushing === undefined) {
+      this.flushing = setTimeout(() => {
+        this.flushing = undefined
+        const names = [...this.dirty]
+        this.dirty.clear()
+        for (const n of names) this.guard('refresh', () => this.refresh(n))
+      }, 10)
+    }
+  }
+
+  private async refresh(name: string): Promise<void> {
+    const watching = this.here.get(name)
+    const [members, holder] = await Promise.all([watching === undefined ? [] : this.store.members(name), this.store.holder(name)])
+    const h = this.held.get(name)
+    if (h !== undefined && (holder === null || holder.tab !== h.tab)) {
+      // Taken over on another node, or lapsed: this tab no longer holds it.
+      this.held.delete(name)
+      clearTimeout(h.timer)
+      this.lost(name, h, holder)
+    }
+    const fresh = this.fresh.get(name)
+    this.fresh.delete(name)
+    if (watching === undefined || watching.size === 0) {
+      this.last.delete(name)
+      return
+    }
+    const text = encode({ op: 'presence', topic: name, members, lock: holder })
+    const changed = text !== this.last.get(name)
+    this.last.set(name, text)
+    const frame = Buffer.from(text)
+    for (const p of new Set(watching.values())) if (changed || fresh?.has(p)) p.sendEncoded(frame)
+  }
+
+  private lost(key: string, h: Held, by: LockHolder | null): void {
+    if (h.by === null) return
+    this.parts.get(h.by)?.locks.delete(key)
+    h.by.send({ op: 'lock-lost', key, by })
+  }
+
+  private async renew(): Promise<void> {
+    const presence: Array<[string, string]> = []
+    for (const [topic, tabs] of this.here) for (const tab of tabs.keys()) presence.push([topic, tab])
+    for (const id of this.leaving.keys()) {
+      const i = id.indexOf('\u0000')
+      presence.push([id.slice(0, i), id.slice(i + 1)])
+    }
+    const locks: Array<[string, string]> = [...this.held].map(([key, h]) => [key, h.tab])
+    if (presence.length > 0 || locks.length > 0) await this.store.renew(presence, locks, this.settings.leaseMs)
+  }
+
+  private async sweep(): Promise<void> {
+    for (const name of new Set([...this.here.keys(), ...this.held.keys()])) this.touch(name)
+  }
+
+  private dropLocal(p: Participant, topic: string, tab: string, fromPart = true): void {
+    const tabs = this.here.get(topic)
+    if (tabs?.get(tab) === p) {
+      tabs.delete(tab)
+      if (tabs.size === 0) this.here.delete(topic)
+    }
+    if (fromPart) this.parts.get(p)?.topics.delete(topic)
+  }
+
+  private cancelLeave(topic: string, tab: string): void {
+    const id = `${topic}\u0000${tab}`
+    const t = this.leaving.get(id)
+    if (t !== undefined) {
+      clearTimeout(t)
+      this.leaving.delete(id)
+    }
+  }
+
+  private part(p: Participant): { topics: Map<string, string>; locks: Set<string> } {
+    let part = this.parts.get(p)
+    if (part === undefined) this.parts.set(p, (part = { topics: new Map(), locks: new Set() }))
+    return part
+  }
+
+  private async permitted(p: Participant, topic: string, name: string): Promise<boolean> {
+    if (await this.allowed(p.user, topic)) return true
+    p.send({ op: 'error', code: 'forbidden', message: 'not allowed on this topic', topic: name })
+    return false
+  }
+
+  private info(user: User): unknown {
+    if (this.settings.profile === undefined) return undefined
+    try {
+      return this.settings.profile(user)
+    } catch (err) {
+      this.onError('profile', err)
+      return undefined
+    }
+  }
+
+  private async ask(where: string, fn: () => MaybePromise<boolean>): Promise<boolean> {
+    try {
+      return (await fn()) === true
+    } catch (err) {
+      this.onError(where, err)
+      return false
+    }
+  }
+
+  /** A store call; on failure the participant (if any) is told the feature is unavailable. */
+  private async tryStore(p: Participant | null, name: string, fn: () => Promise<unknown>): Promise<boolean> {
+    try {
+      await fn()
+      return true
+    } catch (err) {
+      this.onError('collab store', err)
+      p?.send({ op: 'error', code: 'unavailable', message: 'presence is unavailable right now', topic: name })
+      return false
+    }
+  }
+
+  /** Run `fn` from a timer or callback: nothing may escape. */
+  private guard(where: string, fn: () => Promise<void> | void): void {
+    try {
+      Promise.resolve(fn()).catch((err: unknown) => this.onError(where, err))
+    } catch (err) {
+      this.onError(where, err)
+    }
+  }
+}
