@@ -8,6 +8,8 @@
 import { randomBytes } from 'node:crypto'
 import debug from 'debug'
 import type { Bus, BusEvent } from '../types'
+import type { CollabStore } from '../collab/store'
+import { RedisCollabStore } from '../collab/redis-store'
 import { Chain, compareIds, epochStart, validEpoch, validId, type Entry } from './redis-chain'
 import type { RedisBusOptions, RedisClientLike, RedisConnectionLike } from './redis-options'
 import { HISTORY, LATEST, PUBLISH, type Script } from './redis-scripts'
@@ -129,6 +131,21 @@ export class RedisBus implements Bus {
   get connected(): boolean {
     return this.cmd.isReady && this.sub.isReady && !this.stalled
   }
+
+  /** Presence and soft locks in Redis, on this bus's connections (one store per bus). */
+  collabStore(): CollabStore {
+    return (this.collab ??= new RedisCollabStore({
+      prefix: this.keyPrefix,
+      command: async (args) => {
+        await this.started()
+        return this.timed(this.cmd.sendCommand(args))
+      },
+      subscribe: (channel, listener) => this.connecting.then(() => this.sub.subscribe(channel, listener)),
+      unsubscribe: (channel, listener) => this.sub.unsubscribe(channel, listener),
+    }))
+  }
+
+  private collab: RedisCollabStore | undefined
 
   stats(): RedisBusStats {
     return { connected: this.connected, ...this.counts }

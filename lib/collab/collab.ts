@@ -54,6 +54,8 @@ export class Collab {
   private readonly here = new Map<string, Map<string, Participant>>()
   /** What each participant holds: presence tab per topic, and lock keys. */
   private readonly parts = new Map<Participant, { topics: Map<string, string>; locks: Set<string> }>()
+  /** What each tab served here said of itself, by `topic \0 tab` (to present it again if the store lost it). */
+  private readonly said = new Map<string, PresenceMember>()
   /** Presence kept through the grace after a drop, by `topic \0 tab`. */
   private readonly leaving = new Map<string, NodeJS.Timeout>()
   /** Locks this node serves. */
@@ -89,6 +91,7 @@ export class Collab {
     const info = this.info(p.user)
     const member: PresenceMember = info === undefined ? { user, tab, meta } : { user, tab, meta, info }
     this.cancelLeave(topic, tab)
+    this.said.set(`${topic}\u0000${tab}`, member)
     let tabs = this.here.get(topic)
     if (tabs === undefined) this.here.set(topic, (tabs = new Map()))
     tabs.set(tab, p)
@@ -161,6 +164,7 @@ export class Collab {
       clearTimeout(this.leaving.get(id))
       const timer = setTimeout(() => {
         this.leaving.delete(id)
+        this.said.delete(id)
         this.guard('leave after grace', async () => {
           await this.store.absent(topic, tab)
           this.touch(topic)
@@ -282,7 +286,15 @@ export class Collab {
       presence.push([id.slice(0, i), id.slice(i + 1)])
     }
     const locks: Array<[string, string]> = [...this.held].map(([key, h]) => [key, h.tab])
-    if (presence.length > 0 || locks.length > 0) await this.store.renew(presence, locks, this.settings.leaseMs)
+    if (presence.length === 0 && locks.length === 0) return
+    const missing = await this.store.renew(presence, locks, this.settings.leaseMs)
+    // Lapsed while this node still serves the tab (a stalled node, Redis restarted empty): present it again.
+    for (const [topic, tab] of missing) {
+      const member = this.said.get(`${topic}\u0000${tab}`)
+      if (member === undefined) continue
+      await this.store.present(topic, member, this.settings.leaseMs)
+      this.touch(topic)
+    }
   }
 
   private async sweep(): Promise<void> {
@@ -295,7 +307,10 @@ export class Collab {
       tabs.delete(tab)
       if (tabs.size === 0) this.here.delete(topic)
     }
-    if (fromPart) this.parts.get(p)?.topics.delete(topic)
+    if (fromPart) {
+      this.parts.get(p)?.topics.delete(topic)
+      this.said.delete(`${topic}\u0000${tab}`)
+    }
   }
 
   private cancelLeave(topic: string, tab: string): void {

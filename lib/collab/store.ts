@@ -27,8 +27,14 @@ export interface CollabStore {
   /** Release `key` if `tab` holds it. */
   release(key: string, tab: string): Promise<boolean>
   holder(key: string): Promise<LockHolder | null>
-  /** Extend the leases this node still serves: presence `[topic, tab]` pairs and locks `[key, tab]` pairs. */
-  renew(presence: ReadonlyArray<readonly [string, string]>, locks: ReadonlyArray<readonly [string, string]>, leaseMs: number): Promise<void>
+  /**
+   * Extend the leases this node still serves: presence `[topic, tab]` pairs
+   * and locks `[key, tab]` pairs. Resolves to the presence pairs that were
+   * no longer there (lapsed, or Redis lost them): the node presents them again.
+   */
+  renew(
+    presence: ReadonlyArray<readonly [string, string]>, locks: ReadonlyArray<readonly [string, string]>, leaseMs: number,
+  ): Promise<Array<readonly [string, string]>>
   /** Another node changed `name` (a presence topic or a lock key): re-read it. */
   onChange(listener: (kind: 'presence' | 'lock', name: string) => void): void
   /** Entries can lapse without anyone being told (a crashed node's): the core re-reads what it watches this often. */
@@ -91,16 +97,21 @@ export class MemoryCollabStore implements CollabStore {
     return null
   }
 
-  async renew(presence: ReadonlyArray<readonly [string, string]>, locks: ReadonlyArray<readonly [string, string]>, leaseMs: number): Promise<void> {
+  async renew(
+    presence: ReadonlyArray<readonly [string, string]>, locks: ReadonlyArray<readonly [string, string]>, leaseMs: number,
+  ): Promise<Array<readonly [string, string]>> {
     const until = Date.now() + leaseMs
-    for (const [topic, tab] of presence) {
-      const e = this.topics.get(topic)?.get(tab)
+    const missing: Array<readonly [string, string]> = []
+    for (const pair of presence) {
+      const e = this.topics.get(pair[0])?.get(pair[1])
       if (e !== undefined) e.until = until
+      else missing.push(pair)
     }
     for (const [key, tab] of locks) {
       const cur = this.locks.get(key)
       if (cur !== undefined && cur.holder.tab === tab) cur.until = until
     }
+    return missing
   }
 
   onChange(): void {
