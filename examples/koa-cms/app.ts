@@ -6,10 +6,11 @@ import Koa from 'koa'
 import Router from '@koa/router'
 import { bodyParser } from '@koa/bodyparser'
 import { realtime, type KoaRealtimeOptions } from 'cms-realtime/koa'
-import { defaultAuthorize, userId } from 'cms-realtime'
+import { defaultAuthorize, staleEdit, userId } from 'cms-realtime'
 import { servePage, USER_COOKIE, USER_ID } from './page'
 
-interface Item { id: number; title: string }
+/** `revision` and `updatedBy` drive the stale-edit warning. */
+interface Item { id: number; title: string; body: string; revision: number; updatedBy: string }
 interface Comment { id: number; text: string; by: string }
 /** `removed`: users taken off the project; everyone else is a member (everyone is, at start). */
 interface Project { id: number; name: string; items: Item[]; comments: Comment[]; removed: Set<string> }
@@ -42,9 +43,10 @@ export function createApp(options: KoaRealtimeOptions = {}) {
 
   const rt = realtime({
     authenticate: (ctx) => ctx.state.user,
-    // Project topics follow membership; `notifications:<id>` only its user.
+    // Project topics follow membership, and so do their items' presence and
+    // locks (`project:1/item:7`); `notifications:<id>` only its user.
     authorize: (user, topic) => {
-      const m = /^project:(\d+)$/.exec(topic)
+      const m = /^project:(\d+)(?:\/item:\d+)?$/.exec(topic)
       return m === null ? defaultAuthorize(user, topic) : isMember(projects.get(Number(m[1])), user)
     },
     ...options,
@@ -100,11 +102,32 @@ export function createApp(options: KoaRealtimeOptions = {}) {
   })
   router.post('/projects/:id/items', async (ctx) => {
     const p = find(ctx.params.id!)
-    const item = { id: nextId++, title: text(ctx.request.body, 'title') }
+    const item: Item = { id: nextId++, title: text(ctx.request.body, 'title'), body: '', revision: 1, updatedBy: who(ctx) }
     p.items.push(item)
     await rt.publish(`project:${p.id}`, 'item-added', { projectId: p.id, item })
     await rt.publish('projects', 'project-updated', summary(p))
     ctx.status = 201
+    ctx.body = item
+  })
+  // Save an item. The editor sends the revision it opened: if someone saved
+  // since, 409 says who (the stale-edit warning, even when its socket was down).
+  router.put('/projects/:id/items/:itemId', async (ctx) => {
+    const p = find(ctx.params.id!)
+    if (!isMember(p, ctx.state.user)) ctx.throw(403, `you are not a member of project ${p.id}`)
+    const item = p.items.find((i) => i.id === Number(ctx.params.itemId))
+    if (item === undefined) return ctx.throw(404, 'no such item')
+    const body = ctx.request.body as { revision?: unknown; body?: unknown } | undefined
+    const stale = staleEdit(item, body?.revision)
+    if (stale !== null) {
+      ctx.status = stale.status
+      ctx.body = stale.body
+      return
+    }
+    item.title = text(body, 'title')
+    item.body = typeof body?.body === 'string' ? body.body.slice(0, 2000) : item.body
+    item.revision++
+    item.updatedBy = who(ctx)
+    await rt.publish(`project:${p.id}`, 'item-updated', { projectId: p.id, item, revision: item.revision, updatedBy: item.updatedBy })
     ctx.body = item
   })
   router.post('/projects/:id/comments', async (ctx) => {
@@ -127,6 +150,10 @@ export function createApp(options: KoaRealtimeOptions = {}) {
   app.use(router.routes()).use(router.allowedMethods())
   app.use(servePage)
   return { app, rt }
+}
+
+function who(ctx: Koa.Context): string {
+  return String((ctx.state.user as { id?: string } | null)?.id ?? 'anonymous')
 }
 
 /** The demo cookie's value after logout (never a valid user id). */

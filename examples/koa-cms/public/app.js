@@ -1,7 +1,7 @@
 // The demo page: plain DOM and the public browser client, served by the
 // middleware itself. State lives in Maps keyed by id, so a write seen both in
 // a fetch and in an event is shown once, whichever arrives first.
-import { createClient } from '/realtime/client.js'
+import { createClient, watchRevision } from '/realtime/client.js'
 
 const $ = (id) => document.getElementById(id)
 const params = new URLSearchParams(location.search)
@@ -95,16 +95,17 @@ rt.subscribe(`notifications:${user}`, (e) => {
 function watchProject() {
   return rt.subscribe(`project:${projectId}`, (e) => {
     if (e.data.projectId !== projectId) return
-    if (e.type === 'item-added') project.items.set(e.data.item.id, e.data.item)
+    if (e.type === 'item-added' || e.type === 'item-updated') project.items.set(e.data.item.id, e.data.item)
     else if (e.type === 'comment-added') project.comments.set(e.data.comment.id, e.data.comment)
     else return
-    renderProject(e.type === 'item-added' ? e.data.item.id : e.data.comment.id)
+    renderProject(e.type === 'comment-added' ? e.data.comment.id : e.data.item.id)
   })
 }
 let unwatch = watchProject()
 
 function selectProject(id) {
   if (id === projectId && !lostAccess) return
+  closeEditor()
   unwatch()
   lostAccess = false
   projectId = id
@@ -173,6 +174,15 @@ function renderProject(flashId) {
     ? [el('li', { className: 'empty', textContent: empty })]
     : [...map.values()].sort((a, b) => a.id - b.id).map((x) => el('li', { className: x.id === flashId ? 'flash' : '' }, ...render(x)))
   $('items').replaceChildren(...rows(project.items, (i) => [i.title], 'No items yet.'))
+  // Each item opens the editor (presence, lock, stale warning).
+  const items = [...project.items.values()].sort((a, b) => a.id - b.id)
+  items.forEach((item, n) => {
+    const li = $('items').children[n]
+    li.classList.add('item')
+    li.dataset.item = String(item.id)
+    li.title = 'Open the editor'
+    li.addEventListener('click', () => openEditor(item.id))
+  })
   $('comments').replaceChildren(...rows(project.comments, (c) => [el('span', { className: 'by', textContent: c.by }), ' ', c.text], 'No comments yet.'))
 }
 
@@ -190,6 +200,137 @@ function showError(text) {
   $('error').hidden = text === ''
   $('error').textContent = text
 }
+
+// ---- the item editor: who is viewing, the soft lock, the stale-edit warning ----
+// Presence and the lock live on the item's own topic (`project:1/item:7`),
+// which the server authorises like its project. Each tab is its own member:
+// a second tab of yours shows as "you", never as someone else.
+
+let editing = null // { id, topic, presence, lock, watch, revision, note }
+
+function openEditor(id) {
+  closeEditor()
+  const item = project.items.get(id)
+  if (item === undefined) return
+  const topic = `project:${projectId}/item:${id}`
+  const e = { id, topic, presence: rt.presence(topic, { editing: false }), lock: null, revision: item.revision, note: '' }
+  e.presence.on('change', () => editing === e && renderEditor())
+  // "Changed by ben since you opened it": events carry the item's revision.
+  e.watch = watchRevision(rt, `project:${projectId}`, { revision: item.revision, self: user, match: (d) => d.item?.id === id }, (c) => {
+    if (editing === e) showStale(c.by)
+  })
+  editing = e
+  fillEditor(item)
+  $('stale-banner').hidden = true
+  $('editor').hidden = false
+  renderEditor()
+  void takeLock(false)
+}
+
+function closeEditor() {
+  const e = editing
+  if (e === null) return
+  editing = null
+  e.lock?.release()
+  e.presence.leave()
+  e.watch.stop()
+  $('editor').hidden = true
+}
+
+async function takeLock(takeover) {
+  const e = editing
+  let got = null
+  try {
+    got = await rt.lock(e.topic, { takeover })
+  } catch {
+    // not live (fallback, offline): the fields stay read-only; the save path still checks the revision
+  }
+  if (editing !== e) return got?.held && got.release()
+  e.lock = got?.held ? got : null
+  if (e.lock !== null) {
+    e.note = ''
+    e.presence.update({ editing: true })
+    e.lock.on('lost', ({ by }) => {
+      e.lock = null
+      e.presence.update({ editing: false })
+      e.note = `${by === null ? 'The server' : by.user === user ? 'You, in another tab,' : by.user} took over editing: your changes are not saved.`
+      renderEditor()
+    })
+  }
+  renderEditor()
+}
+
+function renderEditor() {
+  const e = editing
+  if (e === null) return
+  const p = e.presence
+  // One avatar per user; your own other tabs are marked as you.
+  const byUser = new Map()
+  for (const m of p.members) {
+    if (m.tab === p.tab) continue
+    const v = byUser.get(m.user) ?? { tabs: 0, editing: false }
+    v.tabs++
+    v.editing ||= p.lock?.tab === m.tab
+    byUser.set(m.user, v)
+  }
+  $('viewers').replaceChildren(...[...byUser].map(([u, v]) => {
+    const li = el('li', { textContent: u.slice(0, 2), title: `${u === user ? 'You, in another tab' : u}${v.tabs > 1 ? ` (${v.tabs} tabs)` : ''}${v.editing ? ': editing' : ''}` })
+    if (u === user) li.classList.add('you')
+    if (v.editing) li.classList.add('editing')
+    li.dataset.user = u
+    return li
+  }))
+  const mine = e.lock !== null
+  $('edit-fields').disabled = !mine
+  const holder = p.lock
+  const banner = $('lock-banner')
+  banner.hidden = mine
+  if (!mine) {
+    const who = holder === null ? null : holder.tab === p.tab ? null : holder.user === user ? 'You, in another tab,' : holder.user
+    $('lock-text').textContent = e.note || (who === null ? 'Nobody is editing this item.' : `${who} ${who.startsWith('You') ? 'are' : 'is'} editing: read-only here.`)
+    $('take-over').textContent = holder === null || holder.tab === p.tab ? 'Edit' : 'Take over'
+  }
+}
+
+function fillEditor(item) {
+  const f = $('edit-form').elements
+  f.title.value = item.title
+  f.body.value = item.body ?? ''
+}
+
+function showStale(by) {
+  $('stale-text').textContent = `Changed by ${by === user ? 'you, in another tab' : by ?? 'someone else'} since you opened it.`
+  $('stale-banner').hidden = false
+}
+
+$('editor-close').addEventListener('click', () => closeEditor())
+$('take-over').addEventListener('click', () => void takeLock(editing?.presence.lock !== null && editing?.presence.lock.tab !== editing?.presence.tab))
+$('stale-reload').addEventListener('click', () => {
+  const e = editing
+  const item = e && project.items.get(e.id)
+  if (!item) return
+  e.revision = item.revision
+  e.watch.saved(item.revision)
+  fillEditor(item)
+  $('stale-banner').hidden = true
+})
+$('edit-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault()
+  const e = editing
+  const data = Object.fromEntries(new FormData($('edit-form')))
+  const res = await fetch(`/api/projects/${projectId}/items/${e.id}`, {
+    method: 'PUT',
+    headers: { 'x-demo-user': user, 'content-type': 'application/json' },
+    body: JSON.stringify({ ...data, revision: e.revision }),
+  })
+  const body = await res.json()
+  if (res.status === 409) return showStale(body.updatedBy) // the save path's own check
+  if (!res.ok) return showError(body.error ?? res.statusText)
+  e.revision = body.revision
+  e.watch.saved(body.revision)
+  project.items.set(body.id, body)
+  renderProject(body.id)
+})
 
 // ---- forms -------------------------------------------------------------------
 

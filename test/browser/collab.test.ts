@@ -1,0 +1,155 @@
+/**
+ * Presence, soft locks and the stale-edit warning in the demo's item editor,
+ * in real Chromium (issue #10): two editors in two browser contexts and a
+ * second tab of one of them. Short timings, so the graces are measurable.
+ */
+import { execFileSync } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import type { IncomingMessage } from 'node:http'
+import type { Duplex } from 'node:stream'
+import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core'
+import { createApp } from '../../examples/koa-cms/app'
+import { Cleanup, listen } from '../helpers/net'
+
+const CHROMIUM = '/usr/bin/chromium'
+const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+  '--disable-sync', '--no-first-run', '--disable-quic']
+const available = existsSync(CHROMIUM)
+if (!available && process.env.CI !== 'true') console.log(`skipping the collaboration tests in Chromium: ${CHROMIUM} is missing`)
+const describeBrowser = available || process.env.CI === 'true' ? describe : describe.skip
+
+const GRACE = { leaveGraceMs: 1500, lockGraceMs: 2000, leaseMs: 30_000 }
+
+describeBrowser('collaboration in the demo, in Chromium', () => {
+  let browser: Browser
+  const cleanup = new Cleanup()
+  /** Upgraded sockets by user (from the demo cookie), to cut one without a close. */
+  const sockets = new Map<string, Set<Duplex>>()
+  let base = ''
+  let itemId = 0
+
+  beforeAll(async () => {
+    execFileSync(process.execPath, ['scripts/build-client.mjs'], { stdio: 'ignore' })
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS })
+  }, 30_000)
+  afterAll(async () => { await browser?.close() })
+  afterEach(() => cleanup.run())
+
+  beforeEach(async () => {
+    const { app, rt } = createApp({ collab: GRACE })
+    const srv = await listen(app.callback())
+    rt.attach(srv.server)
+    srv.server.on('upgrade', (req: IncomingMessage, socket: Duplex) => {
+      const user = /demo-user=([^;]+)/.exec(req.headers.cookie ?? '')?.[1] ?? 'anna'
+      if (!sockets.has(user)) sockets.set(user, new Set())
+      sockets.get(user)!.add(socket)
+    })
+    cleanup.add(() => srv.close())
+    cleanup.add(() => rt.close(200))
+    base = srv.base
+    const r = await fetch(`${base}/api/projects/1/items`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-demo-user': 'anna' }, body: JSON.stringify({ title: 'Hero banner' }) })
+    itemId = ((await r.json()) as { id: number }).id
+  })
+
+  async function context(): Promise<BrowserContext> {
+    const c = await browser.newContext({ viewport: { width: 1180, height: 700 } })
+    cleanup.add(() => c.close())
+    return c
+  }
+
+  async function editorOf(ctx: BrowserContext, user: string): Promise<Page> {
+    const page = await ctx.newPage()
+    await page.goto(`${base}/?user=${user}&project=1`)
+    await page.waitForFunction(() => document.getElementById('badge')?.dataset.state === 'live', undefined, { timeout: 10_000 })
+    await page.click(`#items li[data-item="${itemId}"]`)
+    await page.waitForSelector('#editor:not([hidden])')
+    return page
+  }
+
+  const editable = (page: Page) => page.evaluate(() => !(document.getElementById('edit-fields') as HTMLFieldSetElement).disabled)
+  const viewers = (page: Page) => page.$$eval('#viewers li', (lis) => lis.map((li) => `${li.dataset.user}${li.classList.contains('you') ? '(you)' : ''}${li.classList.contains('editing') ? '(editing)' : ''}`).sort())
+  const lockText = (page: Page) => page.textContent('#lock-text')
+  async function until(page: Page, fn: () => Promise<boolean>, what: string, ms = 5000): Promise<number> {
+    const t0 = Date.now()
+    while (!(await fn())) {
+      if (Date.now() - t0 > ms) throw new Error(`timed out: ${what}`)
+      await page.waitForTimeout(20)
+    }
+    return Date.now() - t0
+  }
+
+  test('viewers, the lock refused to the second editor with the holder, takeover seen at once, a second tab shown as you', async () => {
+    const anna = await editorOf(await context(), 'anna')
+    await until(anna, () => editable(anna), 'anna holds the lock')
+    const benCtx = await context()
+    const ben = await editorOf(benCtx, 'ben')
+    await until(ben, async () => (await viewers(ben)).join() === 'anna(editing)', 'ben sees anna editing')
+    expect(await editable(ben)).toBe(false)
+    expect(await lockText(ben)).toBe('anna is editing: read-only here.')
+    await until(anna, async () => (await viewers(anna)).join() === 'ben', 'anna sees ben viewing')
+    // Ben takes over: anna's page turns read-only at once, and says who.
+    await ben.click('#take-over')
+    await until(ben, () => editable(ben), 'ben holds the lock')
+    const seen = await until(anna, async () => !(await editable(anna)), 'anna read-only', 2000)
+    console.log(`takeover → the previous holder's page read-only in ${seen} ms`)
+    expect(await lockText(anna)).toBe('ben took over editing: your changes are not saved.')
+    // A second tab of anna's: her first tab shows as "you", not as someone else.
+    const anna2 = await anna.context().newPage()
+    await anna2.goto(`${base}/?user=anna&project=1`)
+    await anna2.click(`#items li[data-item="${itemId}"]`)
+    await until(anna2, async () => (await viewers(anna2)).join() === 'anna(you),ben(editing)', 'the second tab sees itself as you')
+    await until(ben, async () => (await viewers(ben)).join() === 'anna', 'ben sees anna once, whatever her tabs')
+  })
+
+  test('closing the holder\'s page frees the lock and its presence at once; a killed connection only after the grace', async () => {
+    const anna = await editorOf(await context(), 'anna')
+    await until(anna, () => editable(anna), 'anna holds the lock')
+    const benCtx = await context()
+    const ben = await editorOf(benCtx, 'ben')
+    await until(ben, async () => (await viewers(ben)).join() === 'anna(editing)', 'ben sees anna editing')
+    // Closing the page: pagehide sends leave and unlock.
+    const t0 = Date.now()
+    await anna.close()
+    await until(ben, async () => (await viewers(ben)).length === 0 && (await lockText(ben)) === 'Nobody is editing this item.', 'anna gone', 3000)
+    const closed = Date.now() - t0
+    console.log(`holder's page closed → lock and presence gone in ${closed} ms (grace ${GRACE.leaveGraceMs} ms)`)
+    expect(closed).toBeLessThan(GRACE.leaveGraceMs)
+    // Ben edits; then his connection dies without a close, and his page cannot come back.
+    await ben.click('#take-over')
+    await until(ben, () => editable(ben), 'ben holds the lock')
+    const carl = await editorOf(await context(), 'carl')
+    await until(carl, async () => (await viewers(carl)).join() === 'ben(editing)', 'carl sees ben editing')
+    await ben.route('**/realtime/**', (route) => route.abort())
+    const t1 = Date.now()
+    for (const s of sockets.get('ben') ?? []) s.destroy()
+    await until(carl, async () => (await lockText(carl)) === 'Nobody is editing this item.', 'ben\'s lock freed', GRACE.lockGraceMs + 3000)
+    const killed = Date.now() - t1
+    console.log(`holder's connection killed → lock freed in ${killed} ms (lock grace ${GRACE.lockGraceMs} ms)`)
+    expect(killed).toBeGreaterThanOrEqual(GRACE.lockGraceMs - 100)
+  })
+
+  test('the stale-edit warning: a change through the API while anna edits is named at once, and her old save gets 409', async () => {
+    const anna = await editorOf(await context(), 'anna')
+    await until(anna, () => editable(anna), 'anna holds the lock')
+    // Ben saves through the API (no lock: the API is not the editor).
+    const r = await fetch(`${base}/api/projects/1/items/${itemId}`, {
+      method: 'PUT', headers: { 'content-type': 'application/json', 'x-demo-user': 'ben' }, body: JSON.stringify({ title: 'Hero banner v2', revision: 1 }),
+    })
+    expect(r.status).toBe(200)
+    await anna.waitForSelector('#stale-banner:not([hidden])', { timeout: 3000 })
+    expect(await anna.textContent('#stale-text')).toBe('Changed by ben since you opened it.')
+    // Her save with the revision she opened is refused by the server too.
+    await anna.click('#stale-reload')
+    expect(await anna.inputValue('#edit-form input[name=title]')).toBe('Hero banner v2')
+    await anna.fill('#edit-form input[name=title]', 'Hero banner v3')
+    await anna.click('#edit-fields button')
+    await anna.waitForFunction(() => document.querySelector(`#items li.flash`)?.textContent === 'Hero banner v3', undefined, { timeout: 3000 })
+    expect(await anna.isHidden('#stale-banner')).toBe(true)
+    // A save from an old revision (what a tab with the socket down would send) gets 409 naming anna.
+    const stale = await fetch(`${base}/api/projects/1/items/${itemId}`, {
+      method: 'PUT', headers: { 'content-type': 'application/json', 'x-demo-user': 'ben' }, body: JSON.stringify({ title: 'late', revision: 2 }),
+    })
+    expect(stale.status).toBe(409)
+    expect(await stale.json()).toMatchObject({ error: 'stale', updatedBy: 'anna', revision: 3 })
+  })
+})
