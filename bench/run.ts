@@ -5,11 +5,12 @@
  * the min–max spread and cms-realtime's ratio to each baseline.
  *
  * Flags: --smoke (a few hundred clients, seconds), --runs N, --clients N,
- * --connections N, --systems a,b, --cases fanout,connections,long-burst,sse,cross-node
+ * --connections N, --systems a,b, --cases fanout,connections,long-burst,sse,cross-node,presence
  * (default all; cross-node needs Redis at 127.0.0.1:6379 or BENCH_REDIS_URL), --out FILE, --cpu-prof (profiles each server into
  * bench/results/prof), --heap-snapshot (each server after its connections
  * case, into bench/results/heap).
  */
+import { spawnSync } from 'node:child_process'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg, totalmem, release } from 'node:os'
 import { join } from 'node:path'
@@ -35,7 +36,7 @@ const smoke = has('smoke')
 const resultsDir = join(__dirname, 'results')
 const systems = (flag('systems')?.split(',') ?? [...SYSTEMS]) as System[]
 for (const s of systems) if (!SYSTEMS.includes(s)) throw new Error(`unknown system ${s}; known: ${SYSTEMS.join(', ')}`)
-const CASES = ['fanout', 'connections', 'long-burst', 'sse', 'cross-node'] as const
+const CASES = ['fanout', 'connections', 'long-burst', 'sse', 'cross-node', 'presence'] as const
 const cases = flag('cases')?.split(',') ?? [...CASES]
 for (const c of cases) if (!(CASES as readonly string[]).includes(c)) throw new Error(`unknown case ${c}; known: ${CASES.join(', ')}`)
 
@@ -98,10 +99,19 @@ async function main(): Promise<void> {
       }
     }
   }
+  let presence: string[] = []
+  if (cases.includes('presence')) {
+    // Its own process: it measures heap after GC (--expose-gc).
+    process.stdout.write('cms-realtime: presence and locks\n')
+    const r = spawnSync(process.execPath, ['--expose-gc', '--import', 'tsx', join(__dirname, 'presence.ts'), String(smoke ? 300 : 2000)], { encoding: 'utf8' })
+    if (r.status !== 0) throw new Error(`presence case failed: ${r.stderr}`)
+    presence = r.stdout.trim().split('\n')
+  }
   const summary = summarise(fan, conns, systems)
   if (Object.keys(fan).length > 0 || Object.keys(conns).length > 0) printTable(summary, systems, long)
   if (sse.length > 0) console.log('\n' + sseLine(sse, fan['cms-realtime'] ?? [], cfg.clients))
   if (Object.keys(cross).length > 0) console.log('\n' + crossNodeLines(cross, crossCfg).join('\n'))
+  if (presence.length > 0) console.log('\n' + presence.join('\n'))
   const machine = {
     cpus: cpus().length,
     cpu: cpus()[0]?.model ?? 'unknown',
@@ -112,7 +122,7 @@ async function main(): Promise<void> {
   }
   const out = flag('out') ?? join(resultsDir, `bench-${new Date().toISOString().replace(/[:.]/g, '-')}.json`)
   mkdirSync(join(out, '..'), { recursive: true })
-  const json = { date: new Date().toISOString(), seconds: (Date.now() - t0) / 1000, machine, config: cfg, summary, longBurst: long, runs: { fanout: fan, connections: conns, sse, crossNode: cross } }
+  const json = { date: new Date().toISOString(), seconds: (Date.now() - t0) / 1000, machine, config: cfg, summary, longBurst: long, runs: { fanout: fan, connections: conns, sse, crossNode: cross }, presence }
   writeFileSync(out, JSON.stringify(json, null, 2))
   console.log(`\n${json.seconds.toFixed(0)} s on ${machine.cpus} × ${machine.cpu}, Node ${machine.node}; JSON: ${out}`)
 }
