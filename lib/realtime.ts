@@ -123,6 +123,7 @@ export class Realtime<Ctx = IncomingMessage> {
       this.opts.collab,
       (user, topic) => this.sessions.allowed(user, topic),
       (where, err) => this.error(where, err),
+      this.opts.maxTopicsPerConnection,
     )
     this.wss = new WebSocketServer({
       noServer: true,

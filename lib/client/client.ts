@@ -21,8 +21,13 @@ export interface Presence {
   readonly lock: LockHolder | null
   /** This tab's user id, as the server knows it (once joined). */
   readonly you: string | undefined
-  /** This tab's id: `member.tab === presence.tab` is this tab; same `user`, other tab: "you, in another tab". */
-  readonly tab: string
+  /**
+   * This tab as others see it (once joined): `member.tab === presence.tab` is
+   * this tab; same `user` as `you`, other tab: "you, in another tab". The
+   * server derives it from the user and the client's own tab id, which it
+   * never shows, so no one can pose as this tab.
+   */
+  readonly tab: string | undefined
   /** Members and lock changed (also once after joining). Returns the function that stops listening. */
   on(name: 'change', listener: (p: Presence) => void): () => void
   /** Change what others see of this tab (what it views, which field it edits). */
@@ -151,7 +156,7 @@ export interface ClientOptions {
 
 export interface RealtimeClient {
   readonly state: ClientState
-  /** This tab's id (kept in sessionStorage, so a reload is the same tab and takes its locks back). */
+  /** This tab's own id (kept in sessionStorage, so a reload is the same tab and takes its locks back); others see a hash of it. */
   readonly tab: string
   /**
    * Be present on `topic` with `meta` (small JSON: what this tab views or
@@ -280,11 +285,11 @@ class Client implements RealtimeClient {
       existing.handle.update(meta)
       return existing.handle
     }
-    const state: PresenceState = { meta, members: [], lock: null, you: undefined, listeners: new Set(), handle: undefined as never }
+    const state: PresenceState = { meta, members: [], lock: null, you: undefined, tab: undefined, listeners: new Set(), handle: undefined as never }
     const client = this
     state.handle = {
       topic,
-      tab: this.tab,
+      get tab() { return state.tab },
       get members() { return state.members },
       get lock() { return state.lock },
       get you() { return state.you },
@@ -685,7 +690,10 @@ class Client implements RealtimeClient {
       }
       case 'present': {
         const p = this.presences.get(f.topic)
-        if (p !== undefined) p.you = f.user
+        if (p !== undefined) {
+          p.you = f.user
+          p.tab = f.tab
+        }
         return
       }
       case 'presence': {
@@ -768,6 +776,7 @@ interface PresenceState {
   members: PresenceMember[]
   lock: LockHolder | null
   you: string | undefined
+  tab: string | undefined
   listeners: Set<(p: Presence) => void>
   handle: Presence
 }

@@ -16,6 +16,7 @@
  *   on every change (`presence` frames, coalesced); a lock holder that is
  *   taken over is told at once, on whichever node it is (`lock-lost`).
  */
+import { createHash } from 'node:crypto'
 import debug from 'debug'
 import type { LockHolder, PresenceMember, ServerFrame } from '../client/wire'
 import { encode } from '../protocol'
@@ -49,6 +50,17 @@ interface Held {
   timer?: NodeJS.Timeout
 }
 
+/**
+ * The id others see for a tab: a hash of the user and the tab's own id. The
+ * client's own id never leaves the server, so nobody can pose as another's
+ * tab (take its lock back as "the same tab", or overwrite its presence)
+ * from what presence frames show; and the same tab of the same user maps to
+ * the same id on every node.
+ */
+export function publicTab(user: string, ownTab: string): string {
+  return createHash('sha256').update(`${user}\n${ownTab}`).digest('base64url').slice(0, 16)
+}
+
 export class Collab {
   /** Tabs present here, by topic: the ones that receive its `presence` frames. */
   private readonly here = new Map<string, Map<string, Participant>>()
@@ -74,6 +86,7 @@ export class Collab {
     private readonly settings: CollabSettings,
     private readonly allowed: (user: User, topic: string) => Promise<boolean>,
     private readonly onError: (where: string, err: unknown) => void,
+    private readonly maxPerConnection = 100,
   ) {
     store.onChange((_kind, name) => this.touch(name))
     const every = Math.max(50, Math.floor(settings.leaseMs / 3))
@@ -85,9 +98,11 @@ export class Collab {
 
   // ---- what clients ask ----
 
-  async presence(p: Participant, topic: string, tab: string, meta: unknown): Promise<void> {
+  async presence(p: Participant, topic: string, ownTab: string, meta: unknown): Promise<void> {
+    if (!this.room(p, topic, 'topics')) return
     if (!(await this.permitted(p, topic, topic))) return
     const user = userId(p.user) ?? ''
+    const tab = publicTab(user, ownTab)
     const info = this.info(p.user)
     const member: PresenceMember = info === undefined ? { user, tab, meta } : { user, tab, meta, info }
     this.cancelLeave(topic, tab)
@@ -112,8 +127,10 @@ export class Collab {
     this.touch(topic)
   }
 
-  async lock(p: Participant, key: string, tab: string, takeover: boolean): Promise<void> {
+  async lock(p: Participant, key: string, ownTab: string, takeover: boolean): Promise<void> {
+    if (!this.room(p, key, 'locks')) return
     if (!(await this.permitted(p, key, key))) return
+    const tab = publicTab(userId(p.user) ?? '', ownTab)
     const s = this.settings
     if (s.canLock !== undefined && (await this.ask('canLock', () => s.canLock!(p.user, key))) !== true) {
       return p.send({ op: 'error', code: 'forbidden', message: 'not allowed to lock this key', topic: key })
@@ -326,6 +343,15 @@ export class Collab {
     let part = this.parts.get(p)
     if (part === undefined) this.parts.set(p, (part = { topics: new Map(), locks: new Set() }))
     return part
+  }
+
+  /** At most `maxTopicsPerConnection` presence topics, and as many locks, per connection. */
+  private room(p: Participant, name: string, what: 'topics' | 'locks'): boolean {
+    const part = this.parts.get(p)
+    const held = what === 'topics' ? part?.topics : part?.locks
+    if (held === undefined || held.has(name) || held.size < this.maxPerConnection) return true
+    p.send({ op: 'error', code: 'bad_request', message: `a connection may hold at most ${this.maxPerConnection} presence ${what === 'topics' ? 'topics' : 'locks'}`, topic: name })
+    return false
   }
 
   private async permitted(p: Participant, topic: string, name: string): Promise<boolean> {

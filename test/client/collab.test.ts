@@ -7,6 +7,7 @@
 import type { IncomingMessage } from 'node:http'
 import WebSocket from 'ws'
 import type { Presence, RealtimeClient } from '../../lib/client'
+import { publicTab } from '../../lib/collab/collab'
 import { Cleanup } from '../helpers/net'
 import { client, startApp, waitFor, type App } from './helpers'
 
@@ -48,8 +49,8 @@ test('presence: each sees the others with their meta, tells its own tab apart, a
   const pb = ben.presence('item:1', { field: null })
   await waitFor(() => pa.members.length === 2 && pb.members.length === 2, 'both present')
   expect(pa.you).toBe('anna')
-  expect(pa.tab).toBe(anna.tab)
-  expect(pa.members.find((m) => m.tab === anna.tab)).toMatchObject({ user: 'anna', meta: { field: 'title' } })
+  expect(pa.tab).toBe(publicTab('anna', anna.tab)) // as others see this tab; the client's own id stays private
+  expect(pa.members.find((m) => m.tab === pa.tab)).toMatchObject({ user: 'anna', meta: { field: 'title' } })
   let changes = 0
   pb.on('change', () => changes++)
   pa.update({ field: 'body' })
@@ -72,11 +73,11 @@ test('lock: refused with the holder; takeover, and the old holder gets `lost` wi
   const lost: unknown[] = []
   held.on('lost', (e) => lost.push(e))
   const refused = await ben.lock('item:2')
-  expect(refused).toMatchObject({ held: false, holder: { user: 'anna', tab: anna.tab } })
+  expect(refused).toMatchObject({ held: false, holder: { user: 'anna', tab: publicTab('anna', anna.tab) } })
   const took = await ben.lock('item:2', { takeover: true })
   expect(took.held).toBe(true)
   await waitFor(() => lost.length === 1, 'the lost event')
-  expect(lost[0]).toMatchObject({ key: 'item:2', by: { user: 'ben', tab: ben.tab } })
+  expect(lost[0]).toMatchObject({ key: 'item:2', by: { user: 'ben', tab: publicTab('ben', ben.tab) } })
   if (took.held) took.release()
   let holder: unknown = 'not yet'
   for (let i = 0; i < 100 && holder !== null; i++) {
@@ -102,7 +103,7 @@ test('a reconnect takes presence and the lock back: nobody sees them go, no `los
   await waitFor(() => anna.state === 'live', 'anna back', 5000)
   await new Promise((r) => setTimeout(r, 1000)) // past both graces
   expect(lost).toBe(0)
-  expect(await a.rt.locks.holder('item:3')).toMatchObject({ user: 'anna', tab: anna.tab })
+  expect(await a.rt.locks.holder('item:3')).toMatchObject({ user: 'anna', tab: publicTab('anna', anna.tab) })
   expect((await a.rt.presence('item:3')).map((m) => m.user).sort()).toEqual(['anna', 'ben'])
 })
 

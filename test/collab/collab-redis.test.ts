@@ -12,6 +12,7 @@ import { join } from 'node:path'
 import { createRealtime, type Realtime } from 'cms-realtime'
 import { RedisBus } from 'cms-realtime/redis'
 import { connect, listen, type Frame, type TestClient } from '../helpers/net'
+import { publicTab } from '../../lib/collab/collab'
 import { connectRedis, deleteKeys, redisReachable, uniquePrefix, until, type TestRedis } from '../bus/redis-helpers'
 
 const d = redisReachable('presence and locks across nodes') ? describe : describe.skip
@@ -73,7 +74,7 @@ d('presence and locks across nodes', () => {
     const ben = await client(b.port, 'ben')
     ben.send({ op: 'presence', topic: 'item:1', tab: 'ben-tab-1', meta: null })
     const seenByBen = await presence(ben, (p) => p.members.length === 2 && p.lock !== null)
-    expect(seenByBen.lock).toMatchObject({ user: 'anna', tab: 'anna-tab-1' })
+    expect(seenByBen.lock).toMatchObject({ user: 'anna', tab: publicTab('anna', 'anna-tab-1') })
     await presence(anna, (p) => p.members.length === 2)
     expect((await a.rt.presence('item:1')).map((m) => m.tab)).toEqual((await b.rt.presence('item:1')).map((m) => m.tab))
     ben.send({ op: 'lock', key: 'item:1', tab: 'ben-tab-1' })
@@ -81,7 +82,7 @@ d('presence and locks across nodes', () => {
     const t0 = Date.now()
     ben.send({ op: 'lock', key: 'item:1', tab: 'ben-tab-1', takeover: true })
     expect(await ben.op('lock')).toMatchObject({ result: 'held' })
-    expect(await anna.op('lock-lost')).toMatchObject({ key: 'item:1', by: { user: 'ben', tab: 'ben-tab-1' } })
+    expect(await anna.op('lock-lost')).toMatchObject({ key: 'item:1', by: { user: 'ben', tab: publicTab('ben', 'ben-tab-1') } })
     const took = Date.now() - t0
     console.log(`takeover on node B → lock-lost at node A's holder: ${took} ms`)
     expect(took).toBeLessThan(500)

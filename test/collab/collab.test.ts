@@ -8,6 +8,10 @@ import type { IncomingMessage } from 'node:http'
 import { fixture, type Fixture } from '../helpers/fixture'
 import type { TestClient } from '../helpers/net'
 import type { RealtimeOptions } from '../../lib/types'
+import { publicTab } from '../../lib/collab/collab'
+
+/** What others see of `user`'s tab `tab`. */
+const pub = (user: string, tab: string) => publicTab(user, tab)
 
 let f: Fixture
 afterEach(async () => { await f?.close() })
@@ -46,15 +50,15 @@ describe('presence', () => {
   test('tabs are members: a second tab of a user is one more entry of the same user, not someone else', async () => {
     f = await cms()
     const anna = await f.connect(as('anna'))
-    expect(await join(anna, 'item:7', 'anna-tab-1', { field: 'title' })).toEqual({ op: 'present', topic: 'item:7', user: 'anna', tab: 'anna-tab-1' })
-    expect(tabs(await presence(anna, 'item:7'))).toEqual(['anna/anna-tab-1'])
+    expect(await join(anna, 'item:7', 'anna-tab-1', { field: 'title' })).toEqual({ op: 'present', topic: 'item:7', user: 'anna', tab: pub('anna', 'anna-tab-1') })
+    expect(tabs(await presence(anna, 'item:7'))).toEqual([`anna/${pub('anna', 'anna-tab-1')}`].sort())
     const ben = await f.connect(as('ben'))
     await join(ben, 'item:7', 'ben-tab-1')
     const anna2 = await f.connect(as('anna'))
     await join(anna2, 'item:7', 'anna-tab-2')
     const seen = await presence(ben, 'item:7', (p) => p.members.length === 3)
-    expect(tabs(seen)).toEqual(['anna/anna-tab-1', 'anna/anna-tab-2', 'ben/ben-tab-1'])
-    expect(seen.members.find((m) => m.tab === 'anna-tab-1')).toEqual({ user: 'anna', tab: 'anna-tab-1', meta: { field: 'title' }, info: { name: 'ANNA' } })
+    expect(tabs(seen)).toEqual([`anna/${pub('anna', 'anna-tab-1')}`, `anna/${pub('anna', 'anna-tab-2')}`, `ben/${pub('ben', 'ben-tab-1')}`].sort())
+    expect(seen.members.find((m) => m.tab === pub('anna', 'anna-tab-1'))).toEqual({ user: 'anna', tab: pub('anna', 'anna-tab-1'), meta: { field: 'title' }, info: { name: 'ANNA' } })
     expect(await f.rt.presence('item:7')).toHaveLength(3)
   })
 
@@ -77,7 +81,7 @@ describe('presence', () => {
     anna1.send({ op: 'leave', topic: 'item:7' })
     const after = await presence(ben, 'item:7', (p) => p.members.length === 1)
     expect(Date.now() - t1).toBeLessThan(150)
-    expect(tabs(after)).toEqual(['ben/ben-tab-1'])
+    expect(tabs(after)).toEqual([`ben/${pub('ben', 'ben-tab-1')}`].sort())
   })
 
   test('the same tab reconnecting within the grace never shows as gone', async () => {
@@ -123,15 +127,15 @@ describe('soft locks', () => {
     anna.send({ op: 'lock', key: 'item:7', tab: 'anna-tab-1' })
     expect(await anna.op('lock')).toEqual({ op: 'lock', key: 'item:7', result: 'held' })
     const p = await presence(ben, 'item:7', (x) => x.lock !== null)
-    expect(p.lock).toMatchObject({ user: 'anna', tab: 'anna-tab-1', info: { name: 'ANNA' } })
+    expect(p.lock).toMatchObject({ user: 'anna', tab: pub('anna', 'anna-tab-1'), info: { name: 'ANNA' } })
     ben.send({ op: 'lock', key: 'item:7', tab: 'ben-tab-1' })
     const refused = await ben.op('lock')
-    expect(refused).toMatchObject({ result: 'refused', holder: { user: 'anna', tab: 'anna-tab-1' } })
+    expect(refused).toMatchObject({ result: 'refused', holder: { user: 'anna', tab: pub('anna', 'anna-tab-1') } })
     expect(Math.abs(Date.now() - (refused as unknown as { holder: { since: number } }).holder.since)).toBeLessThan(5000)
     const t0 = Date.now()
     ben.send({ op: 'lock', key: 'item:7', tab: 'ben-tab-1', takeover: true })
     expect(await ben.op('lock')).toMatchObject({ result: 'held' })
-    expect(await anna.op('lock-lost')).toMatchObject({ key: 'item:7', by: { user: 'ben', tab: 'ben-tab-1' } })
+    expect(await anna.op('lock-lost')).toMatchObject({ key: 'item:7', by: { user: 'ben', tab: pub('ben', 'ben-tab-1') } })
     expect(Date.now() - t0).toBeLessThan(200)
     expect((await presence(anna, 'item:7', (x) => x.lock?.user === 'ben')).lock).toMatchObject({ user: 'ben' })
     expect(await f.rt.locks.holder('item:7')).toMatchObject({ user: 'ben' })
@@ -144,7 +148,7 @@ describe('soft locks', () => {
     tab1.send({ op: 'lock', key: 'item:7', tab: 'anna-tab-1' })
     await tab1.op('lock')
     tab2.send({ op: 'lock', key: 'item:7', tab: 'anna-tab-2' })
-    expect(await tab2.op('lock')).toMatchObject({ result: 'refused', holder: { user: 'anna', tab: 'anna-tab-1' } })
+    expect(await tab2.op('lock')).toMatchObject({ result: 'refused', holder: { user: 'anna', tab: pub('anna', 'anna-tab-1') } })
   })
 
   test('unlock frees it at once; a dropped holder keeps it through the grace, the same tab takes it back, else it is freed', async () => {
@@ -195,6 +199,28 @@ describe('soft locks', () => {
   })
 })
 
+describe('tab ids', () => {
+  test("nobody can pose as another's tab: the id others see is not the one that reclaims", async () => {
+    f = await cms()
+    const anna = await f.connect(as('anna'))
+    await join(anna, 'item:7', 'anna-secret-tab')
+    anna.send({ op: 'lock', key: 'item:7', tab: 'anna-secret-tab' })
+    await anna.op('lock')
+    const ben = await f.connect(as('ben'))
+    await join(ben, 'item:7', 'ben-tab-1')
+    const seen = await presence(ben, 'item:7', (p) => p.members.length === 2 && p.lock !== null)
+    const annasTab = seen.lock!.tab
+    expect(annasTab).not.toBe('anna-secret-tab') // the client's own id is never shown
+    // Ben replays what he saw as if it were his own tab id: no reclaim, no overwrite.
+    ben.send({ op: 'lock', key: 'item:7', tab: annasTab })
+    expect(await ben.op('lock')).toMatchObject({ result: 'refused', holder: { user: 'anna' } })
+    ben.send({ op: 'presence', topic: 'item:7', tab: annasTab, meta: { forged: true } })
+    await ben.op('present')
+    const after = await f.rt.presence('item:7')
+    expect(after.find((m) => m.tab === annasTab)).toMatchObject({ user: 'anna', meta: null })
+  })
+})
+
 describe('authorisation', () => {
   test('a user not allowed on a topic can neither join or see its presence nor lock it', async () => {
     f = await cms()
@@ -227,7 +253,7 @@ describe('authorisation', () => {
     expect(await f.rt.reauthorize({ user: 'anna' })).toBe(1)
     expect(await anna.op('unsubscribed')).toMatchObject({ topic: 'project:1', reason: 'forbidden' })
     const p = await presence(ben, 'project:1', (x) => x.members.length === 1 && x.lock === null, 1000)
-    expect(tabs(p)).toEqual(['ben/ben-tab-1'])
+    expect(tabs(p)).toEqual([`ben/${pub('ben', 'ben-tab-1')}`].sort())
   })
 
   test('malformed frames get an error and change nothing', async () => {
