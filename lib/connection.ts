@@ -8,7 +8,6 @@ import type WebSocket from 'ws'
 import debug from 'debug'
 import type { ResolvedOptions } from './options'
 import { CloseCode, encode, encodeEvent, parseClientFrame, wsTextFrames, type ErrorCode, type ServerFrame } from './protocol'
-import { holdForSlice } from './delivery'
 import type { Subscriber } from './hub'
 import type { Collab, Participant } from './collab/collab'
 import type { Session, Sessions } from './sessions'
@@ -27,6 +26,8 @@ export interface Core {
   latest(topic: string): Promise<string>
   /** Resolves once every event published so far has been handed to its subscribers (delivery is paced). */
   drained(): Promise<void>
+  /** Within a delivery slice, hold `socket`'s writes until the slice ends (see Delivery.hold). */
+  hold(socket: Duplex, flushAt: number, bytes: number): void
   /** The connection's socket closed and it has left every topic. */
   closed(conn: Connection): void
   /** Every open connection and stream, for session life and per-user limits. */
@@ -146,7 +147,7 @@ export class Connection implements Subscriber, Session, Participant {
       this.close(CloseCode.TRY_AGAIN_LATER, 'slow consumer')
       return false
     }
-    holdForSlice(this.socket, Math.min(FLUSH_AT, this.core.opts.maxBufferedBytes / 4), wire.length)
+    this.core.hold(this.socket, Math.min(FLUSH_AT, this.core.opts.maxBufferedBytes / 4), wire.length)
     this.socket.write(wire)
     this.core.counters.eventsDelivered += events
     return true

@@ -27,44 +27,6 @@ const INLINE_MS = 2
 /** Payload bytes framed into one write: a run stops growing here. */
 const RUN_BYTES = 32 * 1024
 
-/** Sockets corked during the current drain slice; `null` outside a slice. */
-let sliceSockets: Duplex[] | null = null
-/** Bytes written into corked sockets this slice and not yet handed to the kernel. */
-let heldBytes = 0
-/**
- * What handing held bytes to the kernel at a slice's end costs, in ms per
- * byte (a moving average of measured flushes; starts at 1 GB/s). The slice
- * budget counts it: 1,000 sockets × 64 KB corked take ~60 ms to flush.
- */
-let flushMsPerByte = 1e-6
-/**
- * A socket's early flush left bytes in user space (the kernel would not take
- * them): end the slice so sockets can drain, rather than pile more on a
- * healthy client until it looks like a slow consumer.
- */
-let pressure = false
-
-/**
- * Inside a drain slice, hold `socket`'s writes until the slice ends, so a
- * client subscribed to several busy topics gets one write per slice rather
- * than one per run. Outside a slice (a lone event) writes go out at once.
- * Once `flushAt` bytes are held they go out early: corked bytes count as
- * buffered, and must not make a healthy client look like a slow consumer.
- */
-export function holdForSlice(socket: Duplex, flushAt: number, bytes: number): void {
-  if (sliceSockets === null) return
-  if (socket.writableCorked === 0) {
-    socket.cork()
-    sliceSockets.push(socket)
-  } else if (socket.writableLength >= flushAt) {
-    heldBytes = Math.max(0, heldBytes - socket.writableLength)
-    socket.uncork()
-    if (socket.writableLength > 0) pressure = true
-    socket.cork()
-  }
-  heldBytes += bytes
-}
-
 /** Events of one topic on their way out; `rest` is set when a slice ran out of time mid-way. */
 interface Run {
   events: BusEvent[]
@@ -74,6 +36,24 @@ interface Run {
 }
 
 export class Delivery {
+  // This instance's slice: another `Realtime` in the same process has its
+  // own, so its writes are never corked into (or uncorked by) ours.
+  /** Sockets corked during the current drain slice; `null` outside a slice. */
+  private sliceSockets: Duplex[] | null = null
+  /** Bytes written into corked sockets this slice and not yet handed to the kernel. */
+  private heldBytes = 0
+  /**
+   * What handing held bytes to the kernel at a slice's end costs, in ms per
+   * byte (a moving average of measured flushes; starts at 1 GB/s). The slice
+   * budget counts it: 1,000 sockets × 64 KB corked take ~60 ms to flush.
+   */
+  private flushMsPerByte = 1e-6
+  /**
+   * A socket's early flush left bytes in user space (the kernel would not take
+   * them): end the slice so sockets can drain, rather than pile more on a
+   * healthy client until it looks like a slow consumer.
+   */
+  private pressure = false
   private queue: BusEvent[] = []
   private head = 0
   /** A drain is scheduled: new events must queue behind it. */
@@ -104,6 +84,27 @@ export class Delivery {
       return
     }
     this.queue.push(event)
+  }
+
+  /**
+   * Inside a drain slice, hold `socket`'s writes until the slice ends, so a
+   * client subscribed to several busy topics gets one write per slice rather
+   * than one per run. Outside a slice (a lone event) writes go out at once.
+   * Once `flushAt` bytes are held they go out early: corked bytes count as
+   * buffered, and must not make a healthy client look like a slow consumer.
+   */
+  hold(socket: Duplex, flushAt: number, bytes: number): void {
+    if (this.sliceSockets === null) return
+    if (socket.writableCorked === 0) {
+      socket.cork()
+      this.sliceSockets.push(socket)
+    } else if (socket.writableLength >= flushAt) {
+      this.heldBytes = Math.max(0, this.heldBytes - socket.writableLength)
+      socket.uncork()
+      if (socket.writableLength > 0) this.pressure = true
+      socket.cork()
+    }
+    this.heldBytes += bytes
   }
 
   /** Resolves once every event published before the call has been handed to its subscribers. */
@@ -150,18 +151,17 @@ export class Delivery {
 
   /** `slice()` with every socket it writes to corked until it ends. */
   private corkedSlice(): void {
-    sliceSockets = []
-    pressure = false
+    const corked: Duplex[] = (this.sliceSockets = [])
+    this.pressure = false
     try {
       this.slice()
     } finally {
-      const corked = sliceSockets
-      sliceSockets = null
+      this.sliceSockets = null
       const t = performance.now()
-      const bytes = heldBytes
-      heldBytes = 0
+      const bytes = this.heldBytes
+      this.heldBytes = 0
       for (const socket of corked) socket.uncork()
-      if (bytes >= 1 << 20) flushMsPerByte = 0.7 * flushMsPerByte + 0.3 * ((performance.now() - t) / bytes)
+      if (bytes >= 1 << 20) this.flushMsPerByte = 0.7 * this.flushMsPerByte + 0.3 * ((performance.now() - t) / bytes)
     }
   }
 
@@ -211,7 +211,7 @@ export class Delivery {
 
   /** Is the slice's time up, counting what flushing the corked sockets will take, or are sockets backing up? */
   private overdue(): boolean {
-    return pressure || performance.now() + heldBytes * flushMsPerByte >= this.deadline
+    return this.pressure || performance.now() + this.heldBytes * this.flushMsPerByte >= this.deadline
   }
 
   private release(): void {

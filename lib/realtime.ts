@@ -161,6 +161,7 @@ export class Realtime<Ctx = IncomingMessage> {
       history: (topic, since) => this.bus.history(topic, since),
       latest: (topic) => this.bus.latest(topic),
       drained: () => this.delivery.drained(),
+      hold: (socket, flushAt, bytes) => this.delivery.hold(socket, flushAt, bytes),
       closed: (conn) => { this.connections.delete(conn) },
       sessions: this.sessions,
       collab: this.collab,

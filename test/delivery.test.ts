@@ -182,3 +182,27 @@ describe('paced delivery during a burst', () => {
     expect(errors).toEqual([])
   })
 })
+
+test('two instances in one process keep their own delivery slice: a write of one is never corked by the other', async () => {
+  f = await fixture()
+  const { PassThrough } = await import('node:stream')
+  const { Delivery } = await import('../lib/delivery')
+  const other = new Delivery(() => undefined)
+  const theirs = new PassThrough()
+  const corkedDuringOurSlice: number[] = []
+  const subscriber = {
+    deliver: () => {},
+    deliverBatch: () => {
+      // Inside our slice, the other instance's connection writes.
+      other.hold(theirs, 1 << 20, 10)
+      corkedDuringOurSlice.push(theirs.writableCorked)
+    },
+  }
+  const ours = new Delivery(() => new Set([subscriber]) as never)
+  const event = (n: number) => ({ topic: 't', id: String(n), type: 'x', data: '1' })
+  ours.push(event(1)) // inline
+  ours.push(event(2)) // queued: delivered from a corked slice
+  await ours.drained()
+  expect(corkedDuringOurSlice.length).toBeGreaterThan(0)
+  expect(corkedDuringOurSlice.every((n) => n === 0)).toBe(true)
+})
