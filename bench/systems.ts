@@ -23,10 +23,11 @@ export function wireFor(system: System, topics: string[]): Omit<WireOptions, 'po
   const list = encodeURIComponent(topics.join(','))
   switch (system) {
     case 'cms-realtime':
+      // The topics ride on the handshake, as the browser client sends them: no round trip.
       return {
-        path: '/realtime',
+        path: `/realtime?topics=${list}`,
         protocol: PROTOCOL,
-        hello: topics.map((topic) => clientFrame(JSON.stringify({ op: 'subscribe', topic }))),
+        hello: [],
         ready: { prefix: '{"op":"subscribed"', count: topics.length },
       }
     case 'ws':

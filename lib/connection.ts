@@ -218,6 +218,18 @@ export class Connection implements Subscriber, Session, Participant {
     }
   }
 
+  /** Subscriptions named in the handshake (`?topics=…&since=…`): as if `subscribe` frames had arrived first. */
+  subscribeAll(topics: readonly string[], since: ReadonlyArray<string | undefined>): void {
+    topics.forEach((topic, i) => {
+      this.subscribe(topic, since[i]).catch((err: unknown) => {
+        log('subscribe to %s failed: %O', topic, err)
+        this.pending?.delete(topic)
+        this.unsubscribe(topic)
+        this.send({ op: 'error', code: 'bad_request', message: 'subscription failed', topic })
+      })
+    })
+  }
+
   private async subscribe(topic: string, since: string | undefined): Promise<void> {
     if (this.topics.includes(topic)) {
       this.send({ op: 'subscribed', topic })

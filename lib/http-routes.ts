@@ -69,7 +69,7 @@ export function route(req: IncomingMessage, pathname: string, state: RouteState,
 export function config(state: Pick<RouteState, 'path' | 'webSocketEnabled' | 'heartbeatMs' | 'fallback'>): ClientConfig {
   const fallback = state.fallback === 'sse' ? { transport: 'sse' as const, url: `${state.path}/events` } : null
   return state.webSocketEnabled
-    ? { webSocketEnabled: true, url: state.path, protocol: PROTOCOL, heartbeatMs: state.heartbeatMs, fallback }
+    ? { webSocketEnabled: true, url: state.path, protocol: PROTOCOL, heartbeatMs: state.heartbeatMs, fallback, handshakeTopics: true }
     : { webSocketEnabled: false, mode: fallback === null ? 'manual-refresh' : 'fallback', protocol: PROTOCOL, fallback }
 }
 

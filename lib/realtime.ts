@@ -21,6 +21,7 @@ import { isOurs, pathnameOf, route, sendJson, type Reply, type RouteState } from
 import { resolveOptions, type ResolvedOptions } from './options'
 import { checkOrigin, clientAddress, ownCors } from './origin'
 import { CloseCode, validTopic } from './protocol'
+import { decodeCursors } from './client/cursor-vector'
 import { expiryOf, Sessions } from './sessions'
 import { ticketOf, Tickets } from './tickets'
 import { onSocketError, Upgrades } from './upgrade'
@@ -447,10 +448,12 @@ export class Realtime<Ctx = IncomingMessage> {
         status: 429, reason: 'too_many_connections', message: `at most ${this.opts.maxConnectionsPerUser} connections and streams per user`,
       })
     }
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, socket, user))
+    const first = handshakeTopics(req.url, this.opts.maxTopicsPerConnection, this.opts.maxTopicLength)
+    if (typeof first === 'string') return this.upgrades.refuse(socket, { status: 400, reason: 'bad_handshake', message: first })
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, socket, user, first))
   }
 
-  private onConnection(ws: WebSocket, socket: Duplex, user: User): void {
+  private onConnection(ws: WebSocket, socket: Duplex, user: User, first: FirstTopics | null): void {
     socket.off('error', onSocketError)
     this.diagnostics.accepted(socket)
     const conn = new Connection(ws, socket, user, this.core)
@@ -463,6 +466,8 @@ export class Realtime<Ctx = IncomingMessage> {
     ws.on('pong', onWsPong)
     ws.on('error', onWsError)
     ws.on('close', onWsClose) // emitted once; `once` would add a wrapper per socket
+    // Topics named in the handshake: subscribed now, no round trip.
+    if (first !== null) conn.subscribeAll(first.topics, first.since)
   }
 
   /**
@@ -651,6 +656,34 @@ function onWsError(err: Error): void {
 
 function onWsClose(this: WebSocket): void {
   ;(this as Tagged)[CONN].cleanup()
+}
+
+interface FirstTopics {
+  topics: string[]
+  since: Array<string | undefined>
+}
+
+/**
+ * `?topics=a,b&since=V` on the upgrade URL (the SSE fallback's encoding): the
+ * connection starts subscribed to them, each authorised exactly as a
+ * `subscribe` frame, so a (re)connect needs no extra round trip. `null`
+ * when absent; a message when malformed (the handshake gets 400).
+ */
+function handshakeTopics(url: string | undefined, maxTopics: number, maxLength: number): FirstTopics | null | string {
+  const q = url?.indexOf('?') ?? -1
+  if (q < 0) return null
+  const params = new URLSearchParams(url!.slice(q + 1))
+  const list = params.get('topics')
+  if (list === null || list === '') return null
+  const topics = list.split(',')
+  if (topics.length > maxTopics) return `at most ${maxTopics} topics in the handshake`
+  const bad = topics.find((t): boolean => !validTopic(t, maxLength))
+  if (bad !== undefined) return `invalid topic ${JSON.stringify(bad.slice(0, maxLength))} in ?topics=`
+  if (new Set(topics).size !== topics.length) return 'a topic is listed twice in ?topics='
+  const vector = params.get('since')
+  const since = vector === null || vector === '' ? topics.map(() => undefined) : decodeCursors(vector, topics.length)
+  if (since === null) return '?since= must hold one percent-encoded cursor per topic, joined by ","'
+  return { topics, since }
 }
 
 function closing(): Refusal {

@@ -30,6 +30,8 @@ export type ClientConfig =
       protocol: typeof PROTOCOL
       heartbeatMs: number
       fallback: FallbackInfo | null
+      /** The upgrade URL may name the first subscriptions: `?topics=a,b&since=<cursors>` (no round trip after connecting). */
+      handshakeTopics: true
     }
   | {
       webSocketEnabled: false

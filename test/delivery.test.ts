@@ -5,7 +5,9 @@
  * duplicates nothing, recovers a subscription made mid-burst, closes a slow
  * consumer without starving the others, and survives `close()` mid-burst.
  */
+import { PassThrough } from 'node:stream'
 import { MemoryBus } from '../lib/bus/memory'
+import { Delivery } from '../lib/delivery'
 import { CloseCode } from '../lib/protocol'
 import { fixture, type Fixture } from './helpers/fixture'
 import type { Frame, TestClient } from './helpers/net'
@@ -185,8 +187,6 @@ describe('paced delivery during a burst', () => {
 
 test('two instances in one process keep their own delivery slice: a write of one is never corked by the other', async () => {
   f = await fixture()
-  const { PassThrough } = await import('node:stream')
-  const { Delivery } = await import('../lib/delivery')
   const other = new Delivery(() => undefined)
   const theirs = new PassThrough()
   const corkedDuringOurSlice: number[] = []

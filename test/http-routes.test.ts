@@ -12,7 +12,7 @@ describe('GET <path>/config', () => {
     expect(res.headers['cache-control']).toBe('no-store')
     expect(res.body).toEqual({
       webSocketEnabled: true, url: '/realtime', protocol: 'cms-realtime.v1', heartbeatMs: 5000,
-      fallback: { transport: 'sse', url: '/realtime/events' },
+      fallback: { transport: 'sse', url: '/realtime/events' }, handshakeTopics: true,
     })
   })
 

@@ -426,6 +426,22 @@ class Client implements RealtimeClient {
     const url = new URL(path, this.base)
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:'
     url.searchParams.set('nonce', nonce)
+    // The first subscriptions ride on the handshake (no round trip after
+    // opening), as many as keep the URL short enough for any proxy.
+    const early = new Set<string>()
+    if (this.cfg?.handshakeTopics === true) {
+      let length = 0
+      for (const topic of this.handlers.keys()) {
+        length += topic.length + (this.cursors.get(topic)?.length ?? 0) * 1.5 + 2
+        if (length > 2000) break
+        early.add(topic)
+      }
+      if (early.size > 0) {
+        const topics = [...early]
+        url.searchParams.set('topics', topics.join(','))
+        if (topics.some((t) => this.cursors.has(t))) url.searchParams.set('since', encodeCursors(topics.map((t) => this.cursors.get(t))))
+      }
+    }
     if (this.o.token !== undefined) {
       const ticket = await this.ticket()
       if (ticket === null || this.closed || this.ws !== undefined || gen !== this.gen) return
@@ -446,7 +462,9 @@ class Client implements RealtimeClient {
       this.closeStream()
       this.set('live')
       this.diagnose(null, false)
-      for (const topic of this.handlers.keys()) this.sub(topic)
+      for (const topic of this.handlers.keys()) if (!early.has(topic)) this.sub(topic)
+      // Dropped while the handshake was on its way: the server subscribed it anyway.
+      for (const topic of early) if (!this.handlers.has(topic)) this.send({ op: 'unsubscribe', topic })
       this.rejoin()
       this.alive()
     }

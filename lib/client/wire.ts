@@ -14,6 +14,8 @@ export interface WireConfig {
   url?: string
   protocol: string
   heartbeatMs?: number
+  /** The server subscribes the topics named on the upgrade URL (`?topics=&since=`). */
+  handshakeTopics?: boolean
   mode?: 'manual-refresh' | 'fallback'
   fallback: { transport: 'sse' | 'poll'; url: string } | null
 }
