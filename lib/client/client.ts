@@ -426,10 +426,17 @@ class Client implements RealtimeClient {
     const url = new URL(path, this.base)
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:'
     url.searchParams.set('nonce', nonce)
+    if (this.o.token !== undefined) {
+      const ticket = await this.ticket()
+      if (ticket === null || this.closed || this.ws !== undefined || gen !== this.gen) return
+      url.searchParams.set('ticket', ticket)
+    }
     // The first subscriptions ride on the handshake (no round trip after
-    // opening), as many as keep the URL short enough for any proxy.
+    // opening), as many as keep the URL short enough for any proxy. Not
+    // while the event stream still delivers: its cursors move until the
+    // socket opens and the stream is closed, and only then are they read.
     const early = new Set<string>()
-    if (this.cfg?.handshakeTopics === true) {
+    if (this.cfg?.handshakeTopics === true && this.es === undefined) {
       let length = 0
       for (const topic of this.handlers.keys()) {
         length += topic.length + (this.cursors.get(topic)?.length ?? 0) * 1.5 + 2
@@ -441,11 +448,6 @@ class Client implements RealtimeClient {
         url.searchParams.set('topics', topics.join(','))
         if (topics.some((t) => this.cursors.has(t))) url.searchParams.set('since', encodeCursors(topics.map((t) => this.cursors.get(t))))
       }
-    }
-    if (this.o.token !== undefined) {
-      const ticket = await this.ticket()
-      if (ticket === null || this.closed || this.ws !== undefined || gen !== this.gen) return
-      url.searchParams.set('ticket', ticket)
     }
     const ws = new this.WS!(url.href, PROTOCOL)
     this.ws = ws
