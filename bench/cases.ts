@@ -254,3 +254,65 @@ export function percentile(values: number[], p: number): number {
   const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))
   return sorted[i]!
 }
+
+export interface CmsRun {
+  /** Bulk edit: `selective` events in one loop rotating over the 100 project topics. */
+  bulkCpuUsPerDelivery: number
+  /** Paced: the same count, 10 publishes per event-loop turn (each client gets at most one per turn). */
+  pacedCpuUsPerDelivery: number
+  /** Lone publish to one project topic (10 editors): publish → last of them. */
+  loneP50: number
+  loneP99: number
+  /** Lone publish to one editor's notifications topic. */
+  notifyP50: number
+}
+
+/**
+ * The CMS-shaped case: `clients` editors, each on one of 100 `project:<id>`
+ * topics (clients/100 per topic) and on its own `notifications:<user>`.
+ */
+export async function cms(system: System, cfg: Config): Promise<CmsRun> {
+  const s = await start(system, cfg)
+  try {
+    const projects = Array.from({ length: 100 }, (_, i) => `project:${i}`)
+    const topicsOf = Array.from({ length: cfg.clients }, (_, i) => [projects[i % 100]!, `notifications:u${i}`])
+    const c = await connect(s, system, cfg.clients, topicsOf, 100)
+    if (c.open !== cfg.clients) throw new Error(`${system}: only ${c.open}/${cfg.clients} editors connected`)
+    const perTopic = cfg.clients / 100
+    await burst(s, projects, 200, 200 * perTopic, 60_000) // warm-up (JIT)
+    const bulk = await burst(s, projects, cfg.selective, cfg.selective * perTopic, 60_000)
+    if (!bulk.ok) throw new Error(`${system}: bulk burst incomplete, ${bulk.received}/${cfg.selective * perTopic}`)
+    // Paced: 10 publishes per turn, to 10 different projects.
+    await s.client.call('expect', { count: cfg.selective * perTopic })
+    await s.server.call('mark')
+    await s.server.call('paced', { topics: projects, count: cfg.selective, perTurn: 10 }, 120_000)
+    const pw = await s.client.call<Waited>('wait', { timeoutMs: 60_000 }, 70_000)
+    const pm = await s.server.call<Measured>('measure')
+    if (!pw.ok) throw new Error(`${system}: paced stream incomplete, ${pw.received}/${cfg.selective * perTopic}`)
+    const lone: number[] = []
+    for (let k = 0; k < cfg.publishes; k++) {
+      await s.client.call('expect', { count: perTopic })
+      const { t0 } = await s.server.call<{ t0: string }>('one', { topic: projects[k % 100] })
+      const w = await s.client.call<Waited>('wait', { timeoutMs: 10_000 })
+      if (!w.ok) throw new Error(`${system}: lone publish ${k} reached ${w.received}/${perTopic}`)
+      lone.push(Number(BigInt(w.last!) - BigInt(t0)) / 1e6)
+    }
+    const notify: number[] = []
+    for (let k = 0; k < Math.min(50, cfg.publishes); k++) {
+      await s.client.call('expect', { count: 1 })
+      const { t0 } = await s.server.call<{ t0: string }>('one', { topic: `notifications:u${k}` })
+      const w = await s.client.call<Waited>('wait', { timeoutMs: 10_000 })
+      if (!w.ok) throw new Error(`${system}: notification ${k} not received`)
+      notify.push(Number(BigInt(w.last!) - BigInt(t0)) / 1e6)
+    }
+    return {
+      bulkCpuUsPerDelivery: bulk.cpuUs / (cfg.selective * perTopic),
+      pacedCpuUsPerDelivery: pm.cpuUs / (cfg.selective * perTopic),
+      loneP50: percentile(lone, 50),
+      loneP99: percentile(lone, 99),
+      notifyP50: percentile(notify, 50),
+    }
+  } finally {
+    await stop(s)
+  }
+}

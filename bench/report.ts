@@ -1,5 +1,5 @@
 /** Medians, spreads and ratios of the bench runs, and the printed table. */
-import type { ConnectionsRun, FanoutRun, LongBurstRun, SseRun } from './cases'
+import type { CmsRun, ConnectionsRun, FanoutRun, LongBurstRun, SseRun } from './cases'
 import type { System } from './systems'
 
 export interface Spread { median: number; min: number; max: number }
@@ -111,4 +111,31 @@ export function sseLine(sse: SseRun[], ws: FanoutRun[], clients: number): string
     `publish→last client p50 ${pair(med(sse.map((r) => r.latencyLastP50)), med(ws.map((r) => r.latencyLastP50)), 2, 'ms')}, ` +
     `slow consumers closed ${sse.reduce((n, r) => n + r.slowConsumersClosed, 0)}`
   )
+}
+
+const CMS_ROWS: Array<{ label: string; digits: number; of: (r: CmsRun) => number; target?: string }> = [
+  { label: 'bulk edit burst (events in one loop over 100 projects): server CPU µs/delivery', digits: 2, of: (r) => r.bulkCpuUsPerDelivery, target: '≤ 0.25× ws' },
+  { label: 'paced (10 publishes per turn): server CPU µs/delivery', digits: 2, of: (r) => r.pacedCpuUsPerDelivery, target: '≤ 1.0× ws' },
+  { label: 'lone publish to a project → its last editor, p50 ms', digits: 3, of: (r) => r.loneP50 },
+  { label: 'lone publish to a project → its last editor, p99 ms', digits: 3, of: (r) => r.loneP99, target: '≤ 1.0× ws' },
+  { label: "lone publish to an editor's notifications, p50 ms", digits: 3, of: (r) => r.notifyP50 },
+]
+
+/** The CMS-shaped case: medians, and cms-realtime's ratio to each baseline (lower is better everywhere). */
+export function cmsTable(runs: Record<string, CmsRun[]>, systems: System[], clients: number): string {
+  const others = systems.filter((s) => s !== 'cms-realtime')
+  const lines = [
+    `CMS-shaped: ${clients.toLocaleString('en')} editors, each on one of 100 projects and its own notifications topic (medians; lower is better)`,
+    '',
+    `| metric | ${systems.join(' | ')} | ${others.map((o) => `÷ ${o}`).join(' | ')} | target |`,
+    `| --- | ${systems.map(() => '---').join(' | ')} | ${others.map(() => '---').join(' | ')} | --- |`,
+  ]
+  for (const row of CMS_ROWS) {
+    const med: Partial<Record<System, number>> = {}
+    for (const s of systems) if (runs[s] !== undefined) med[s] = spread(runs[s]!.map(row.of)).median
+    const ours = med['cms-realtime']
+    const ratios = others.map((o) => (ours === undefined || med[o] === undefined ? '' : `${(ours / med[o]!).toFixed(2)}×`))
+    lines.push(`| ${row.label} | ${systems.map((s) => (med[s] === undefined ? '' : med[s]!.toFixed(row.digits))).join(' | ')} | ${ratios.join(' | ')} | ${row.target ?? ''} |`)
+  }
+  return lines.join('\n')
 }
