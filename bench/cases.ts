@@ -316,3 +316,29 @@ export async function cms(system: System, cfg: Config): Promise<CmsRun> {
     await stop(s)
   }
 }
+
+export interface StormRun {
+  /** `clients` clients (re)connecting at once, each naming 2 topics: ms until the last is subscribed. */
+  ms: number
+  /** cms-realtime only: the same with `subscribe` frames after the 101 (before handshake topics). */
+  framesMs?: number
+}
+
+/** A reconnect storm after a deploy: every client at once. */
+export async function storm(system: System, cfg: Config): Promise<StormRun> {
+  const once = async (frames: boolean): Promise<number> => {
+    const s = await start(system, cfg)
+    try {
+      const topicsOf = Array.from({ length: cfg.clients }, (_, i) => [`project:${i % 100}`, `notifications:u${i}`])
+      await s.client.call('connect', { system, port: s.port, n: 50, topicsOf, concurrency: 50, frames }, 60_000) // warm-up
+      await s.client.call('closeAll')
+      const r = await s.client.call<{ open: number; ms: number }>('connect', { system, port: s.port, n: cfg.clients, topicsOf, concurrency: cfg.clients, frames }, 300_000)
+      if (r.open !== cfg.clients) throw new Error(`${system}: only ${r.open}/${cfg.clients} reconnected`)
+      return r.ms
+    } finally {
+      await stop(s)
+    }
+  }
+  const ms = await once(false)
+  return system === 'cms-realtime' ? { ms, framesMs: await once(true) } : { ms }
+}

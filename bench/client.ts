@@ -39,10 +39,12 @@ interface ConnectArgs {
   concurrency: number
   /** cms-realtime only: connect over its SSE fallback instead of WebSockets. */
   transport?: 'ws' | 'sse'
+  /** cms-realtime only: subscribe with frames after the 101 instead of in the handshake. */
+  frames?: boolean
 }
 
 serve({
-  async connect({ system, port, n, topicsOf, concurrency, transport = 'ws' }: ConnectArgs) {
+  async connect({ system, port, n, topicsOf, concurrency, transport = 'ws', frames = false }: ConnectArgs) {
     if (!SYSTEMS.includes(system)) throw new Error(`unknown system ${system}`)
     const t0 = process.hrtime.bigint()
     let next = 0
@@ -56,7 +58,7 @@ serve({
           const onClose = (): void => { closedAfterReady++ }
           const s = transport === 'sse'
             ? await openSse({ port, path: `/realtime/events?topics=${encodeURIComponent(topics.join(','))}`, topics: topics.length, onEvent, onClose })
-            : await openWire({ ...wireFor(system, topics), port, onEvent, onClose })
+            : await openWire({ ...wireFor(system, topics, frames), port, onEvent, onClose })
           sockets.push(s)
         } catch (err) {
           errors++

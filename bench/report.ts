@@ -1,5 +1,5 @@
 /** Medians, spreads and ratios of the bench runs, and the printed table. */
-import type { CmsRun, ConnectionsRun, FanoutRun, LongBurstRun, SseRun } from './cases'
+import type { CmsRun, ConnectionsRun, FanoutRun, LongBurstRun, SseRun, StormRun } from './cases'
 import type { System } from './systems'
 
 export interface Spread { median: number; min: number; max: number }
@@ -138,4 +138,14 @@ export function cmsTable(runs: Record<string, CmsRun[]>, systems: System[], clie
     lines.push(`| ${row.label} | ${systems.map((s) => (med[s] === undefined ? '' : med[s]!.toFixed(row.digits))).join(' | ')} | ${ratios.join(' | ')} | ${row.target ?? ''} |`)
   }
   return lines.join('\n')
+}
+
+/** The reconnect storm: every client at once, time until all are subscribed again (medians). */
+export function stormLine(runs: Record<string, StormRun[]>, systems: System[], clients: number): string {
+  const med = (xs: number[]): number => spread(xs).median
+  const parts = systems.filter((s) => runs[s] !== undefined).map((s) => `${s} ${med(runs[s]!.map((r) => r.ms)).toFixed(0)} ms`)
+  const ours = runs['cms-realtime']
+  const frames = ours === undefined ? '' : `; cms-realtime with subscribe frames after the 101 (before this round): ${med(ours.map((r) => r.framesMs!)).toFixed(0)} ms`
+  const ws = runs.ws === undefined || ours === undefined ? '' : ` (${(med(ours.map((r) => r.ms)) / med(runs.ws.map((r) => r.ms))).toFixed(2)}× ws)`
+  return `reconnect storm, ${clients.toLocaleString('en')} clients at once (2 topics each), until all are subscribed: ${parts.join(', ')}${ws}${frames}`
 }

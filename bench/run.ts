@@ -5,7 +5,7 @@
  * the min–max spread and cms-realtime's ratio to each baseline.
  *
  * Flags: --smoke (a few hundred clients, seconds), --runs N, --clients N,
- * --connections N, --systems a,b, --cases cms,fanout,connections,long-burst,sse,cross-node,presence
+ * --connections N, --systems a,b, --cases cms,fanout,connections,storm,long-burst,sse,cross-node,presence
  * (default all; cross-node needs Redis at 127.0.0.1:6379 or BENCH_REDIS_URL), --out FILE, --cpu-prof (profiles each server into
  * bench/results/prof), --heap-snapshot (each server after its connections
  * case, into bench/results/heap).
@@ -14,8 +14,8 @@ import { spawnSync } from 'node:child_process'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg, totalmem, release } from 'node:os'
 import { join } from 'node:path'
-import { cms, connections, fanout, longBurst, sseFanout, type CmsRun, type Config, type ConnectionsRun, type FanoutRun, type LongBurstRun, type SseRun } from './cases'
-import { cmsTable } from './report'
+import { cms, connections, fanout, longBurst, sseFanout, storm, type CmsRun, type StormRun, type Config, type ConnectionsRun, type FanoutRun, type LongBurstRun, type SseRun } from './cases'
+import { cmsTable, stormLine } from './report'
 import { printTable, sseLine, summarise } from './report'
 import { SYSTEMS, type System } from './systems'
 import { CLUSTERS, crossNode, crossNodeLines, type Cluster, type CrossNodeRun } from './cross-node'
@@ -37,7 +37,7 @@ const smoke = has('smoke')
 const resultsDir = join(__dirname, 'results')
 const systems = (flag('systems')?.split(',') ?? [...SYSTEMS]) as System[]
 for (const s of systems) if (!SYSTEMS.includes(s)) throw new Error(`unknown system ${s}; known: ${SYSTEMS.join(', ')}`)
-const CASES = ['cms', 'fanout', 'connections', 'long-burst', 'sse', 'cross-node', 'presence'] as const
+const CASES = ['cms', 'fanout', 'connections', 'storm', 'long-burst', 'sse', 'cross-node', 'presence'] as const
 const cases = flag('cases')?.split(',') ?? [...CASES]
 for (const c of cases) if (!(CASES as readonly string[]).includes(c)) throw new Error(`unknown case ${c}; known: ${CASES.join(', ')}`)
 
@@ -62,6 +62,7 @@ async function main(): Promise<void> {
   const loadBefore = loadavg()[0]
   const fan: Record<string, FanoutRun[]> = {}
   const cmsRuns: Record<string, CmsRun[]> = {}
+  const storms: Record<string, StormRun[]> = {}
   const conns: Record<string, ConnectionsRun[]> = {}
   let long: LongBurstRun | null = null
   const sse: SseRun[] = []
@@ -81,6 +82,10 @@ async function main(): Promise<void> {
       if (cases.includes('connections')) {
         process.stdout.write(' connections')
         ;(conns[system] ??= []).push(await connections(system, cfg))
+      }
+      if (cases.includes('storm')) {
+        process.stdout.write(' storm')
+        ;(storms[system] ??= []).push(await storm(system, cfg))
       }
       if (system === 'cms-realtime' && cases.includes('sse')) {
         process.stdout.write(' sse-fallback')
@@ -115,6 +120,7 @@ async function main(): Promise<void> {
   }
   const summary = summarise(fan, conns, systems)
   if (Object.keys(cmsRuns).length > 0) console.log('\n' + cmsTable(cmsRuns, systems, cfg.clients))
+  if (Object.keys(storms).length > 0) console.log('\n' + stormLine(storms, systems, cfg.clients))
   if (Object.keys(fan).length > 0 || Object.keys(conns).length > 0) printTable(summary, systems, long)
   if (sse.length > 0) console.log('\n' + sseLine(sse, fan['cms-realtime'] ?? [], cfg.clients))
   if (Object.keys(cross).length > 0) console.log('\n' + crossNodeLines(cross, crossCfg).join('\n'))
@@ -129,7 +135,7 @@ async function main(): Promise<void> {
   }
   const out = flag('out') ?? join(resultsDir, `bench-${new Date().toISOString().replace(/[:.]/g, '-')}.json`)
   mkdirSync(join(out, '..'), { recursive: true })
-  const json = { date: new Date().toISOString(), seconds: (Date.now() - t0) / 1000, machine, config: cfg, summary, longBurst: long, runs: { cms: cmsRuns, fanout: fan, connections: conns, sse, crossNode: cross }, presence }
+  const json = { date: new Date().toISOString(), seconds: (Date.now() - t0) / 1000, machine, config: cfg, summary, longBurst: long, runs: { cms: cmsRuns, storm: storms, fanout: fan, connections: conns, sse, crossNode: cross }, presence }
   writeFileSync(out, JSON.stringify(json, null, 2))
   console.log(`\n${json.seconds.toFixed(0)} s on ${machine.cpus} × ${machine.cpu}, Node ${machine.node}; JSON: ${out}`)
 }

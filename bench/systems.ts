@@ -19,10 +19,19 @@ export function eventData(seq: number): { id: string; type: string; title: strin
 }
 
 /** How a client of `system` connects and subscribes to `topics`. */
-export function wireFor(system: System, topics: string[]): Omit<WireOptions, 'port' | 'onEvent' | 'onClose'> {
+/** `frames`: cms-realtime subscribing with `subscribe` frames after the 101 (before handshake topics), for comparison. */
+export function wireFor(system: System, topics: string[], frames = false): Omit<WireOptions, 'port' | 'onEvent' | 'onClose'> {
   const list = encodeURIComponent(topics.join(','))
   switch (system) {
     case 'cms-realtime':
+      if (frames) {
+        return {
+          path: '/realtime',
+          protocol: PROTOCOL,
+          hello: topics.map((topic) => clientFrame(JSON.stringify({ op: 'subscribe', topic }))),
+          ready: { prefix: '{"op":"subscribed"', count: topics.length },
+        }
+      }
       // The topics ride on the handshake, as the browser client sends them: no round trip.
       return {
         path: `/realtime?topics=${list}`,

@@ -35,7 +35,8 @@ async function smoke(args: string[], killAfterMs: number): Promise<{ stdout: str
 const SYSTEMS = ['cms-realtime', 'ws', 'socket.io']
 
 test('npm run bench:smoke runs every single-node case against every system and writes the table and JSON', async () => {
-  const { stdout, json: raw } = await smoke(['--cases', 'cms,fanout,connections,long-burst,sse,presence'], 110_000)
+  const { stdout, json: raw } = await smoke(['--cases', 'cms,fanout,connections,storm,long-burst,sse,presence'], 110_000)
+  expect(stdout).toMatch(/reconnect storm, 200 clients at once .*cms-realtime \d+ ms, ws \d+ ms/)
   expect(stdout).toContain('CMS-shaped: 200 editors')
   expect(stdout).toMatch(/\| paced \(10 publishes per turn\): server CPU µs\/delivery \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+× \| [\d.]+× \|/)
   expect(stdout).toMatch(/presence: \d+ B of server heap per present tab/)
