@@ -122,6 +122,10 @@ export class Connection implements Subscriber, Session, Participant {
     this.write(wsTextFrames([Buffer.from(encode(frame))]), 0)
   }
 
+  get open(): boolean {
+    return !this.closing && this.ws.readyState === 1 /* OPEN */
+  }
+
   sendEncoded(frame: Buffer): void {
     this.write(wsTextFrames([frame]), 0)
   }

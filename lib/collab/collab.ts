@@ -16,15 +16,12 @@
  *   on every change (`presence` frames, coalesced); a lock holder that is
  *   taken over is told at once, on whichever node it is (`lock-lost`).
  */
-import { createHash } from 'node:crypto'
-import debug from 'debug'
+import { createHash, randomBytes } from 'node:crypto'
 import type { LockHolder, PresenceMember, ServerFrame } from '../client/wire'
 import { encode } from '../protocol'
 import { userId } from '../options'
 import type { MaybePromise, User } from '../types'
 import type { CollabStore } from './store'
-
-const log = debug('cms-realtime:collab')
 
 export interface CollabSettings {
   leaveGraceMs: number
@@ -38,6 +35,8 @@ export interface CollabSettings {
 /** A WebSocket connection, as presence sees it. */
 export interface Participant {
   readonly user: User
+  /** Still open: a request whose checks were awaited past its socket's end must leave nothing behind. */
+  readonly open: boolean
   send(frame: ServerFrame): void
   /** A frame encoded once for every recipient. */
   sendEncoded(frame: Buffer): void
@@ -78,6 +77,8 @@ export class Collab {
   private readonly fresh = new Map<string, Set<Participant>>()
   private readonly dirty = new Set<string>()
   private flushing: NodeJS.Timeout | undefined
+  /** This node, as the store records who serves an entry. */
+  private readonly node = randomBytes(6).toString('hex')
   private readonly timers: NodeJS.Timeout[] = []
   private closed = false
 
@@ -100,9 +101,16 @@ export class Collab {
 
   async presence(p: Participant, topic: string, ownTab: string, meta: unknown): Promise<void> {
     if (!this.room(p, topic, 'topics')) return
-    if (!(await this.permitted(p, topic, topic))) return
+    if (!(await this.permitted(p, topic)) || !p.open) return
     const user = userId(p.user) ?? ''
     const tab = publicTab(user, ownTab)
+    // One tab per topic per connection: a connection that presents another
+    // tab id replaces its entry (else each id would stay as a ghost member).
+    const previous = this.parts.get(p)?.topics.get(topic)
+    if (previous !== undefined && previous !== tab) {
+      await this.leave(p, topic)
+      if (!p.open) return
+    }
     const info = this.info(p.user)
     const member: PresenceMember = info === undefined ? { user, tab, meta } : { user, tab, meta, info }
     this.cancelLeave(topic, tab)
@@ -114,7 +122,7 @@ export class Collab {
     let fresh = this.fresh.get(topic)
     if (fresh === undefined) this.fresh.set(topic, (fresh = new Set()))
     fresh.add(p)
-    if (!(await this.tryStore(p, topic, () => this.store.present(topic, member, this.settings.leaseMs)))) return
+    if (!(await this.tryStore(p, topic, () => this.store.present(topic, member, this.settings.leaseMs, this.node)))) return
     p.send({ op: 'present', topic, user, tab })
     this.touch(topic)
   }
@@ -123,13 +131,13 @@ export class Collab {
     const tab = this.parts.get(p)?.topics.get(topic)
     if (tab === undefined) return
     this.dropLocal(p, topic, tab)
-    await this.tryStore(null, topic, () => this.store.absent(topic, tab))
+    await this.tryStore(null, topic, () => this.store.absent(topic, tab, this.node))
     this.touch(topic)
   }
 
   async lock(p: Participant, key: string, ownTab: string, takeover: boolean): Promise<void> {
     if (!this.room(p, key, 'locks')) return
-    if (!(await this.permitted(p, key, key))) return
+    if (!(await this.permitted(p, key))) return
     const tab = publicTab(userId(p.user) ?? '', ownTab)
     const s = this.settings
     if (s.canLock !== undefined && (await this.ask('canLock', () => s.canLock!(p.user, key))) !== true) {
@@ -143,14 +151,21 @@ export class Collab {
     }
     const info = this.info(p.user)
     const who = { user: userId(p.user) ?? '', tab, ...(info === undefined ? {} : { info }) }
+    // The socket may have closed while the checks were awaited: take nothing for it.
+    if (!p.open) return
     let got
     try {
-      got = await this.store.acquire(key, who, s.leaseMs, takeover)
+      got = await this.store.acquire(key, who, s.leaseMs, takeover, this.node)
     } catch (err) {
       this.onError('lock', err)
       return p.send({ op: 'error', code: 'unavailable', message: 'locks are unavailable right now', topic: key })
     }
     if (!got.ok) return p.send({ op: 'lock', key, result: 'refused', holder: got.holder })
+    if (!p.open) {
+      // Closed while the store granted it: released at once, as nobody will renew or release it.
+      await this.tryStore(null, key, () => this.store.release(key, tab, this.node))
+      return this.touch(key)
+    }
     const before = this.held.get(key)
     if (before?.timer !== undefined) clearTimeout(before.timer)
     if (before?.by != null && before.by !== p && before.tab !== tab) this.lost(key, before, { ...who, since: Date.now() })
@@ -165,7 +180,7 @@ export class Collab {
     if (h === undefined || h.by !== p) return p.send({ op: 'unlocked', key })
     this.held.delete(key)
     this.parts.get(p)?.locks.delete(key)
-    await this.tryStore(null, key, () => this.store.release(key, h.tab))
+    await this.tryStore(null, key, () => this.store.release(key, h.tab, this.node))
     p.send({ op: 'unlocked', key })
     this.touch(key)
   }
@@ -183,7 +198,7 @@ export class Collab {
         this.leaving.delete(id)
         this.said.delete(id)
         this.guard('leave after grace', async () => {
-          await this.store.absent(topic, tab)
+          await this.store.absent(topic, tab, this.node)
           this.touch(topic)
         })
       }, this.settings.leaveGraceMs)
@@ -198,7 +213,7 @@ export class Collab {
         if (this.held.get(key) !== h) return
         this.held.delete(key)
         this.guard('unlock after grace', async () => {
-          await this.store.release(key, h.tab)
+          await this.store.release(key, h.tab, this.node)
           this.touch(key)
         })
       }, this.settings.lockGraceMs)
@@ -234,7 +249,7 @@ export class Collab {
   async forceRelease(key: string): Promise<boolean> {
     const h = await this.store.holder(key)
     if (h === null) return false
-    const released = await this.store.release(key, h.tab)
+    const released = await this.store.release(key, h.tab, undefined)
     this.touch(key)
     return released
   }
@@ -309,7 +324,7 @@ export class Collab {
     for (const [topic, tab] of missing) {
       const member = this.said.get(`${topic}\u0000${tab}`)
       if (member === undefined) continue
-      await this.store.present(topic, member, this.settings.leaseMs)
+      await this.store.present(topic, member, this.settings.leaseMs, this.node)
       this.touch(topic)
     }
   }
@@ -354,9 +369,9 @@ export class Collab {
     return false
   }
 
-  private async permitted(p: Participant, topic: string, name: string): Promise<boolean> {
+  private async permitted(p: Participant, topic: string): Promise<boolean> {
     if (await this.allowed(p.user, topic)) return true
-    p.send({ op: 'error', code: 'forbidden', message: 'not allowed on this topic', topic: name })
+    p.send({ op: 'error', code: 'forbidden', message: 'not allowed on this topic', topic })
     return false
   }
 

@@ -3,10 +3,12 @@
  * `RedisBus.collabStore()`, on the bus's own connections).
  *
  *   <prefix>collab:pz:<topic>  ZSET  tab → lease end (Redis time, ms)
- *   <prefix>collab:ph:<topic>  HASH  tab → member JSON
- *   <prefix>collab:lk:<key>    STRING "<tab>\n<since>\n<holder JSON>", PX lease
+ *   <prefix>collab:ph:<topic>  HASH  tab → "<node>\n<member JSON>"
+ *   <prefix>collab:lk:<key>    STRING "<tab>\n<since>\n<node>\n<holder JSON>", PX lease
  *   <prefix>collab:changes     channel: "p|<topic>" or "l|<key>" after every change
  *
+ * `<node>` is the node serving the tab: a grace that ends on one node
+ * removes nothing that the tab, reconnected to another node, took back.
  * Leases are in Redis time, so nodes' clocks do not matter. Nothing is
  * wiped at boot: a node's entries stay exactly as long as it renews them.
  * Lapsed presence entries are removed by whoever reads the topic next,
@@ -40,8 +42,10 @@ redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3]) * 2)
 redis.call('PUBLISH', ARGV[4], 'p|' .. ARGV[5])
 return 1`)
 
-/** KEYS pz ph; ARGV tab channel topic */
+/** KEYS pz ph; ARGV tab channel topic node: only the node that serves the entry removes it */
 const ABSENT = script(`
+local cur = redis.call('HGET', KEYS[2], ARGV[1])
+if cur and string.sub(cur, 1, string.len(ARGV[4]) + 1) ~= ARGV[4] .. '\n' then return 0 end
 local n = redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 if n > 0 then redis.call('PUBLISH', ARGV[2], 'p|' .. ARGV[3]) end
@@ -59,27 +63,36 @@ local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
 if #live == 0 then return {} end
 return redis.call('HMGET', KEYS[2], unpack(live))`)
 
-/** KEYS lk; ARGV holder tab lease takeover channel key → {'ok', previous} | {'held', current} */
+/** KEYS lk; ARGV holder tab lease takeover channel key node → {'ok', previous} | {'held', current} */
 const ACQUIRE = script(`${NOW}
 local cur = redis.call('GET', KEYS[1])
+local since = now
 if cur then
-  local nl = string.find(cur, '\\n', 1, true)
-  if string.sub(cur, 1, nl - 1) == ARGV[2] then
-    redis.call('SET', KEYS[1], cur, 'PX', ARGV[3])
-    return {'ok', ''}
+  local a = string.find(cur, '\\n', 1, true)
+  if string.sub(cur, 1, a - 1) == ARGV[2] then
+    -- The same tab (maybe through another node now): it keeps its since, the node is the new one.
+    local b = string.find(cur, '\\n', a + 1, true)
+    since = string.sub(cur, a + 1, b - 1)
+    cur = nil
+  elseif ARGV[4] ~= '1' then
+    return {'held', cur}
   end
-  if ARGV[4] ~= '1' then return {'held', cur} end
 end
-redis.call('SET', KEYS[1], ARGV[2] .. '\\n' .. now .. '\\n' .. ARGV[1], 'PX', ARGV[3])
+redis.call('SET', KEYS[1], ARGV[2] .. '\\n' .. since .. '\\n' .. ARGV[7] .. '\\n' .. ARGV[1], 'PX', ARGV[3])
 redis.call('PUBLISH', ARGV[5], 'l|' .. ARGV[6])
 return {'ok', cur or ''}`)
 
-/** KEYS lk; ARGV tab channel key */
+/** KEYS lk; ARGV tab channel key node ('' for any) */
 const RELEASE = script(`
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
-local nl = string.find(cur, '\\n', 1, true)
-if string.sub(cur, 1, nl - 1) ~= ARGV[1] then return 0 end
+local a = string.find(cur, '\\n', 1, true)
+if string.sub(cur, 1, a - 1) ~= ARGV[1] then return 0 end
+if ARGV[4] ~= '' then
+  local b = string.find(cur, '\\n', a + 1, true)
+  local c = string.find(cur, '\\n', b + 1, true)
+  if string.sub(cur, b + 1, c - 1) ~= ARGV[4] then return 0 end
+end
 redis.call('DEL', KEYS[1])
 redis.call('PUBLISH', ARGV[2], 'l|' .. ARGV[3])
 return 1`)
@@ -127,12 +140,12 @@ export class RedisCollabStore implements CollabStore {
     this.subscribed = link.subscribe(this.channel, this.onMessage).catch(() => {})
   }
 
-  async present(topic: string, member: PresenceMember, leaseMs: number): Promise<void> {
-    await this.run(PRESENT, [this.pz(topic), this.ph(topic)], [member.tab, JSON.stringify(member), String(leaseMs), this.channel, topic])
+  async present(topic: string, member: PresenceMember, leaseMs: number, node: string): Promise<void> {
+    await this.run(PRESENT, [this.pz(topic), this.ph(topic)], [member.tab, `${node}\n${JSON.stringify(member)}`, String(leaseMs), this.channel, topic])
   }
 
-  async absent(topic: string, tab: string): Promise<void> {
-    await this.run(ABSENT, [this.pz(topic), this.ph(topic)], [tab, this.channel, topic])
+  async absent(topic: string, tab: string, node: string): Promise<void> {
+    await this.run(ABSENT, [this.pz(topic), this.ph(topic)], [tab, this.channel, topic, node])
   }
 
   async members(topic: string): Promise<PresenceMember[]> {
@@ -141,7 +154,7 @@ export class RedisCollabStore implements CollabStore {
     for (const row of rows) {
       if (typeof row !== 'string') continue
       try {
-        out.push(JSON.parse(row) as PresenceMember)
+        out.push(JSON.parse(row.slice(row.indexOf('\n') + 1)) as PresenceMember)
       } catch {
         // not ours: skip
       }
@@ -149,15 +162,15 @@ export class RedisCollabStore implements CollabStore {
     return out.sort((a, b) => (a.tab < b.tab ? -1 : a.tab > b.tab ? 1 : 0))
   }
 
-  async acquire(key: string, holder: Omit<LockHolder, 'since'>, leaseMs: number, takeover: boolean): Promise<Acquired> {
+  async acquire(key: string, holder: Omit<LockHolder, 'since'>, leaseMs: number, takeover: boolean, node: string): Promise<Acquired> {
     const [result, value] = (await this.run(ACQUIRE, [this.lk(key)],
-      [JSON.stringify(holder), holder.tab, String(leaseMs), takeover ? '1' : '0', this.channel, key])) as [string, string]
+      [JSON.stringify(holder), holder.tab, String(leaseMs), takeover ? '1' : '0', this.channel, key, node])) as [string, string]
     if (result === 'held') return { ok: false, holder: parseHolder(value)! }
     return { ok: true, previous: parseHolder(value) }
   }
 
-  async release(key: string, tab: string): Promise<boolean> {
-    return (await this.run(RELEASE, [this.lk(key)], [tab, this.channel, key])) === 1
+  async release(key: string, tab: string, node: string | undefined): Promise<boolean> {
+    return (await this.run(RELEASE, [this.lk(key)], [tab, this.channel, key, node ?? ''])) === 1
   }
 
   async holder(key: string): Promise<LockHolder | null> {
@@ -194,14 +207,15 @@ export class RedisCollabStore implements CollabStore {
   private lk(key: string): string { return `${this.base}lk:${key}` }
 }
 
-/** `<tab>\n<since>\n<holder JSON>` → the holder. */
+/** `<tab>\n<since>\n<node>\n<holder JSON>` → the holder. */
 function parseHolder(value: string | null | undefined): LockHolder | null {
   if (typeof value !== 'string' || value === '') return null
   const a = value.indexOf('\n')
   const b = value.indexOf('\n', a + 1)
-  if (a < 0 || b < 0) return null
+  const c = value.indexOf('\n', b + 1)
+  if (a < 0 || b < 0 || c < 0) return null
   try {
-    const h = JSON.parse(value.slice(b + 1)) as Omit<LockHolder, 'since'>
+    const h = JSON.parse(value.slice(c + 1)) as Omit<LockHolder, 'since'>
     return { ...h, tab: value.slice(0, a), since: Number(value.slice(a + 1, b)) }
   } catch {
     return null

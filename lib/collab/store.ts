@@ -12,10 +12,14 @@ export type { LockHolder, PresenceMember } from '../client/wire'
 export type Acquired = { ok: true; previous: LockHolder | null } | { ok: false; holder: LockHolder }
 
 export interface CollabStore {
-  /** Join or update `member` on `topic`, for `leaseMs` unless renewed. */
-  present(topic: string, member: PresenceMember, leaseMs: number): Promise<void>
-  /** Remove the tab from `topic` (a leave, or the grace after a drop ended). */
-  absent(topic: string, tab: string): Promise<void>
+  /** Join or update `member` on `topic`, for `leaseMs` unless renewed, as served by `node`. */
+  present(topic: string, member: PresenceMember, leaseMs: number, node: string): Promise<void>
+  /**
+   * Remove the tab from `topic` (a leave, or the grace after a drop ended),
+   * only if `node` still serves it: the tab may have reconnected to another
+   * node meanwhile, and that node's entry must stay.
+   */
+  absent(topic: string, tab: string, node: string): Promise<void>
   /** Who is on `topic` now (expired entries left out). */
   members(topic: string): Promise<PresenceMember[]>
   /**
@@ -23,9 +27,9 @@ export interface CollabStore {
    * tab's, or `takeover`; otherwise refused with the holder. `since` is set
    * by the store when the lock changes hands.
    */
-  acquire(key: string, holder: Omit<LockHolder, 'since'>, leaseMs: number, takeover: boolean): Promise<Acquired>
-  /** Release `key` if `tab` holds it. */
-  release(key: string, tab: string): Promise<boolean>
+  acquire(key: string, holder: Omit<LockHolder, 'since'>, leaseMs: number, takeover: boolean, node: string): Promise<Acquired>
+  /** Release `key` if `tab` holds it, through `node` (any node when `node` is undefined: an admin's release). */
+  release(key: string, tab: string, node: string | undefined): Promise<boolean>
   holder(key: string): Promise<LockHolder | null>
   /**
    * Extend the leases this node still serves: presence `[topic, tab]` pairs
@@ -45,18 +49,20 @@ export interface CollabStore {
 /** One process: maps, with the same lease rules as Redis (time from `Date.now`). */
 export class MemoryCollabStore implements CollabStore {
   readonly sweeps = false
-  private readonly topics = new Map<string, Map<string, { member: PresenceMember; until: number }>>()
-  private readonly locks = new Map<string, { holder: LockHolder; until: number }>()
+  private readonly topics = new Map<string, Map<string, { member: PresenceMember; until: number; node: string }>>()
+  private readonly locks = new Map<string, { holder: LockHolder; until: number; node: string }>()
 
-  async present(topic: string, member: PresenceMember, leaseMs: number): Promise<void> {
+  async present(topic: string, member: PresenceMember, leaseMs: number, node: string): Promise<void> {
     let m = this.topics.get(topic)
     if (m === undefined) this.topics.set(topic, (m = new Map()))
-    m.set(member.tab, { member, until: Date.now() + leaseMs })
+    m.set(member.tab, { member, until: Date.now() + leaseMs, node })
   }
 
-  async absent(topic: string, tab: string): Promise<void> {
+  async absent(topic: string, tab: string, node: string): Promise<void> {
     const m = this.topics.get(topic)
-    if (m?.delete(tab) && m.size === 0) this.topics.delete(topic)
+    if (m?.get(tab)?.node !== node) return
+    m.delete(tab)
+    if (m.size === 0) this.topics.delete(topic)
   }
 
   async members(topic: string): Promise<PresenceMember[]> {
@@ -72,19 +78,19 @@ export class MemoryCollabStore implements CollabStore {
     return out
   }
 
-  async acquire(key: string, holder: Omit<LockHolder, 'since'>, leaseMs: number, takeover: boolean): Promise<Acquired> {
+  async acquire(key: string, holder: Omit<LockHolder, 'since'>, leaseMs: number, takeover: boolean, node: string): Promise<Acquired> {
     const now = Date.now()
     const cur = this.locks.get(key)
     const live = cur !== undefined && cur.until > now ? cur.holder : null
     if (live !== null && live.tab !== holder.tab && !takeover) return { ok: false, holder: live }
     const since = live !== null && live.tab === holder.tab ? live.since : now
-    this.locks.set(key, { holder: { ...holder, since }, until: now + leaseMs })
+    this.locks.set(key, { holder: { ...holder, since }, until: now + leaseMs, node })
     return { ok: true, previous: live !== null && live.tab !== holder.tab ? live : null }
   }
 
-  async release(key: string, tab: string): Promise<boolean> {
+  async release(key: string, tab: string, node: string | undefined): Promise<boolean> {
     const cur = this.locks.get(key)
-    if (cur === undefined || cur.holder.tab !== tab) return false
+    if (cur === undefined || cur.holder.tab !== tab || (node !== undefined && cur.node !== node)) return false
     this.locks.delete(key)
     return cur.until > Date.now()
   }

@@ -109,6 +109,25 @@ d('presence and locks across nodes', () => {
     expect(await ben.op('lock')).toMatchObject({ result: 'held' })
   })
 
+  test("a tab that drops and reconnects to another node within the grace keeps presence and lock: the old node's grace removes nothing", async () => {
+    const a = await node()
+    const b = await node()
+    const anna = await client(a.port, 'anna')
+    anna.send({ op: 'presence', topic: 'item:4', tab: 'anna-tab-1', meta: null })
+    anna.send({ op: 'lock', key: 'item:4', tab: 'anna-tab-1' })
+    expect(await anna.op('lock')).toMatchObject({ result: 'held' })
+    anna.close() // dropped without a word; node A starts its graces
+    const again = await client(b.port, 'anna')
+    again.send({ op: 'presence', topic: 'item:4', tab: 'anna-tab-1', meta: null })
+    again.send({ op: 'lock', key: 'item:4', tab: 'anna-tab-1' })
+    expect(await again.op('lock')).toMatchObject({ result: 'held' })
+    // Past both of node A's graces.
+    await new Promise((r) => setTimeout(r, TIMING.lockGraceMs + 300))
+    expect(again.frames.filter((f) => f.op === 'lock-lost')).toEqual([])
+    expect(await b.rt.locks.holder('item:4')).toMatchObject({ user: 'anna', tab: publicTab('anna', 'anna-tab-1') })
+    expect((await b.rt.presence('item:4')).map((m) => m.user)).toEqual(['anna'])
+  })
+
   test('a node that starts (or restarts) wipes nothing: locks and presence held through other nodes stay', async () => {
     const a = await node()
     const anna = await client(a.port, 'anna')

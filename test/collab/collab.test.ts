@@ -221,6 +221,29 @@ describe('tab ids', () => {
   })
 })
 
+describe('what a connection leaves behind', () => {
+  test('one entry per connection and topic: presenting under new tab ids replaces, never piles up ghosts', async () => {
+    f = await cms()
+    const anna = await f.connect(as('anna'))
+    for (let i = 0; i < 20; i++) await join(anna, 'item:7', `anna-tab-${String(i).padStart(2, '0')}`)
+    const members = await f.rt.presence('item:7')
+    expect(members.map((m) => m.tab)).toEqual([pub('anna', 'anna-tab-19')])
+  })
+
+  test('a socket that closes while its presence and lock are being authorised leaves neither behind', async () => {
+    f = await cms({ authorize: async () => { await new Promise((r) => setTimeout(r, 150)); return true } })
+    const anna = await f.connect(as('anna'))
+    anna.send({ op: 'presence', topic: 'item:7', tab: 'anna-tab-1', meta: null })
+    anna.send({ op: 'lock', key: 'item:7', tab: 'anna-tab-1' })
+    await new Promise((r) => setTimeout(r, 20))
+    anna.close()
+    // Past the authorisation and both graces: nothing was left to be renewed forever.
+    await new Promise((r) => setTimeout(r, 150 + TIMING.lockGraceMs + 200))
+    expect(await f.rt.presence('item:7')).toEqual([])
+    expect(await f.rt.locks.holder('item:7')).toBeNull()
+  })
+})
+
 describe('authorisation', () => {
   test('a user not allowed on a topic can neither join or see its presence nor lock it', async () => {
     f = await cms()
