@@ -699,6 +699,8 @@ class Client implements RealtimeClient {
       case 'resync':
         return this.emit('resync', f.topic)
       case 'error': {
+        // A server older than locks answers `unknown_op` without a topic: nothing it will ever grant.
+        if (f.code === 'unknown_op' && f.topic === undefined && this.asking.size > 0) this.dropAsking('the server does not support locks')
         const waiting = f.topic === undefined ? undefined : this.asking.get(f.topic)
         if (waiting !== undefined) {
           this.asking.delete(f.topic!)

@@ -4,11 +4,11 @@
  * takeover with the `lost` event, and a reconnect that takes presence and
  * the lock back without anyone seeing them go.
  */
-import type { IncomingMessage } from 'node:http'
-import WebSocket from 'ws'
+import { createServer, type IncomingMessage } from 'node:http'
+import WebSocket, { WebSocketServer } from 'ws'
 import type { Presence, RealtimeClient } from '../../lib/client'
 import { publicTab } from '../../lib/collab/collab'
-import { Cleanup } from '../helpers/net'
+import { Cleanup, listen } from '../helpers/net'
 import { client, startApp, waitFor, type App } from './helpers'
 
 const cleanup = new Cleanup()
@@ -112,4 +112,21 @@ test('lock() while the WebSocket is not live rejects at once', async () => {
   a.rt.webSocketEnabled = false
   const anna = editor(a, 'anna')
   await expect(anna.lock('item:4')).rejects.toThrow(/live WebSocket/)
+})
+
+test('against a server that predates locks (unknown_op), lock() rejects instead of waiting forever', async () => {
+  const wss = new WebSocketServer({ noServer: true })
+  const srv = await listen(createServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' })
+    res.end(JSON.stringify({ webSocketEnabled: true, url: '/realtime', protocol: 'cms-realtime.v1', heartbeatMs: 25000, fallback: null }))
+  }))
+  srv.server.on('upgrade', (req, socket, head) => wss.handleUpgrade(req, socket, head, (ws) => {
+    ws.on('message', () => ws.send(JSON.stringify({ op: 'error', code: 'unknown_op', message: 'unknown op "lock"' })))
+  }))
+  cleanup.add(() => srv.close())
+  cleanup.add(() => wss.close())
+  const c = client(srv.base)
+  cleanup.add(() => c.close())
+  await waitFor(() => c.state === 'live', 'live')
+  await expect(c.lock('item:5')).rejects.toThrow(/does not support locks/)
 })
