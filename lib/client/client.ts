@@ -152,6 +152,16 @@ export interface ClientOptions {
    * Return `null` when there is no signed-in user (state `signed-out`).
    */
   token?: () => string | null | undefined | Promise<string | null | undefined>
+  /**
+   * Share one connection among all tabs of this origin that use the same
+   * `configUrl` (default true in a browser that has the Web Locks API and
+   * BroadcastChannel): one tab leads and holds the connection, the others
+   * get their events through it, and another takes over, resuming from the
+   * cursors, when the leader closes or is frozen. `false`: this tab holds
+   * its own connection. Presence and locks always use the tab's own
+   * connection (see the README).
+   */
+  share?: boolean
 }
 
 export interface RealtimeClient {
@@ -186,7 +196,7 @@ export interface RealtimeClient {
   close(): void
 }
 
-type Globals = Partial<{
+export type Globals = Partial<{
   sessionStorage: { getItem(k: string): string | null; setItem(k: string, v: string): void }
   WebSocket: WebSocketCtor
   EventSource: EventSourceCtor
@@ -201,11 +211,18 @@ const DISABLED = 4000 // close code: the channel was switched off at run time
 const SESSION_ENDED = 4401 // close code: the session ended; retrying with the same credentials is pointless
 const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
 
-export function createClient(options: ClientOptions): RealtimeClient {
-  return new Client(options)
+/**
+ * What a tab sharing its connection needs to see of the connection it
+ * leads (`shared.ts`): cursors that do not come with an event, and
+ * subscriptions the server withdrew.
+ */
+export interface Tap {
+  cursor(topic: string, cursor: string): void
+  withdrawn(topic: string): void
 }
 
-class Client implements RealtimeClient {
+/** One tab, one connection: the engine behind every client (see `shared.ts` for tabs sharing one). */
+export class Client implements RealtimeClient {
   state: ClientState = 'connecting'
   diagnosis: Diagnosis | null = null
   private readonly handlers = new Map<string, Set<(e: RealtimeEvent) => void>>()
@@ -236,7 +253,7 @@ class Client implements RealtimeClient {
   private gen = 0
   private streamGen = 0
 
-  constructor(private readonly o: ClientOptions) {
+  constructor(private readonly o: ClientOptions, private readonly tap?: Tap) {
     const g = globalThis as Globals
     this.WS = o.WebSocket ?? g.WebSocket
     this.ES = o.EventSource === null ? undefined : o.EventSource ?? g.EventSource
@@ -277,6 +294,16 @@ class Client implements RealtimeClient {
     if (set === undefined) this.listeners.set(name, (set = new Set()))
     set.add(listener)
     return () => void set.delete(listener)
+  }
+
+  /** Where `topic` resumes, or undefined (for a tab that joins a topic this connection already carries). */
+  cursorOf(topic: string): string | undefined {
+    return this.cursors.get(topic)
+  }
+
+  /** Resume `topic` from `cursor` when it is subscribed (a connection taking over from another tab's). */
+  seed(topic: string, cursor: string): void {
+    if (!this.handlers.has(topic)) this.cursors.set(topic, cursor)
   }
 
   presence(topic: string, meta: unknown = null): Presence {
@@ -681,7 +708,10 @@ class Client implements RealtimeClient {
         return
       }
       case 'subscribed':
-        if (f.cursor !== undefined && this.handlers.has(f.topic)) this.cursors.set(f.topic, f.cursor)
+        if (f.cursor !== undefined && this.handlers.has(f.topic)) {
+          this.cursors.set(f.topic, f.cursor)
+          this.tap?.cursor(f.topic, f.cursor)
+        }
         return
       case 'unsubscribed':
         // Access withdrawn (`rt.reauthorize`): the subscription is over here too.
@@ -690,6 +720,7 @@ class Client implements RealtimeClient {
         this.cursors.delete(f.topic)
         this.last.delete(f.topic)
         this.restream()
+        this.tap?.withdrawn(f.topic)
         return this.emit('error', { code: f.reason, message: 'access to this topic was withdrawn', topic: f.topic })
       case 'closed':
         // The SSE stream's last frame: EventSource must not reconnect on its own.
@@ -811,7 +842,7 @@ interface LockState {
 const TAB_KEY = 'cms-realtime.tab'
 
 /** This tab's id: sessionStorage is per tab and survives a reload (so the tab takes its locks back). */
-function tabId(g: Globals): string {
+export function tabId(g: Globals): string {
   const fresh = Array.from(g.crypto!.getRandomValues(new Uint8Array(16)), (b) => ALPHABET[b & 63]).join('')
   try {
     const kept = g.sessionStorage?.getItem(TAB_KEY)
@@ -824,7 +855,7 @@ function tabId(g: Globals): string {
 }
 
 /** A throwing handler must not stop the others, nor the client: report it asynchronously. */
-function call<V>(fn: (v: V) => void, v: V): void {
+export function call<V>(fn: (v: V) => void, v: V): void {
   try {
     fn(v)
   } catch (err) {

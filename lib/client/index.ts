@@ -5,8 +5,8 @@
  *   const off = rt.subscribe('project:42', (event) => render(event))
  *   rt.on('state', (s) => banner(s))
  */
+export { createClient } from './shared'
 export {
-  createClient,
   type RealtimeClient,
   type ClientOptions,
   type ClientState,

@@ -1,0 +1,191 @@
+/**
+ * One connection per browser (issue #11), in real Chromium: five tabs of
+ * one editor share a single server connection; when the leading tab
+ * closes, crashes or is frozen, another takes over and every tab still
+ * holds every event once, in order, while events kept coming during the
+ * handover. `share: false` keeps a connection per tab.
+ */
+import { existsSync } from 'node:fs'
+import { build } from 'esbuild'
+import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core'
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import { Cleanup } from '../helpers/net'
+import { startApp, sleep, waitFor, type App } from '../client/helpers'
+
+const CHROMIUM = '/usr/bin/chromium'
+const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+  '--disable-sync', '--no-first-run', '--disable-quic']
+const available = existsSync(CHROMIUM)
+if (!available && process.env.CI !== 'true') console.log(`skipping the shared-connection tests: ${CHROMIUM} is missing`)
+const describeBrowser = available || process.env.CI === 'true' ? describe : describe.skip
+
+// Every tab is on project:1; tab i also on its own tab:<i>, which only it wants.
+const PAGE = `<!doctype html><meta charset="utf-8"><title>shared</title>
+<script type="module">
+import { createClient } from '/client.js'
+const q = new URLSearchParams(location.search)
+const log = (window.log = { states: [], events: [], own: [] })
+const c = createClient({ configUrl: '/realtime/config', share: q.get('share') !== 'false', backoff: { initialMs: 50, maxMs: 400 } })
+c.on('state', (s) => log.states.push(s))
+c.subscribe('project:1', (e) => log.events.push(e.data.n))
+c.subscribe('tab:' + q.get('i'), (e) => log.own.push(e.data.n))
+window.client = c
+</script>`
+
+const COUNT_SOCKETS = `window.__sockets = 0
+const Native = window.WebSocket
+window.WebSocket = class extends Native { constructor(...a) { super(...a); window.__sockets++ } }`
+
+const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i)
+
+describeBrowser('one connection per browser, in Chromium', () => {
+  let browser: Browser
+  let bundle: string
+  const cleanup = new Cleanup()
+
+  beforeAll(async () => {
+    const out = await build({ entryPoints: ['lib/client/index.ts'], bundle: true, format: 'esm', minify: true, write: false })
+    bundle = out.outputFiles[0]!.text
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS })
+  }, 30_000)
+  afterAll(async () => { await browser?.close() })
+  afterEach(() => cleanup.run())
+
+  function servePage(req: IncomingMessage, res: ServerResponse): boolean {
+    const path = (req.url ?? '/').split('?')[0]
+    if (path === '/') res.writeHead(200, { 'Content-Type': 'text/html' }).end(PAGE)
+    else if (path === '/favicon.ico') res.writeHead(204).end()
+    else if (path === '/client.js') res.writeHead(200, { 'Content-Type': 'text/javascript' }).end(bundle)
+    else return false
+    return true
+  }
+
+  async function setup(): Promise<{ a: App; ctx: BrowserContext }> {
+    const a = await startApp({}, servePage)
+    cleanup.add(() => a.srv.close())
+    cleanup.add(() => a.rt.close(200))
+    const ctx = await browser.newContext()
+    cleanup.add(() => ctx.close())
+    await ctx.addInitScript(COUNT_SOCKETS)
+    return { a, ctx }
+  }
+
+  async function tabs(a: App, ctx: BrowserContext, n: number, query = ''): Promise<Page[]> {
+    const pages: Page[] = []
+    for (let i = 0; i < n; i++) {
+      const page = await ctx.newPage()
+      await page.goto(`${a.srv.base}/?i=${i}${query}`)
+      pages.push(page)
+    }
+    for (const page of pages) await page.waitForFunction('window.log.states.at(-1) === "live"', undefined, { timeout: 10_000, polling: 20 })
+    return pages
+  }
+
+  const sockets = (page: Page) => page.evaluate(() => (window as unknown as { __sockets: number }).__sockets)
+  const logOf = (page: Page) => page.evaluate(() => (window as unknown as { log: { events: number[]; own: number[] } }).log)
+
+  async function leaderOf(pages: Page[]): Promise<Page> {
+    // The leader is the page whose latest socket is the one open now: the one with the most constructed, among those alive.
+    const counts = await Promise.all(pages.map(sockets))
+    const open = await Promise.all(pages.map((p) => p.evaluate(() => (window as unknown as { client: { state: string } }).client.state)))
+    expect(open.every((s) => s === 'live')).toBe(true)
+    const i = counts.indexOf(Math.max(...counts))
+    return pages[i]!
+  }
+
+  /** All subscribed: the one connection carries project:1 and every tab's own topic. */
+  const subscribed = (a: App, topics: number) => waitFor(() => a.rt.stats().subscriptions === topics, `${topics} subscriptions`)
+
+  /** Publish n, n+1, … every `everyMs` until stopped; resolves with the count. */
+  function ticker(a: App, everyMs: number): { stop: () => Promise<number> } {
+    let n = 0
+    let running = true
+    const done = (async () => {
+      while (running) {
+        await a.rt.publish('project:1', 'tick', { n: n++ })
+        await sleep(everyMs)
+      }
+      return n
+    })()
+    return { stop: async () => { running = false; return done } }
+  }
+
+  async function allHave(pages: Page[], count: number): Promise<void> {
+    for (const page of pages) {
+      await page.waitForFunction(`window.log.events.length >= ${count}`, undefined, { timeout: 10_000, polling: 20 })
+      expect((await logOf(page)).events).toEqual(range(count))
+    }
+  }
+
+  test('5 tabs of one editor hold one server connection, and every tab gets its events (its own topics too)', async () => {
+    const { a, ctx } = await setup()
+    const pages = await tabs(a, ctx, 5)
+    await subscribed(a, 6)
+    expect(a.rt.stats().connections).toBe(1)
+    expect((await Promise.all(pages.map(sockets))).reduce((x, y) => x + y)).toBe(1)
+    for (let n = 0; n < 20; n++) await a.rt.publish('project:1', 'tick', { n })
+    for (let i = 0; i < 5; i++) await a.rt.publish(`tab:${i}`, 'own', { n: i })
+    await allHave(pages, 20)
+    for (let i = 0; i < 5; i++) expect((await logOf(pages[i]!)).own).toEqual([i])
+    console.log(`5 tabs → ${a.rt.stats().connections} server connection (share: false → 5)`)
+  })
+
+  test('share: false keeps one connection per tab', async () => {
+    const { a, ctx } = await setup()
+    await tabs(a, ctx, 3, '&share=false')
+    await waitFor(() => a.rt.stats().connections === 3, '3 connections')
+  })
+
+  test('the leader closes, then the next one crashes, then the next is frozen: each time another takes over within a second, and no tab loses or repeats an event', async () => {
+    const { a, ctx } = await setup()
+    const pages = await tabs(a, ctx, 5)
+    await subscribed(a, 6)
+    const tick = ticker(a, 5)
+    const takeovers: number[] = []
+    const handOver = async (how: (leader: Page) => Promise<void>): Promise<Page> => {
+      const leader = await leaderOf(pages)
+      const before = a.rt.stats().eventsDelivered
+      pages.splice(pages.indexOf(leader), 1)
+      const t0 = Date.now()
+      await how(leader)
+      // Taken over: one connection again, with the remaining topics, delivering.
+      await waitFor(() => a.rt.stats().connections === 1 && a.rt.stats().subscriptions === pages.length + 1
+        && a.rt.stats().eventsDelivered > before + 1, 'a new leader', 5000)
+      takeovers.push(Date.now() - t0)
+      return leader
+    }
+    // Headless Chromium does not freeze a visible page (Page.setWebLifecycleState
+    // leaves it running), so freeze it the way the browser does: the freeze
+    // event, then no task runs for 3 s; then the resume event.
+    const freeze = async (leader: Page): Promise<void> => {
+      frozen = leader
+      thawed = leader.evaluate(() => new Promise<void>((resolve) => {
+        document.dispatchEvent(new Event('freeze'))
+        // The freeze event's task ends (its microtasks run), then the page stops.
+        setTimeout(() => {
+          const until = Date.now() + 3000
+          while (Date.now() < until) { /* frozen: nothing else runs in this page */ }
+          document.dispatchEvent(new Event('resume'))
+          resolve()
+        })
+      }))
+    }
+    let frozen: Page | undefined
+    let thawed: Promise<void> | undefined
+    await sleep(100)
+    await handOver((leader) => leader.close())
+    await sleep(100)
+    // Page.crash never answers: the page is gone.
+    await handOver(async (leader) => { void (await ctx.newCDPSession(leader)).send('Page.crash').catch(() => {}) })
+    await sleep(100)
+    await handOver(freeze)
+    await sleep(100)
+    const count = await tick.stop()
+    await allHave(pages, count)
+    // The frozen page missed nothing either: it catches up when it resumes.
+    await thawed
+    await allHave([frozen!], count)
+    console.log(`takeover after close / crash / freeze: ${takeovers.join(' / ')} ms; ${count} events, none lost or repeated in any tab`)
+    for (const ms of takeovers) expect(ms).toBeLessThan(1000)
+  }, 60_000)
+})
