@@ -5,8 +5,8 @@
  * the min–max spread and cms-realtime's ratio to each baseline.
  *
  * Flags: --smoke (a few hundred clients, seconds), --runs N, --clients N,
- * --connections N, --systems a,b, --cases cms,fanout,connections,storm,long-burst,sse,cross-node,presence
- * (default all; cross-node needs Redis at 127.0.0.1:6379 or BENCH_REDIS_URL), --out FILE, --cpu-prof (profiles each server into
+ * --connections N, --systems a,b, --cases cms,fanout,connections,storm,long-burst,sse,cross-node,presence,tabs
+ * (default all; cross-node needs Redis at 127.0.0.1:6379 or BENCH_REDIS_URL; tabs needs /usr/bin/chromium), --out FILE, --cpu-prof (profiles each server into
  * bench/results/prof), --heap-snapshot (each server after its connections
  * case, into bench/results/heap).
  */
@@ -37,7 +37,7 @@ const smoke = has('smoke')
 const resultsDir = join(__dirname, 'results')
 const systems = (flag('systems')?.split(',') ?? [...SYSTEMS]) as System[]
 for (const s of systems) if (!SYSTEMS.includes(s)) throw new Error(`unknown system ${s}; known: ${SYSTEMS.join(', ')}`)
-const CASES = ['cms', 'fanout', 'connections', 'storm', 'long-burst', 'sse', 'cross-node', 'presence'] as const
+const CASES = ['cms', 'fanout', 'connections', 'storm', 'long-burst', 'sse', 'cross-node', 'presence', 'tabs'] as const
 const cases = flag('cases')?.split(',') ?? [...CASES]
 for (const c of cases) if (!(CASES as readonly string[]).includes(c)) throw new Error(`unknown case ${c}; known: ${CASES.join(', ')}`)
 
@@ -118,6 +118,13 @@ async function main(): Promise<void> {
     if (r.status !== 0) throw new Error(`presence case failed: ${r.stderr}`)
     presence = r.stdout.trim().split('\n')
   }
+  let tabs: string[] = []
+  if (cases.includes('tabs')) {
+    process.stdout.write('cms-realtime: one connection per browser (Chromium)\n')
+    const r = spawnSync(process.execPath, ['--import', 'tsx', join(__dirname, 'tabs.ts')], { encoding: 'utf8' })
+    if (r.status !== 0) throw new Error(`tabs case failed: ${r.stderr}`)
+    tabs = r.stdout.trim().split('\n')
+  }
   const summary = summarise(fan, conns, systems)
   if (Object.keys(cmsRuns).length > 0) console.log('\n' + cmsTable(cmsRuns, systems, cfg.clients))
   if (Object.keys(storms).length > 0) console.log('\n' + stormLine(storms, systems, cfg.clients))
@@ -125,6 +132,7 @@ async function main(): Promise<void> {
   if (sse.length > 0) console.log('\n' + sseLine(sse, fan['cms-realtime'] ?? [], cfg.clients))
   if (Object.keys(cross).length > 0) console.log('\n' + crossNodeLines(cross, crossCfg).join('\n'))
   if (presence.length > 0) console.log('\n' + presence.join('\n'))
+  if (tabs.length > 0) console.log('\n' + tabs.join('\n'))
   const machine = {
     cpus: cpus().length,
     cpu: cpus()[0]?.model ?? 'unknown',
@@ -135,7 +143,7 @@ async function main(): Promise<void> {
   }
   const out = flag('out') ?? join(resultsDir, `bench-${new Date().toISOString().replace(/[:.]/g, '-')}.json`)
   mkdirSync(join(out, '..'), { recursive: true })
-  const json = { date: new Date().toISOString(), seconds: (Date.now() - t0) / 1000, machine, config: cfg, summary, longBurst: long, runs: { cms: cmsRuns, storm: storms, fanout: fan, connections: conns, sse, crossNode: cross }, presence }
+  const json = { date: new Date().toISOString(), seconds: (Date.now() - t0) / 1000, machine, config: cfg, summary, longBurst: long, runs: { cms: cmsRuns, storm: storms, fanout: fan, connections: conns, sse, crossNode: cross }, presence, tabs }
   writeFileSync(out, JSON.stringify(json, null, 2))
   console.log(`\n${json.seconds.toFixed(0)} s on ${machine.cpus} × ${machine.cpu}, Node ${machine.node}; JSON: ${out}`)
 }

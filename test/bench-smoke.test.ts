@@ -4,7 +4,7 @@
  * runs, not a timed assertion: figures are never compared here.
  */
 import { spawn } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { redisReachable } from './bus/redis-helpers'
@@ -35,11 +35,15 @@ async function smoke(args: string[], killAfterMs: number): Promise<{ stdout: str
 const SYSTEMS = ['cms-realtime', 'ws', 'socket.io']
 
 test('npm run bench:smoke runs every single-node case against every system and writes the table and JSON', async () => {
-  const { stdout, json: raw } = await smoke(['--cases', 'cms,fanout,connections,storm,long-burst,sse,presence'], 110_000)
+  const { stdout, json: raw } = await smoke(['--cases', 'cms,fanout,connections,storm,long-burst,sse,presence,tabs'], 110_000)
   expect(stdout).toMatch(/reconnect storm, 200 clients at once .*cms-realtime \d+ ms, ws \d+ ms/)
   expect(stdout).toContain('CMS-shaped: 200 editors')
   expect(stdout).toMatch(/\| paced \(10 publishes per turn\): server CPU µs\/delivery \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+× \| [\d.]+× \|/)
   expect(stdout).toMatch(/presence: \d+ B of server heap per present tab/)
+  // Chromium is installed by .ci/run; elsewhere the case says why it did not run.
+  if (existsSync('/usr/bin/chromium') || process.env.CI === 'true') {
+    expect(stdout).toMatch(/tabs: one editor with 5 tabs → 1 server connection\(s\) \(5 with share: false\).* none lost or repeated in any tab/)
+  } else expect(stdout).toContain('tabs: skipped, /usr/bin/chromium is missing')
   expect(stdout).toMatch(/presence: a 200-editor CMS .* KiB\/min/)
   expect(stdout).toContain('| metric (median, min–max) | cms-realtime | ws | socket.io | ÷ ws | ÷ socket.io |')
   expect(stdout).toMatch(/-event burst: complete/)
