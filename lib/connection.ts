@@ -28,6 +28,10 @@ export interface Core {
   drained(): Promise<void>
   /** Within a delivery slice, hold `socket`'s writes until the slice ends (see Delivery.hold). */
   hold(socket: Duplex, flushAt: number, bytes: number): void
+  /** Within a delivery slice, take `wire` to write with the slice's other frames for `socket`; false: write it now (see Delivery.gather). */
+  gather(socket: Duplex, wire: Buffer, flushAt: number): boolean
+  /** Write what is gathered for `socket` now. */
+  flush(socket: Duplex): void
   /** The connection's socket closed and it has left every topic. */
   closed(conn: Connection): void
   /** Every open connection and stream, for session life and per-user limits. */
@@ -151,8 +155,7 @@ export class Connection implements Subscriber, Session, Participant {
       this.close(CloseCode.TRY_AGAIN_LATER, 'slow consumer')
       return false
     }
-    this.core.hold(this.socket, Math.min(FLUSH_AT, this.core.opts.maxBufferedBytes / 4), wire.length)
-    this.socket.write(wire)
+    if (!this.core.gather(this.socket, wire, Math.min(FLUSH_AT, this.core.opts.maxBufferedBytes / 4))) this.socket.write(wire)
     this.core.counters.eventsDelivered += events
     return true
   }
@@ -160,6 +163,7 @@ export class Connection implements Subscriber, Session, Participant {
   close(code: number, reason: string): void {
     if (this.closing) return
     this.closing = true
+    this.core.flush(this.socket) // frames gathered in this slice go before the close frame
     this.ws.close(code, reason.slice(0, 120)) // a close reason holds at most 123 bytes
     // The close handshake waits behind whatever is queued; don't let a stuck
     // peer hold the socket (and its buffer) for ws's 30 s close timeout.

@@ -163,6 +163,8 @@ export class Realtime<Ctx = IncomingMessage> {
       latest: (topic) => this.bus.latest(topic),
       drained: () => this.delivery.drained(),
       hold: (socket, flushAt, bytes) => this.delivery.hold(socket, flushAt, bytes),
+      gather: (socket, wire, flushAt) => this.delivery.gather(socket, wire, flushAt),
+      flush: (socket) => this.delivery.flush(socket),
       closed: (conn) => { this.connections.delete(conn) },
       sessions: this.sessions,
       collab: this.collab,

@@ -206,3 +206,36 @@ test('two instances in one process keep their own delivery slice: a write of one
   expect(corkedDuringOurSlice.length).toBeGreaterThan(0)
   expect(corkedDuringOurSlice.every((n) => n === 0)).toBe(true)
 })
+
+test('a client on topics that take turns (a bulk edit over 100 projects) gets one write per slice, not one per event, every frame in order', async () => {
+  f = await fixture()
+  const sockets = Array.from({ length: 20 }, () => new PassThrough())
+  const writes = sockets.map(() => 0)
+  const got = sockets.map(() => [] as Buffer[])
+  sockets.forEach((s, i) => {
+    const write = s.write.bind(s)
+    s.write = ((chunk: Buffer) => {
+      writes[i]!++
+      got[i]!.push(chunk)
+      return write(chunk)
+    }) as typeof s.write
+  })
+  // Socket i is on project i % 10: each project has two subscribers.
+  const subscribers = (topic: string) => new Set(sockets.flatMap((socket, i) => (topic === `project:${i % 10}` ? [{
+    deliver: () => {},
+    deliverBatch: (_e: unknown, _f: unknown, wire: Buffer) => { if (!delivery.gather(socket, wire, 64 * 1024)) socket.write(wire) },
+    resync: () => {},
+  }] : [])))
+  const delivery: Delivery = new Delivery(subscribers as never)
+  const count = 1000
+  for (let n = 0; n < count; n++) delivery.push({ topic: `project:${n % 10}`, id: String(n), type: 'x', data: `{"n":${n}}` })
+  await delivery.drained()
+  for (let i = 0; i < sockets.length; i++) {
+    // Every frame, in publish order: the payloads of this socket's project.
+    const text = Buffer.concat(got[i]!).toString('latin1')
+    const seen = [...text.matchAll(/"n":(\d+)/g)].map((m) => Number(m[1]))
+    expect(seen).toEqual(range(0, count - 1).filter((n) => n % 10 === i % 10))
+    // 100 events: the first inline, the rest in a few slices, not 100 writes.
+    expect(writes[i]).toBeLessThanOrEqual(5)
+  }
+})
