@@ -76,3 +76,20 @@ test('the browser client names its topics in the handshake on every (re)connect:
   expect(sent.filter((s) => s.includes('"subscribe"'))).toEqual([])
   c.close()
 })
+
+test('the 101 and the answers to the handshake topics leave in one write to the kernel, not one each', async () => {
+  f = await fixture()
+  // Count the socket's writes where Node hands them to libuv (one syscall each).
+  let writes = 0
+  f.srv.server.prependListener('upgrade', (_req: IncomingMessage, socket: { _handle: Record<string, unknown> }) => {
+    const handle = socket._handle
+    for (const name of ['writev', 'writeBuffer', 'writeUtf8String', 'writeLatin1String', 'writeAsciiString']) {
+      const original = handle[name] as ((...a: unknown[]) => unknown) | undefined
+      if (original !== undefined) handle[name] = (...a: unknown[]) => { writes++; return original.apply(handle, a) }
+    }
+  })
+  const c = await f.connect({ path: '/realtime?topics=projects,project:1' })
+  await c.next((fr) => fr.op === 'subscribed' && fr.topic === 'projects')
+  await c.next((fr) => fr.op === 'subscribed' && fr.topic === 'project:1')
+  expect(writes).toBe(1)
+})
