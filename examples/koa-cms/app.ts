@@ -70,6 +70,8 @@ export function createApp(options: KoaRealtimeOptions = {}) {
 
   const router = new Router({ prefix: '/api' })
   router.get('/projects', (ctx) => { ctx.body = [...projects.values()].map(summary) })
+  // Open connections: the tabs of one browser share one (see docs/client.md).
+  router.get('/stats', (ctx) => { ctx.body = { connections: rt.stats().connections, fallbackStreams: rt.stats().fallbackStreams } })
   router.get('/projects/:id', (ctx) => {
     const p = find(ctx.params.id!)
     if (ctx.state.user !== null && !isMember(p, ctx.state.user)) ctx.throw(403, `you are not a member of project ${p.id}`)

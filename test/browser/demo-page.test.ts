@@ -126,6 +126,18 @@ describeBrowser('the demo page in Chromium', () => {
     await anna.screenshot({ path: `${ARTIFACTS}/demo-page.png` })
   }, 30_000)
 
+  test('the tabs of one browser share one connection: three tabs of anna, one connection; an event shows in each', async () => {
+    const base = await demo()
+    const first = await open(`${base}/?user=anna`)
+    const tabs = [first, await first.context().newPage(), await first.context().newPage()]
+    for (const tab of tabs.slice(1)) await tab.goto(`${base}/?user=anna`)
+    for (const tab of tabs) await live(tab)
+    const stats = await (await fetch(`${base}/api/stats`)).json() as { connections: number }
+    expect(stats.connections).toBe(1)
+    await submit(tabs[0]!, 'comment-form', { text: 'Seen in every tab' })
+    for (const tab of tabs) await tab.locator('#comments li', { hasText: 'Seen in every tab' }).waitFor({ timeout: 5000 })
+  })
+
   test('a notification reaches only the bell of the user it is for', async () => {
     const base = await demo()
     const anna = await open(`${base}/?user=anna`)

@@ -24,9 +24,11 @@ const PAGE = `<!doctype html><meta charset="utf-8"><title>shared</title>
 <script type="module">
 import { createClient } from '/client.js'
 const q = new URLSearchParams(location.search)
-const log = (window.log = { states: [], events: [], own: [] })
+const log = (window.log = { states: [], events: [], own: [], errors: [], signedOut: [] })
 const c = createClient({ configUrl: '/realtime/config', share: q.get('share') !== 'false', backoff: { initialMs: 50, maxMs: 400 } })
 c.on('state', (s) => log.states.push(s))
+c.on('error', (e) => log.errors.push(e.code + ':' + e.topic))
+c.on('signed-out', (e) => log.signedOut.push(e.reason))
 c.subscribe('project:1', (e) => log.events.push(e.data.n))
 c.subscribe('tab:' + q.get('i'), (e) => log.own.push(e.data.n))
 window.client = c
@@ -60,8 +62,8 @@ describeBrowser('one connection per browser, in Chromium', () => {
     return true
   }
 
-  async function setup(): Promise<{ a: App; ctx: BrowserContext }> {
-    const a = await startApp({}, servePage)
+  async function setup(options: Parameters<typeof startApp>[0] = {}): Promise<{ a: App; ctx: BrowserContext }> {
+    const a = await startApp(options, servePage)
     cleanup.add(() => a.srv.close())
     cleanup.add(() => a.rt.close(200))
     const ctx = await browser.newContext()
@@ -188,4 +190,25 @@ describeBrowser('one connection per browser, in Chromium', () => {
     console.log(`takeover after close / crash / freeze: ${takeovers.join(' / ')} ms; ${count} events, none lost or repeated in any tab`)
     for (const ms of takeovers) expect(ms).toBeLessThan(1000)
   }, 60_000)
+
+  test('what the server says to the one connection reaches every tab: a topic withdrawn from all, then the session ended', async () => {
+    const denied = new Set<string>()
+    const { a, ctx } = await setup({ authorize: (_user, topic) => !denied.has(topic) })
+    const pages = await tabs(a, ctx, 3)
+    await subscribed(a, 4)
+    denied.add('project:1')
+    await a.rt.reauthorize()
+    for (const page of pages) await page.waitForFunction('window.log.errors.includes("forbidden:project:1")', undefined, { timeout: 5000, polling: 20 })
+    // Dropped in every tab, on the server too; each tab's own topic stays.
+    await subscribed(a, 3)
+    await a.rt.publish('project:1', 'tick', { n: 0 })
+    await a.rt.publish('tab:2', 'own', { n: 2 })
+    await pages[2]!.waitForFunction('window.log.own.length === 1', undefined, { timeout: 5000, polling: 20 })
+    for (const page of pages) expect((await logOf(page)).events).toEqual([])
+    // The session ends: every tab is signed out, and none reconnects.
+    expect(a.rt.disconnect(() => true)).toBe(1)
+    for (const page of pages) await page.waitForFunction('window.client.state === "signed-out" && window.log.signedOut.length === 1', undefined, { timeout: 5000, polling: 20 })
+    await sleep(300)
+    expect(a.rt.stats().connections).toBe(0)
+  })
 })
