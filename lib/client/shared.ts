@@ -134,7 +134,8 @@ class SharedClient implements RealtimeClient {
     if (set === undefined) {
       this.handlers.set(topic, (set = new Set()))
       if (this.lead !== undefined) this.want(this.lead, this.peer, topic)
-      else this.post({ t: 'sub', peer: this.peer, topic })
+      else if (this.release !== undefined) this.post({ t: 'sub', peer: this.peer, topic })
+      // (before this page holds its own lock, the hello sent once it does names the topic)
     }
     const h = handler as (e: RealtimeEvent) => void
     set.add(h)
@@ -142,7 +143,7 @@ class SharedClient implements RealtimeClient {
       if (!set.delete(h) || set.size > 0 || this.handlers.get(topic) !== set) return
       this.forget(topic)
       if (this.lead !== undefined) this.unwant(this.lead, this.peer, topic)
-      else this.post({ t: 'unsub', peer: this.peer, topic })
+      else if (this.release !== undefined) this.post({ t: 'unsub', peer: this.peer, topic })
     }
   }
 
@@ -332,7 +333,7 @@ class SharedClient implements RealtimeClient {
         return lead?.engine.reconnect()
       case 'leader':
         // A new leader: tell it what this page wants, and from where.
-        if (lead === undefined && !this.paused) this.post(this.hello())
+        if (lead === undefined && !this.paused && this.release !== undefined) this.post(this.hello())
         return
       case 'event':
         return this.deliver(n.e)
