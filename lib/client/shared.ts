@@ -76,7 +76,11 @@ export function createClient(options: ClientOptions): RealtimeClient {
   const g = globalThis as { navigator?: { locks?: LockManagerLike }; BroadcastChannel?: ChannelCtor; document?: unknown }
   const locks = g.navigator?.locks
   if ((options.share ?? g.document !== undefined) && locks !== undefined && g.BroadcastChannel !== undefined) {
-    return new SharedClient(options, locks, g.BroadcastChannel)
+    try {
+      return new SharedClient(options, locks, g.BroadcastChannel)
+    } catch {
+      // a context that refuses the channel (an opaque origin): a connection of its own
+    }
   }
   return new Client(options)
 }
@@ -101,6 +105,8 @@ class SharedClient implements RealtimeClient {
   private release: (() => void) | undefined
   private closed = false
   private paused = false
+  /** Leading alone: this page could not take part in the election. */
+  private alone = false
   private own: Client | undefined
 
   constructor(private readonly o: ClientOptions, private readonly locks: LockManagerLike, Channel: ChannelCtor) {
@@ -113,12 +119,16 @@ class SharedClient implements RealtimeClient {
     // This page's own lock, held while it lives: the leader waits on it to
     // learn that the page is gone. Only then does the page say hello, so the
     // leader's wait can never be granted before the page holds it.
-    void this.locks.request(`${this.name}#${this.peer}`, {}, () => new Promise<void>((release) => {
+    this.locks.request(`${this.name}#${this.peer}`, {}, () => new Promise<void>((release) => {
       this.release = release
       if (this.closed) return release()
       this.post(this.hello())
       this.campaign()
-    }))
+    })).catch(() => {
+      // Locks refused here (a sandboxed frame): lead alone, without telling other tabs.
+      this.alone = true
+      if (!this.closed && this.lead === undefined) this.takeOver()
+    })
     // A leader that leaves or is frozen hands over; it rejoins when it comes back.
     const doc = (globalThis as { document?: { addEventListener?(name: string, fn: () => void): void } }).document
     doc?.addEventListener?.('freeze', () => this.pause())
@@ -311,11 +321,11 @@ class SharedClient implements RealtimeClient {
   }
 
   private post(note: Note): void {
-    if (!this.closed || note.t === 'bye') this.channel.postMessage(note)
+    if (!this.alone && (!this.closed || note.t === 'bye')) this.channel.postMessage(note)
   }
 
   private note(n: Note): void {
-    if (this.closed || typeof n !== 'object' || n === null) return
+    if (this.closed || this.alone || typeof n !== 'object' || n === null) return
     const lead = this.lead
     switch (n.t) {
       case 'hello':
@@ -368,6 +378,7 @@ class SharedClient implements RealtimeClient {
   private resume(): void {
     if (this.closed || !this.paused) return
     this.paused = false
+    if (this.alone) return this.takeOver()
     this.post(this.hello())
     this.campaign()
   }

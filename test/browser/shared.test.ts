@@ -211,4 +211,16 @@ describeBrowser('one connection per browser, in Chromium', () => {
     await sleep(300)
     expect(a.rt.stats().connections).toBe(0)
   })
+
+  test('a page refused the Web Locks (as in a sandboxed frame) leads alone: its own connection, its events, nothing relayed', async () => {
+    const { a, ctx } = await setup()
+    const [shared] = await tabs(a, ctx, 1)
+    const page = await ctx.newPage()
+    await page.addInitScript(`navigator.locks.request = () => Promise.reject(new DOMException('refused', 'SecurityError'))`)
+    await page.goto(`${a.srv.base}/?i=9`)
+    await page.waitForFunction('window.log.states.at(-1) === "live"', undefined, { timeout: 10_000, polling: 20 })
+    await waitFor(() => a.rt.stats().connections === 2, 'two connections')
+    await a.rt.publish('project:1', 'tick', { n: 0 })
+    await allHave([page, shared!], 1)
+  })
 })
