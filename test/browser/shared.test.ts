@@ -10,7 +10,7 @@ import { build } from 'esbuild'
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { Cleanup } from '../helpers/net'
-import { startApp, sleep, waitFor, type App } from '../client/helpers'
+import { startApp, startProxy, sleep, waitFor, type App } from '../client/helpers'
 
 const CHROMIUM = '/usr/bin/chromium'
 const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
@@ -223,4 +223,41 @@ describeBrowser('one connection per browser, in Chromium', () => {
     await a.rt.publish('project:1', 'tick', { n: 0 })
     await allHave([page, shared!], 1)
   })
+
+  test('a server restart: the shared connection reconnects and every tab recovers what was published meanwhile, exactly', async () => {
+    const { a, ctx } = await setup()
+    const pages = await tabs(a, ctx, 3)
+    await subscribed(a, 4)
+    for (let n = 0; n < 2; n++) await a.rt.publish('project:1', 'tick', { n })
+    await allHave(pages, 2)
+    const port = a.srv.port
+    await new Promise<void>((resolve) => {
+      a.srv.server.close(() => resolve())
+      for (const s of a.sockets) s.destroy()
+    })
+    for (const page of pages) await page.waitForFunction('window.client.state !== "live"', undefined, { timeout: 5000, polling: 20 })
+    for (let n = 2; n < 7; n++) await a.rt.publish('project:1', 'tick', { n })
+    a.srv.server.listen(port, '127.0.0.1')
+    for (const page of pages) await page.waitForFunction('window.client.state === "live"', undefined, { timeout: 15_000, polling: 20 })
+    await a.rt.publish('project:1', 'tick', { n: 7 })
+    await allHave(pages, 8)
+    expect(a.rt.stats().connections).toBe(1)
+  }, 30_000)
+
+  test('behind a proxy that strips the upgrade: the leader falls back to the event stream, and every tab is in fallback with every event', async () => {
+    const { a, ctx } = await setup()
+    const proxy = await startProxy(a.srv.port, true)
+    cleanup.add(() => proxy.srv.close())
+    const pages: Page[] = []
+    for (let i = 0; i < 3; i++) {
+      const page = await ctx.newPage()
+      await page.goto(`${proxy.srv.base}/?i=${i}`)
+      pages.push(page)
+    }
+    for (const page of pages) await page.waitForFunction('window.client.state === "fallback"', undefined, { timeout: 10_000, polling: 20 })
+    await waitFor(() => a.rt.stats().fallbackStreams === 1, 'one event stream for the three tabs')
+    for (let n = 0; n < 5; n++) await a.rt.publish('project:1', 'tick', { n })
+    await allHave(pages, 5)
+    expect(a.rt.stats().fallbackStreams).toBe(1)
+  }, 30_000)
 })
