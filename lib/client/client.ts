@@ -154,12 +154,14 @@ export interface ClientOptions {
   token?: () => string | null | undefined | Promise<string | null | undefined>
   /**
    * Share one connection among all tabs of this origin that use the same
-   * `configUrl` (default true in a browser that has the Web Locks API and
-   * BroadcastChannel): one tab leads and holds the connection, the others
-   * get their events through it, and another takes over, resuming from the
-   * cursors, when the leader closes or is frozen. `false`: this tab holds
-   * its own connection. Presence and locks always use the tab's own
-   * connection (see the README).
+   * `configUrl`: one tab leads and holds the connection, the others get
+   * their events through it, and another takes over, resuming from the
+   * cursors, when the leader closes or is frozen. Default: true in a
+   * browser (with the Web Locks API and BroadcastChannel) when there is no
+   * `token` hook, since cookies make every tab the same user; with `token`,
+   * tabs may be different users, so pass `true` only if they are not.
+   * `false`: this tab holds its own connection. Presence and locks always
+   * use the tab's own connection (see docs/client.md).
    */
   share?: boolean
 }

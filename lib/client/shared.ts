@@ -75,7 +75,12 @@ const SEEN = 256
 export function createClient(options: ClientOptions): RealtimeClient {
   const g = globalThis as { navigator?: { locks?: LockManagerLike }; BroadcastChannel?: ChannelCtor; document?: unknown }
   const locks = g.navigator?.locks
-  if ((options.share ?? g.document !== undefined) && locks !== undefined && g.BroadcastChannel !== undefined) {
+  // By default only with cookie credentials, which every tab of the origin
+  // shares: with a `token` hook each tab may be signed in as someone else
+  // (a token in sessionStorage), and one tab's connection must not carry
+  // another user's events. `share: true` says the tabs are one user.
+  const share = options.share ?? (g.document !== undefined && options.token === undefined)
+  if (share && locks !== undefined && g.BroadcastChannel !== undefined) {
     try {
       return new SharedClient(options, locks, g.BroadcastChannel)
     } catch {

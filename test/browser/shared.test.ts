@@ -25,7 +25,9 @@ const PAGE = `<!doctype html><meta charset="utf-8"><title>shared</title>
 import { createClient } from '/client.js'
 const q = new URLSearchParams(location.search)
 const log = (window.log = { states: [], events: [], own: [], errors: [], signedOut: [] })
-const c = createClient({ configUrl: '/realtime/config', share: q.get('share') !== 'false', backoff: { initialMs: 50, maxMs: 400 } })
+const share = q.get('share') === null ? undefined : q.get('share') === 'true'
+const token = q.get('token') === null ? undefined : () => q.get('token')
+const c = createClient({ configUrl: '/realtime/config', share, token, backoff: { initialMs: 50, maxMs: 400 } })
 c.on('state', (s) => log.states.push(s))
 c.on('error', (e) => log.errors.push(e.code + ':' + e.topic))
 c.on('signed-out', (e) => log.signedOut.push(e.reason))
@@ -260,4 +262,27 @@ describeBrowser('one connection per browser, in Chromium', () => {
     await allHave(pages, 5)
     expect(a.rt.stats().fallbackStreams).toBe(1)
   }, 30_000)
+
+  test('with a token hook the tabs do not share by default (each may be another user); share: true says they are one', async () => {
+    const users = new Map([['tok-anna', 'anna'], ['tok-ben', 'ben']])
+    const { a, ctx } = await setup({
+      authenticate: (req) => {
+        const h = req.headers.authorization
+        const id = h?.startsWith('Bearer ') ? users.get(h.slice(7)) : undefined
+        return id === undefined ? null : { id }
+      },
+      authorize: (user, topic) => !topic.startsWith('tab:') || user.id === 'anna',
+    })
+    // anna and ben in two tabs of one browser (tokens in sessionStorage): two connections, each its own user.
+    await tabs(a, ctx, 1, '&token=tok-anna')
+    const ben = await ctx.newPage()
+    await ben.goto(`${a.srv.base}/?i=1&token=tok-ben`)
+    await ben.waitForFunction('window.log.errors.includes("forbidden:tab:1")', undefined, { timeout: 10_000, polling: 20 })
+    await waitFor(() => a.rt.stats().connections === 2, 'a connection per tab')
+    // The app says its tabs are one user: shared.
+    const { a: b, ctx: ctx2 } = await setup({ authenticate: (req) => (req.headers.authorization === 'Bearer tok-anna' ? { id: 'anna' } : null) })
+    await tabs(b, ctx2, 3, '&token=tok-anna&share=true')
+    await subscribed(b, 4)
+    expect(b.rt.stats().connections).toBe(1)
+  })
 })
