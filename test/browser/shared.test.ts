@@ -271,7 +271,7 @@ describeBrowser('one connection per browser, in Chromium', () => {
         const id = h?.startsWith('Bearer ') ? users.get(h.slice(7)) : undefined
         return id === undefined ? null : { id }
       },
-      authorize: (user, topic) => !topic.startsWith('tab:') || user.id === 'anna',
+      authorize: (user, topic) => !topic.startsWith('tab:') || (user as { id: string }).id === 'anna',
     })
     // anna and ben in two tabs of one browser (tokens in sessionStorage): two connections, each its own user.
     await tabs(a, ctx, 1, '&token=tok-anna')
