@@ -4,8 +4,9 @@
  * bulk import publishing thousands in a loop) queue up, and are sent from
  * setImmediate slices of at most SLICE_MS each, so the event loop keeps
  * serving requests and sockets keep draining between slices; runs of
- * consecutive events of one topic are framed once and written to each
- * socket as one buffer (N frames, one syscall) instead of N writes.
+ * consecutive events of one topic are framed once, and a slice's frames for
+ * one socket, whatever their topics, are written to it as one buffer when
+ * the slice ends (N frames, one syscall) instead of N writes.
  *
  * Order: the queue is FIFO and a run never spans topics, so every
  * subscriber sees each topic's events in publish order.
