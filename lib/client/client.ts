@@ -206,6 +206,7 @@ export type Globals = Partial<{
   location: { href: string }
   crypto: { getRandomValues(a: Uint8Array): Uint8Array }
   addEventListener(name: string, fn: () => void): void
+  removeEventListener(name: string, fn: () => void): void
 }>
 
 const CLOSED = 2 // EventSource.CLOSED
@@ -223,16 +224,44 @@ export interface Tap {
   withdrawn(topic: string): void
 }
 
-/** One tab, one connection: the engine behind every client (see `shared.ts` for tabs sharing one). */
-export class Client implements RealtimeClient {
+/** What every client shows the page: its state and diagnosis, and the listeners to tell of changes. */
+export abstract class Observable {
   state: ClientState = 'connecting'
   diagnosis: Diagnosis | null = null
+  private readonly listeners = new Map<string, Set<(v: never) => void>>()
+
+  on<K extends keyof ClientEvents>(name: K, listener: (value: ClientEvents[K]) => void): () => void {
+    let set = this.listeners.get(name)
+    if (set === undefined) this.listeners.set(name, (set = new Set()))
+    set.add(listener)
+    return () => void set.delete(listener)
+  }
+
+  protected set(state: ClientState): void {
+    if (state === this.state) return
+    this.state = state
+    this.emit('state', state)
+  }
+
+  /** A new diagnosis (told once per change). */
+  protected diagnosed(d: Diagnosis | null): void {
+    if (d?.cause === this.diagnosis?.cause && d?.detail === this.diagnosis?.detail) return
+    this.diagnosis = d
+    this.emit('diagnosis', d)
+  }
+
+  protected emit<K extends keyof ClientEvents>(name: K, value: ClientEvents[K]): void {
+    for (const fn of this.listeners.get(name) ?? []) call(fn as (v: ClientEvents[K]) => void, value)
+  }
+}
+
+/** One tab, one connection: the engine behind every client (see `shared.ts` for tabs sharing one). */
+export class Client extends Observable implements RealtimeClient {
   private readonly handlers = new Map<string, Set<(e: RealtimeEvent) => void>>()
   /** Per topic: where to resume (`since`). */
   private readonly cursors = new Map<string, string>()
   /** Per topic: id of the last event handed out, so a replay overlap is never shown twice. */
   private readonly last = new Map<string, string>()
-  private readonly listeners = new Map<string, Set<(v: never) => void>>()
   private readonly base: string
   private readonly WS: WebSocketCtor | undefined
   private readonly ES: EventSourceCtor | undefined
@@ -256,6 +285,7 @@ export class Client implements RealtimeClient {
   private streamGen = 0
 
   constructor(private readonly o: ClientOptions, private readonly tap?: Tap) {
+    super()
     const g = globalThis as Globals
     this.WS = o.WebSocket ?? g.WebSocket
     this.ES = o.EventSource === null ? undefined : o.EventSource ?? g.EventSource
@@ -264,12 +294,15 @@ export class Client implements RealtimeClient {
     this.bo = { ...BACKOFF, ...o.backoff }
     this.tab = tabId(g)
     // Leaving the page: out of presence and locks at once, not after the grace.
-    g.addEventListener?.('pagehide', () => this.farewell())
+    g.addEventListener?.('pagehide', this.onPagehide)
     // Back online: try now rather than at the end of a long backoff.
-    g.addEventListener?.('online', () => {
-      if (!this.closed && this.state !== 'live' && this.state !== 'manual-refresh' && this.state !== 'signed-out') this.reconnect()
-    })
+    g.addEventListener?.('online', this.onOnline)
     void this.start()
+  }
+
+  private readonly onPagehide = (): void => this.farewell()
+  private readonly onOnline = (): void => {
+    if (!this.closed && this.state !== 'live' && this.state !== 'manual-refresh' && this.state !== 'signed-out') this.reconnect()
   }
 
   subscribe<T = unknown>(topic: string, handler: (event: RealtimeEvent<T>) => void): () => void {
@@ -289,13 +322,6 @@ export class Client implements RealtimeClient {
       if (this.open) this.send({ op: 'unsubscribe', topic })
       this.restream()
     }
-  }
-
-  on<K extends keyof ClientEvents>(name: K, listener: (value: ClientEvents[K]) => void): () => void {
-    let set = this.listeners.get(name)
-    if (set === undefined) this.listeners.set(name, (set = new Set()))
-    set.add(listener)
-    return () => void set.delete(listener)
   }
 
   /** Where `topic` resumes, or undefined (for a tab that joins a topic this connection already carries). */
@@ -413,6 +439,10 @@ export class Client implements RealtimeClient {
     this.farewell()
     this.dropAsking('the client was closed')
     this.closed = true
+    // A tab that leads, freezes and leads again makes a client each time: none may stay attached.
+    const g = globalThis as Globals
+    g.removeEventListener?.('pagehide', this.onPagehide)
+    g.removeEventListener?.('online', this.onOnline)
     clearTimeout(this.timer)
     if (this.ws !== undefined) this.drop(this.ws)
     this.closeStream()
@@ -779,17 +809,7 @@ export class Client implements RealtimeClient {
     }
   }
 
-  // ---- state, diagnosis ----
-
-  private set(state: ClientState): void {
-    if (state === this.state) return
-    this.state = state
-    this.emit('state', state)
-  }
-
-  private emit<K extends keyof ClientEvents>(name: K, value: ClientEvents[K]): void {
-    for (const fn of this.listeners.get(name) ?? []) call(fn as (v: ClientEvents[K]) => void, value)
-  }
+  // ---- diagnosis ----
 
   /** Ask the server what it saw for this handshake's nonce. */
   private async ask(nonce: string): Promise<void> {
@@ -810,10 +830,7 @@ export class Client implements RealtimeClient {
   }
 
   private diagnose(d: Diagnosis | null, report: boolean): void {
-    if (d?.cause !== this.diagnosis?.cause || d?.detail !== this.diagnosis?.detail) {
-      this.diagnosis = d
-      this.emit('diagnosis', d)
-    }
+    this.diagnosed(d)
     if (!report || d === null || this.reported || this.o.report === false || d.cause === 'offline') return
     this.reported = true
     this.fetch(new URL(`${this.cfg!.url!}/diagnostics`, this.base).href, {

@@ -22,7 +22,7 @@
  * leader lives on.
  */
 import {
-  Client, call, tabId,
+  Client, Observable, call, tabId,
   type ClientEvents, type ClientOptions, type ClientState, type Diagnosis, type Globals, type HeldLock,
   type Presence, type RealtimeClient, type RealtimeEvent, type RefusedLock,
 } from './client'
@@ -90,9 +90,7 @@ export function createClient(options: ClientOptions): RealtimeClient {
   return new Client(options)
 }
 
-class SharedClient implements RealtimeClient {
-  state: ClientState = 'connecting'
-  diagnosis: Diagnosis | null = null
+class SharedClient extends Observable implements RealtimeClient {
   readonly tab: string
   private readonly peer: string
   private readonly name: string
@@ -100,7 +98,6 @@ class SharedClient implements RealtimeClient {
   private readonly handlers = new Map<string, Set<(e: RealtimeEvent) => void>>()
   private readonly cursors = new Map<string, string>()
   private readonly seen = new Map<string, Set<string>>()
-  private readonly listeners = new Map<string, Set<(v: never) => void>>()
   private lead: Lead | undefined
   /** Gives the leader lock back. */
   private resign: (() => void) | undefined
@@ -115,6 +112,7 @@ class SharedClient implements RealtimeClient {
   private own: Client | undefined
 
   constructor(private readonly o: ClientOptions, private readonly locks: LockManagerLike, Channel: ChannelCtor) {
+    super()
     const g = globalThis as Globals
     this.tab = tabId(g)
     this.peer = Array.from(g.crypto!.getRandomValues(new Uint8Array(12)), (b) => b.toString(16).padStart(2, '0')).join('')
@@ -160,13 +158,6 @@ class SharedClient implements RealtimeClient {
       if (this.lead !== undefined) this.unwant(this.lead, this.peer, topic)
       else if (this.release !== undefined) this.post({ t: 'unsub', peer: this.peer, topic })
     }
-  }
-
-  on<K extends keyof ClientEvents>(name: K, listener: (value: ClientEvents[K]) => void): () => void {
-    let set = this.listeners.get(name)
-    if (set === undefined) this.listeners.set(name, (set = new Set()))
-    set.add(listener)
-    return () => void set.delete(listener)
   }
 
   presence(topic: string, meta?: unknown): Presence {
@@ -413,20 +404,7 @@ class SharedClient implements RealtimeClient {
   }
 
   private mirror(state: ClientState, diagnosis: Diagnosis | null): void {
-    if (diagnosis?.cause !== this.diagnosis?.cause || diagnosis?.detail !== this.diagnosis?.detail) {
-      this.diagnosis = diagnosis
-      this.emit('diagnosis', diagnosis)
-    }
+    this.diagnosed(diagnosis)
     this.set(state)
-  }
-
-  private set(state: ClientState): void {
-    if (state === this.state) return
-    this.state = state
-    this.emit('state', state)
-  }
-
-  private emit<K extends keyof ClientEvents>(name: K, value: ClientEvents[K]): void {
-    for (const fn of this.listeners.get(name) ?? []) call(fn as (v: ClientEvents[K]) => void, value)
   }
 }
