@@ -6,23 +6,11 @@
  * the proxy story: behind a header-stripping proxy → fallback with every
  * event and a `stripped_upgrade` diagnosis, behind a forwarding one → live.
  */
-import { existsSync } from 'node:fs'
-import { build } from 'esbuild'
-import { chromium, type Browser, type Page } from 'playwright-core'
-import type { IncomingMessage, ServerResponse } from 'node:http'
+import { type Browser, type Page } from 'playwright-core'
 import type { RealtimeOptions } from '../../lib/types'
 import { Cleanup } from '../helpers/net'
+import { clientBundle, COUNT_SOCKETS, describeBrowser, launchChromium, pageServer } from '../helpers/chromium'
 import { startApp, startProxy, sleep, waitFor, type App } from '../client/helpers'
-
-const CHROMIUM = '/usr/bin/chromium'
-const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-  '--disable-sync', '--no-first-run', '--disable-quic']
-
-const available = existsSync(CHROMIUM)
-if (!available && process.env.CI !== 'true') {
-  console.log(`skipping the Chromium tests: ${CHROMIUM} is missing (apt-get install -y chromium); under CI=true they run and fail`)
-}
-const describeBrowser = available || process.env.CI === 'true' ? describe : describe.skip
 
 const PAGE = `<!doctype html><meta charset="utf-8"><title>cms-realtime test page</title>
 <script type="module">
@@ -36,35 +24,22 @@ c.subscribe(topic, (e) => log.events.push(e.data.n))
 window.client = c
 </script>`
 
-// Counts WebSocket constructions, before any page script runs.
-const COUNT_SOCKETS = `window.__sockets = 0
-const Native = window.WebSocket
-window.WebSocket = class extends Native { constructor(...a) { super(...a); window.__sockets++ } }`
-
 interface Log { states: string[]; events: number[]; diagnosis: { cause: string } | null }
 
-describeBrowser('in Chromium', () => {
+describeBrowser('the Chromium tests')('in Chromium', () => {
   let browser: Browser
   let bundle: string
   const cleanup = new Cleanup()
   const consoles = new WeakMap<Page, string[]>()
 
   beforeAll(async () => {
-    const out = await build({ entryPoints: ['lib/client/index.ts'], bundle: true, format: 'esm', minify: true, write: false })
-    bundle = out.outputFiles[0]!.text
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS })
+    bundle = await clientBundle()
+    browser = await launchChromium()
   }, 30_000)
   afterAll(async () => { await browser?.close() })
   afterEach(() => cleanup.run())
 
-  function servePage(req: IncomingMessage, res: ServerResponse): boolean {
-    const path = (req.url ?? '/').split('?')[0]
-    if (path === '/') res.writeHead(200, { 'Content-Type': 'text/html' }).end(PAGE)
-    else if (path === '/favicon.ico') res.writeHead(204).end()
-    else if (path === '/client.js') res.writeHead(200, { 'Content-Type': 'text/javascript' }).end(bundle)
-    else return false
-    return true
-  }
+  const servePage = pageServer(PAGE, () => bundle)
 
   async function app(options: RealtimeOptions = {}): Promise<App> {
     const a = await startApp(options, servePage)

@@ -4,23 +4,17 @@
  * second tab of one of them. Short timings, so the graces are measurable.
  */
 import { execFileSync } from 'node:child_process'
-import { existsSync } from 'node:fs'
 import type { IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core'
+import { type Browser, type BrowserContext, type Page } from 'playwright-core'
 import { createApp } from '../../examples/koa-cms/app'
 import { Cleanup, listen } from '../helpers/net'
+import { describeBrowser, launchChromium } from '../helpers/chromium'
 
-const CHROMIUM = '/usr/bin/chromium'
-const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-  '--disable-sync', '--no-first-run', '--disable-quic']
-const available = existsSync(CHROMIUM)
-if (!available && process.env.CI !== 'true') console.log(`skipping the collaboration tests in Chromium: ${CHROMIUM} is missing`)
-const describeBrowser = available || process.env.CI === 'true' ? describe : describe.skip
 
 const GRACE = { leaveGraceMs: 1500, lockGraceMs: 2000, leaseMs: 30_000 }
 
-describeBrowser('collaboration in the demo, in Chromium', () => {
+describeBrowser('the collaboration tests in Chromium')('collaboration in the demo, in Chromium', () => {
   let browser: Browser
   const cleanup = new Cleanup()
   /** Upgraded sockets by user (from the demo cookie), to cut one without a close. */
@@ -30,7 +24,7 @@ describeBrowser('collaboration in the demo, in Chromium', () => {
 
   beforeAll(async () => {
     execFileSync(process.execPath, ['scripts/build-client.mjs'], { stdio: 'ignore' })
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS })
+    browser = await launchChromium()
   }, 30_000)
   afterAll(async () => { await browser?.close() })
   afterEach(() => cleanup.run())

@@ -9,25 +9,18 @@
  * project, an editor stops getting that project's events.
  */
 import { execFileSync } from 'node:child_process'
-import { existsSync, mkdirSync } from 'node:fs'
-import { chromium, type Browser, type Page } from 'playwright-core'
+import { mkdirSync } from 'node:fs'
+import { type Browser, type Page } from 'playwright-core'
 import type { KoaRealtimeOptions } from 'cms-realtime/koa'
 import { createApp } from '../../examples/koa-cms/app'
 import { Cleanup, listen } from '../helpers/net'
+import { describeBrowser, launchChromium } from '../helpers/chromium'
 import { startBehindProxy } from '../../examples/behind-proxy/start'
 
-const CHROMIUM = '/usr/bin/chromium'
-const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-  '--disable-sync', '--no-first-run', '--disable-quic']
 const ARTIFACTS = 'test-artifacts'
 
-const available = existsSync(CHROMIUM)
-if (!available && process.env.CI !== 'true') {
-  console.log(`skipping the demo page tests: ${CHROMIUM} is missing (apt-get install -y chromium); under CI=true they run and fail`)
-}
-const describeBrowser = available || process.env.CI === 'true' ? describe : describe.skip
 
-describeBrowser('the demo page in Chromium', () => {
+describeBrowser('the demo page tests')('the demo page in Chromium', () => {
   let browser: Browser
   const cleanup = new Cleanup()
   const errors = new Map<Page, string[]>()
@@ -36,7 +29,7 @@ describeBrowser('the demo page in Chromium', () => {
   beforeAll(async () => {
     // The page loads the bundle the middleware serves from dist/ (npm start builds it the same way).
     execFileSync(process.execPath, ['scripts/build-client.mjs'], { stdio: 'ignore' })
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS })
+    browser = await launchChromium()
   }, 30_000)
   afterAll(async () => { await browser?.close() })
   afterEach(async () => {

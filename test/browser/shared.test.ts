@@ -5,19 +5,10 @@
  * holds every event once, in order, while events kept coming during the
  * handover. `share: false` keeps a connection per tab.
  */
-import { existsSync } from 'node:fs'
-import { build } from 'esbuild'
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core'
-import type { IncomingMessage, ServerResponse } from 'node:http'
+import { type Browser, type BrowserContext, type Page } from 'playwright-core'
 import { Cleanup } from '../helpers/net'
+import { clientBundle, COUNT_SOCKETS, describeBrowser, launchChromium, pageServer } from '../helpers/chromium'
 import { startApp, startProxy, sleep, waitFor, type App } from '../client/helpers'
-
-const CHROMIUM = '/usr/bin/chromium'
-const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-  '--disable-sync', '--no-first-run', '--disable-quic']
-const available = existsSync(CHROMIUM)
-if (!available && process.env.CI !== 'true') console.log(`skipping the shared-connection tests: ${CHROMIUM} is missing`)
-const describeBrowser = available || process.env.CI === 'true' ? describe : describe.skip
 
 // Every tab is on project:1; tab i also on its own tab:<i>, which only it wants.
 const PAGE = `<!doctype html><meta charset="utf-8"><title>shared</title>
@@ -36,33 +27,21 @@ c.subscribe('tab:' + q.get('i'), (e) => log.own.push(e.data.n))
 window.client = c
 </script>`
 
-const COUNT_SOCKETS = `window.__sockets = 0
-const Native = window.WebSocket
-window.WebSocket = class extends Native { constructor(...a) { super(...a); window.__sockets++ } }`
-
 const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i)
 
-describeBrowser('one connection per browser, in Chromium', () => {
+describeBrowser('the shared-connection tests')('one connection per browser, in Chromium', () => {
   let browser: Browser
   let bundle: string
   const cleanup = new Cleanup()
 
   beforeAll(async () => {
-    const out = await build({ entryPoints: ['lib/client/index.ts'], bundle: true, format: 'esm', minify: true, write: false })
-    bundle = out.outputFiles[0]!.text
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS })
+    bundle = await clientBundle()
+    browser = await launchChromium()
   }, 30_000)
   afterAll(async () => { await browser?.close() })
   afterEach(() => cleanup.run())
 
-  function servePage(req: IncomingMessage, res: ServerResponse): boolean {
-    const path = (req.url ?? '/').split('?')[0]
-    if (path === '/') res.writeHead(200, { 'Content-Type': 'text/html' }).end(PAGE)
-    else if (path === '/favicon.ico') res.writeHead(204).end()
-    else if (path === '/client.js') res.writeHead(200, { 'Content-Type': 'text/javascript' }).end(bundle)
-    else return false
-    return true
-  }
+  const servePage = pageServer(PAGE, () => bundle)
 
   async function setup(options: Parameters<typeof startApp>[0] = {}): Promise<{ a: App; ctx: BrowserContext }> {
     const a = await startApp(options, servePage)
