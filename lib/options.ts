@@ -15,6 +15,7 @@ export const DEFAULTS = {
   requireOrigin: false,
   maxPayload: 4096,
   maxConnectionsPerUser: 32,
+  maxConnections: 10_000,
   revalidateMs: 60_000,
   maxTopicsPerConnection: 100,
   maxTopicLength: 200,
@@ -41,6 +42,7 @@ export interface ResolvedOptions<Ctx> {
   trustProxy: boolean | undefined
   maxPayload: number
   maxConnectionsPerUser: number
+  maxConnections: number
   revalidate: ((user: User) => MaybePromise<boolean>) | undefined
   revalidateMs: number
   maxTopicsPerConnection: number
@@ -83,7 +85,7 @@ export function resolveOptions<Ctx>(
   if (typeof o.webSocketEnabled !== 'boolean') {
     throw new TypeError('cms-realtime: option "webSocketEnabled" must be a boolean')
   }
-  for (const key of ['maxPayload', 'maxConnectionsPerUser', 'revalidateMs', 'maxTopicsPerConnection', 'maxTopicLength', 'maxBufferedBytes',
+  for (const key of ['maxPayload', 'maxConnectionsPerUser', 'maxConnections', 'revalidateMs', 'maxTopicsPerConnection', 'maxTopicLength', 'maxBufferedBytes',
     'maxMessagesPerSecond', 'maxProtocolErrors', 'heartbeatMs', 'unclaimedUpgradeTimeoutMs', 'handshakeTimeoutMs', 'ticketTtlMs'] as const) {
     const v = o[key]
     if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
@@ -121,6 +123,7 @@ export function resolveOptions<Ctx>(
     trustProxy: o.trustProxy,
     maxPayload: o.maxPayload,
     maxConnectionsPerUser: o.maxConnectionsPerUser,
+    maxConnections: o.maxConnections,
     revalidate: o.revalidate,
     revalidateMs: o.revalidateMs,
     maxTopicsPerConnection: o.maxTopicsPerConnection,

@@ -22,7 +22,7 @@ import { resolveOptions, type ResolvedOptions } from './options'
 import { checkOrigin, clientAddress, ownCors } from './origin'
 import { CloseCode, validTopic } from './protocol'
 import { decodeCursors } from './client/cursor-vector'
-import { expiryOf, Sessions } from './sessions'
+import { expiryOf, Sessions, type Admission } from './sessions'
 import { ticketOf, Tickets } from './tickets'
 import { onSocketError, Upgrades } from './upgrade'
 import {
@@ -437,6 +437,16 @@ export class Realtime<Ctx = IncomingMessage> {
       if (origin.threw !== undefined) this.error('allowedOrigins', origin.threw)
       return this.upgrades.refuse(socket, origin.refusal)
     }
+    // A logout while `authenticate` is awaited is replayed on this connection when it is added.
+    const admission = this.sessions.begin()
+    try {
+      await this.admitAs(req, socket, head, ctx, admission)
+    } finally {
+      this.sessions.abandon(admission)
+    }
+  }
+
+  private async admitAs(req: IncomingMessage, socket: Duplex, head: Buffer, ctx: Ctx, admission: Admission): Promise<void> {
     const user = await this.identify(ctx)
     if (user === undefined) {
       return this.upgrades.refuse(socket, { status: 401, reason: 'unauthenticated', message: 'authentication required' })
@@ -445,11 +455,8 @@ export class Realtime<Ctx = IncomingMessage> {
     if (this.closed) return this.upgrades.refuse(socket, closing())
     if (!this.enabled) return this.upgrades.refuse(socket, checkUpgrade(req, false)!)
     if (socket.destroyed) return
-    if (!this.sessions.admits(user)) {
-      return this.upgrades.refuse(socket, {
-        status: 429, reason: 'too_many_connections', message: `at most ${this.opts.maxConnectionsPerUser} connections and streams per user`,
-      })
-    }
+    const full = this.sessions.full(user)
+    if (full !== null) return this.upgrades.refuse(socket, full)
     const first = handshakeTopics(req.url, this.opts.maxTopicsPerConnection, this.opts.maxTopicLength)
     if (typeof first === 'string') return this.upgrades.refuse(socket, { status: 400, reason: 'bad_handshake', message: first })
     if (first !== null) {
@@ -459,22 +466,23 @@ export class Realtime<Ctx = IncomingMessage> {
       socket.cork()
       setImmediate(uncork, socket)
     }
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, socket, user, first))
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, socket, user, first, admission))
   }
 
-  private onConnection(ws: WebSocket, socket: Duplex, user: User, first: FirstTopics | null): void {
+  private onConnection(ws: WebSocket, socket: Duplex, user: User, first: FirstTopics | null, admission: Admission): void {
     socket.off('error', onSocketError)
     this.diagnostics.accepted(socket)
     const conn = new Connection(ws, socket, user, this.core)
     this.connections.add(conn)
-    this.sessions.add(conn)
     // Shared listeners, the connection found through the socket: no
     // closures per connection (an idle one should cost little beyond `ws`).
     ;(ws as Tagged)[CONN] = conn
+    ws.on('close', onWsClose) // emitted once; `once` would add a wrapper per socket
+    ws.on('error', onWsError)
+    // Signed out while being admitted: closed with 4401 at once, nothing subscribed.
+    if (!this.sessions.add(conn, admission)) return
     ws.on('message', onWsMessage)
     ws.on('pong', onWsPong)
-    ws.on('error', onWsError)
-    ws.on('close', onWsClose) // emitted once; `once` would add a wrapper per socket
     // Topics named in the handshake: subscribed now, no round trip.
     if (first !== null) conn.subscribeAll(first.topics, first.since)
   }

@@ -10,6 +10,7 @@
 import debug from 'debug'
 import type { Counters } from './connection'
 import { userId, type ResolvedOptions } from './options'
+import type { Refusal } from './handshake'
 import type { ConnectionSelector, User } from './types'
 
 const log = debug('cms-realtime')
@@ -36,8 +37,30 @@ export function expiryOf(user: User): number | undefined {
   return typeof ms === 'number' && Number.isFinite(ms) ? ms : undefined
 }
 
+/**
+ * A connection or stream being admitted: its `authenticate` (and the rest of
+ * its checks) are in flight, so it is in no registry yet. `disconnect` calls
+ * made meanwhile are replayed on it when it is added: a verdict that predates
+ * a logout must not open a door the logout closed.
+ */
+export interface Admission {
+  readonly since: number
+}
+
+/** `Retry-After` past `maxConnections`: between this and twice this, in seconds. */
+const RETRY_AFTER_S = 5
+
+/** Disconnects remembered for admissions in flight; past this, an admission that is older is ended to be safe. */
+const MAX_REMEMBERED = 1024
+
 export class Sessions {
   private readonly all = new Set<Session>()
+  /** Admissions in flight, and the `disconnect` selectors issued since the oldest began. */
+  private readonly admitting = new Set<Admission>()
+  private ended: Array<{ seq: number; selector: ConnectionSelector; reason: string }> = []
+  private seq = 0
+  /** Disconnects at or before this were forgotten while admissions were in flight. */
+  private forgotten = 0
   private readonly perUser = new Map<string, number>()
   private readonly expiry = new Map<Session, NodeJS.Timeout>()
   private sweep: NodeJS.Timeout | undefined
@@ -55,7 +78,52 @@ export class Sessions {
     return id === undefined || (this.perUser.get(id) ?? 0) < this.opts.maxConnectionsPerUser
   }
 
-  add(session: Session): void {
+  /**
+   * Why one more connection or stream of `user` is refused now, or `null`:
+   * the process-wide `maxConnections` (503, with a jittered `Retry-After`
+   * so refused clients do not come back in one wave), then the per-user cap.
+   * Checked after every await, right before the session is added.
+   */
+  full(user: User): Refusal | null {
+    if (this.all.size >= this.opts.maxConnections) {
+      return {
+        status: 503, reason: 'over_capacity', message: `this server holds its maximum of ${this.opts.maxConnections} connections; retry later`,
+        headers: { 'Retry-After': String(RETRY_AFTER_S + Math.floor(Math.random() * (RETRY_AFTER_S + 1))) },
+      }
+    }
+    if (!this.admits(user)) {
+      return { status: 429, reason: 'too_many_connections', message: `at most ${this.opts.maxConnectionsPerUser} connections and streams per user` }
+    }
+    return null
+  }
+
+  /** An admission starts: call before awaiting `authenticate`; `add` or `abandon` it after. */
+  begin(): Admission {
+    const a = { since: this.seq }
+    this.admitting.add(a)
+    return a
+  }
+
+  /** The admission came to nothing (refused, or the client left). */
+  abandon(admission: Admission): void {
+    this.admitting.delete(admission)
+    if (this.admitting.size === 0) this.ended = []
+  }
+
+  /**
+   * Register an open connection or stream. With its `admission`, a
+   * `disconnect` that selected its user while it was being admitted ends it
+   * now; returns false then (the session is already ended).
+   */
+  add(session: Session, admission?: Admission): boolean {
+    if (admission !== undefined) {
+      this.abandon(admission)
+      if (this.missed(session, admission)) {
+        this.counters.sessionsEnded++
+        session.endSession(this.ended.find((e) => e.seq > admission.since)?.reason ?? 'session ended')
+        return false
+      }
+    }
     this.all.add(session)
     const id = userId(session.user)
     if (id !== undefined) this.perUser.set(id, (this.perUser.get(id) ?? 0) + 1)
@@ -67,6 +135,19 @@ export class Sessions {
       }, this.opts.revalidateMs)
       this.sweep.unref()
     }
+    return true
+  }
+
+  /** Open connections and streams, every transport together (for `maxConnections`). */
+  get size(): number {
+    return this.all.size
+  }
+
+  /** Did a `disconnect` issued while `admission` was in flight select this session? */
+  private missed(session: Session, admission: Admission): boolean {
+    if (admission.since < this.forgotten) return true
+    for (const e of this.ended) if (e.seq > admission.since && this.matches(session, e.selector)) return true
+    return false
   }
 
   remove(session: Session): void {
@@ -84,28 +165,40 @@ export class Sessions {
   select(selector?: ConnectionSelector): Session[] {
     const all = [...this.all]
     if (selector === undefined) return all
+    if (typeof selector !== 'function' && !('user' in selector) && !('topic' in selector)) {
+      throw new TypeError('cms-realtime: a selector is { user }, { topic } or a function of the user')
+    }
+    return all.filter((s) => this.matches(s, selector))
+  }
+
+  /**
+   * `{ topic }` selects the topic and every topic below it (`project:1`
+   * selects `project:1/item:7` too): a user removed from a project loses the
+   * presence and lock of its items, which an editor tab holds on a
+   * connection that may not subscribe to the project itself.
+   */
+  private matches(s: Session, selector: ConnectionSelector): boolean {
     if (typeof selector === 'function') {
-      return all.filter((s) => {
-        try {
-          return selector(s.user) === true
-        } catch (err) {
-          this.onError('selector', err)
-          return false
-        }
-      })
+      try {
+        return selector(s.user) === true
+      } catch (err) {
+        this.onError('selector', err)
+        return false
+      }
     }
-    if ('user' in selector) {
-      const id = String(selector.user)
-      return all.filter((s) => userId(s.user) === id)
-    }
-    if ('topic' in selector) return all.filter((s) => s.heldTopics().includes(selector.topic))
-    throw new TypeError('cms-realtime: a selector is { user }, { topic } or a function of the user')
+    if ('user' in selector) return userId(s.user) === String(selector.user)
+    const topic = selector.topic
+    return s.heldTopics().some((t) => t === topic || (t.startsWith(topic) && t.charCodeAt(topic.length) === 47 /* / */))
   }
 
   /** End the selected sessions now; resolves to how many. */
   disconnect(selector: ConnectionSelector, reason: string): number {
     const chosen = this.select(selector)
     for (const s of chosen) this.end(s, reason)
+    if (this.admitting.size > 0) {
+      this.ended.push({ seq: ++this.seq, selector, reason })
+      if (this.ended.length > MAX_REMEMBERED) this.forgotten = this.ended.shift()!.seq
+    }
     return chosen.length
   }
 

@@ -17,9 +17,9 @@ import { boundedReplay, heldAfter, type Core } from './connection'
 import type { Subscriber } from './hub'
 import { sendJson } from './http-routes'
 import { CloseCode, encodeEvent, validTopic } from './protocol'
-import type { Session } from './sessions'
+import type { Admission, Session } from './sessions'
 import { decodeCursors, encodeCursors } from './client/cursor-vector'
-import type { BusEvent, MaybePromise, User } from './types'
+import type { BusEvent, MaybePromise, RefusalReason, User } from './types'
 
 const log = debug('cms-realtime')
 
@@ -31,7 +31,7 @@ export interface SseOptions {
   /** Who is this? `undefined` or a refusal status when unknown. */
   authenticate(ctx: unknown): MaybePromise<{ user: User } | { status: 401 }>
   /** Count a refusal in `stats().refusals`. */
-  refused(reason: 'unauthenticated' | 'forbidden' | 'too_many_connections' | 'pipelined_request'): void
+  refused(reason: RefusalReason): void
   /** Has another request already arrived on `req`'s connection (pipelined behind it)? */
   behind(req: IncomingMessage): boolean
 }
@@ -68,30 +68,55 @@ export class SseStreams {
       return fail(res, 400, 'bad_cursor', 'the cursor (Last-Event-ID or ?since=) must hold one percent-encoded cursor per topic, joined by ","')
     }
 
+    // A logout while `authenticate` is awaited is replayed on this stream when it is added.
+    const admission = this.core.sessions.begin()
+    try {
+      await this.admit(req, res, ctx, method, topics, since, admission)
+    } finally {
+      this.core.sessions.abandon(admission)
+    }
+  }
+
+  private async admit(
+    req: IncomingMessage, res: ServerResponse, ctx: unknown, method: string, topics: string[], since: Array<string | undefined>, admission: Admission,
+  ): Promise<void> {
     const who = await this.options.authenticate(ctx)
     if ('status' in who) {
       this.options.refused('unauthenticated')
       return fail(res, 401, 'unauthenticated', 'authentication required')
     }
+    if (res.destroyed || req.socket.destroyed) return
     const sessions = this.core.sessions
+    const full = sessions.full(who.user)
+    if (full !== null) {
+      this.options.refused(full.reason)
+      return fail(res, full.status, full.reason, full.message, full.headers)
+    }
+    // Registered before `authorize` is awaited, as a WebSocket's pending
+    // subscriptions are: a `reauthorize` meanwhile withdraws its topics and a
+    // `disconnect` ends it, so an answer that predates the change lets nothing in.
+    let beat: NodeJS.Timeout | undefined
+    const stream = new SseStream(res, who.user, topics, since, this.core, () => {
+      clearInterval(beat)
+      this.streams.delete(stream)
+    })
+    if (!sessions.add(stream, admission)) return ended(res, this.options)
     const verdicts = await Promise.all(topics.map((topic) => sessions.allowed(who.user, topic)))
-    const forbidden = topics.filter((_t, i) => !verdicts[i])
+    if (stream.isEnded) return ended(res, this.options)
+    const forbidden = topics.filter((t, i) => !verdicts[i] || stream.withdrawn(t))
     if (forbidden.length > 0) {
+      stream.cleanup()
       this.options.refused('forbidden')
       return fail(res, 403, 'forbidden', `not allowed to subscribe to ${forbidden.join(', ')}`)
     }
     // The client may have gone while we awaited; 'close' would not come again.
-    if (res.destroyed || req.socket.destroyed) return
+    if (res.destroyed || req.socket.destroyed) return stream.cleanup()
     if (this.options.behind(req)) {
       // A request already waits behind this one: it would wait forever (see `pipelined`).
+      stream.cleanup()
       this.options.refused('pipelined_request')
       req.socket.destroy()
       return
-    }
-    // Checked after every await, right before the stream is counted.
-    if (!sessions.admits(who.user)) {
-      this.options.refused('too_many_connections')
-      return fail(res, 429, 'too_many_connections', `at most ${opts.maxConnectionsPerUser} connections and streams per user`)
     }
 
     // The phrase named: `authenticate` (Strapi's ctx.unauthorized) may have left another on `res`.
@@ -102,16 +127,15 @@ export class SseStreams {
       // nginx buffers proxied responses unless told not to.
       'X-Accel-Buffering': 'no',
     })
-    if (method === 'HEAD') return void res.end()
-    const stream = new SseStream(res, who.user, topics, since, this.core, () => {
-      clearInterval(beat)
-      this.streams.delete(stream)
-    })
+    if (method === 'HEAD') {
+      stream.cleanup()
+      return void res.end()
+    }
+    stream.opened = true
     this.streams.add(stream)
-    sessions.add(stream)
     const socket = req.socket
     this.sockets.add(socket)
-    const beat = setInterval(() => stream.write(': ping\n\n'), this.options.heartbeatMs)
+    beat = setInterval(() => stream.write(': ping\n\n'), this.options.heartbeatMs)
     beat.unref()
     res.once('close', () => {
       this.sockets.delete(socket)
@@ -119,6 +143,11 @@ export class SseStreams {
     })
     stream.write(`retry: ${this.options.retryMs ?? 2000}\n\n`)
     await stream.start()
+  }
+
+  /** Is `socket` carrying an open stream? */
+  owns(socket: object): boolean {
+    return this.sockets.has(socket)
   }
 
   /**
@@ -150,6 +179,8 @@ class SseStream implements Subscriber, Session {
   private readonly revoked = new Set<string>()
   private ended = false
   private cleaned = false
+  /** The 200 is written; before that, nothing is (the stream is still being admitted). */
+  opened = false
 
   constructor(
     private readonly res: ServerResponse,
@@ -160,6 +191,15 @@ class SseStream implements Subscriber, Session {
     private readonly onCleanup: () => void,
   ) {
     this.index = new Map(topics.map((t, i) => [t, i]))
+  }
+
+  get isEnded(): boolean {
+    return this.ended
+  }
+
+  /** Was `topic` taken away (`reauthorize`) while the stream was being admitted? */
+  withdrawn(topic: string): boolean {
+    return this.revoked.has(topic)
   }
 
   heldTopics(): readonly string[] {
@@ -271,7 +311,7 @@ class SseStream implements Subscriber, Session {
   }
 
   write(text: string): boolean {
-    if (this.ended || this.res.destroyed || this.res.writableEnded) return false
+    if (!this.opened || this.ended || this.res.destroyed || this.res.writableEnded) return false
     if (this.res.writableLength > this.core.opts.maxBufferedBytes) {
       // A slow consumer is cut off, not allowed to grow memory: destroyed
       // rather than ended, since a client that does not read would never
@@ -292,7 +332,7 @@ class SseStream implements Subscriber, Session {
   end(): void {
     if (this.ended) return
     this.ended = true
-    this.res.end()
+    if (this.opened) this.res.end()
   }
 
   /** Leave every topic and the registries; idempotent (called at once when we end it, and on 'close'). */
@@ -314,6 +354,12 @@ function dataOf(frame: Buffer): string {
   let text = dataText.get(frame)
   if (text === undefined) dataText.set(frame, (text = `data: ${frame.toString()}\n\n`))
   return text
+}
+
+/** The session ended (a logout) while the stream was being admitted: what a signed-out client gets. */
+function ended(res: ServerResponse, options: SseOptions): void {
+  options.refused('unauthenticated')
+  fail(res, 401, 'unauthenticated', 'the session ended')
 }
 
 function fail(res: ServerResponse, status: number, error: string, reason: string, headers: Record<string, string> = {}): void {

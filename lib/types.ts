@@ -102,6 +102,14 @@ export interface RealtimeOptions<Ctx = IncomingMessage, U = User> {
    */
   maxConnectionsPerUser?: number
   /**
+   * WebSocket connections plus fallback streams this process holds at once,
+   * every user and transport together; past it → 503 `over_capacity` with a
+   * jittered `Retry-After` (5-10 s), which the browser client waits out.
+   * Default 10000: keep it under the process's file-descriptor limit. There
+   * is deliberately no per-address cap: whole editorial teams share one NAT.
+   */
+  maxConnections?: number
+  /**
    * Is this user's session still valid? Called every `revalidateMs` for each
    * open connection and stream; `false` ends it (close 4401, SSE `closed`
    * frame). A throw keeps the connection and is retried next round (logged,
@@ -261,6 +269,7 @@ export type RefusalReason =
   | 'forbidden'
   | 'internal_error'
   | 'not_attached'
+  | 'over_capacity'
 
 export interface RealtimeStats {
   connections: number

@@ -410,6 +410,17 @@ export class Client extends Observable implements RealtimeClient {
     for (const fn of state.listeners) call(fn, { key, by })
   }
 
+  /** The server took this tab out of `topic`'s presence: no members, no lock, not rejoined; listeners hear it once. */
+  private withdrawPresence(topic: string): boolean {
+    const p = this.presences.get(topic)
+    if (p === undefined) return false
+    this.presences.delete(topic)
+    p.members = []
+    p.lock = null
+    for (const fn of p.listeners) call(fn, p.handle)
+    return true
+  }
+
   /** Rejoin presence and reclaim locks on a new socket (same tab: within the grace, nothing flickers). */
   private rejoin(): void {
     for (const [topic, p] of this.presences) this.send({ op: 'presence', topic, tab: this.tab, meta: p.meta })
@@ -745,15 +756,22 @@ export class Client extends Observable implements RealtimeClient {
           this.tap?.cursor(f.topic, f.cursor)
         }
         return
-      case 'unsubscribed':
-        // Access withdrawn (`rt.reauthorize`): the subscription is over here too.
-        if (f.reason === undefined || !this.handlers.has(f.topic)) return
-        this.handlers.delete(f.topic)
-        this.cursors.delete(f.topic)
-        this.last.delete(f.topic)
-        this.restream()
-        this.tap?.withdrawn(f.topic)
+      case 'unsubscribed': {
+        // Access withdrawn (`rt.reauthorize`): the subscription, and the
+        // tab's presence there, are over here too (a lock on it comes as `lock-lost`).
+        if (f.reason === undefined) return
+        const subscribed = this.handlers.has(f.topic)
+        const present = this.withdrawPresence(f.topic)
+        if (!subscribed && !present) return
+        if (subscribed) {
+          this.handlers.delete(f.topic)
+          this.cursors.delete(f.topic)
+          this.last.delete(f.topic)
+          this.restream()
+          this.tap?.withdrawn(f.topic)
+        }
         return this.emit('error', { code: f.reason, message: 'access to this topic was withdrawn', topic: f.topic })
+      }
       case 'closed':
         // The SSE stream's last frame: EventSource must not reconnect on its own.
         this.closeStream()

@@ -400,7 +400,12 @@ class SharedClient extends Observable implements RealtimeClient {
   }
 
   private collab(): Client {
-    return (this.own ??= new Client({ ...this.o, share: false }))
+    if (this.own === undefined) {
+      this.own = new Client({ ...this.o, share: false })
+      // Its refusals concern this tab's presence and locks (withdrawn, `not_holder`): the page hears them here.
+      this.own.on('error', (error) => this.emit('error', error))
+    }
+    return this.own
   }
 
   private mirror(state: ClientState, diagnosis: Diagnosis | null): void {

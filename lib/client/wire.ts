@@ -33,7 +33,8 @@ export type ClientFrame =
   | { op: 'lock'; key: string; tab: string; takeover?: boolean }
   | { op: 'unlock'; key: string }
 
-export type ErrorCode = 'forbidden' | 'bad_request' | 'unknown_op' | 'too_large' | 'rate_limited' | 'unavailable'
+/** `not_holder`: an `unlock` of a lock another tab holds (nothing was released). */
+export type ErrorCode = 'forbidden' | 'bad_request' | 'unknown_op' | 'too_large' | 'rate_limited' | 'unavailable' | 'not_holder'
 
 /** Someone present on a topic: one per tab. `user` is the server's id for the user; `info` what the server's `profile(user)` says. */
 export interface PresenceMember {

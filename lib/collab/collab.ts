@@ -42,6 +42,12 @@ export interface Participant {
   sendEncoded(frame: Buffer): void
 }
 
+/** One request's checks in flight (see `checking`). */
+interface Check {
+  withdrawn: boolean
+  done(): void
+}
+
 interface Held {
   tab: string
   /** `null` during the grace after its socket dropped. */
@@ -71,6 +77,8 @@ export class Collab {
   private readonly leaving = new Map<string, NodeJS.Timeout>()
   /** Locks this node serves. */
   private readonly held = new Map<string, Held>()
+  /** Presence and lock requests whose checks are being awaited, by participant and name. */
+  private readonly checks = new Map<Participant, Map<string, Set<Check>>>()
   /** The last `presence` frame sent per topic, to send only changes. */
   private readonly last = new Map<string, string>()
   /** Joiners that need the current frame even if it did not change. */
@@ -101,7 +109,12 @@ export class Collab {
 
   async presence(p: Participant, topic: string, ownTab: string, meta: unknown): Promise<void> {
     if (!this.room(p, topic, 'topics')) return
-    if (!(await this.permitted(p, topic)) || !p.open) return
+    const check = this.checking(p, topic)
+    try {
+      if (!(await this.permitted(p, topic, check)) || !p.open) return
+    } finally {
+      check.done()
+    }
     const user = userId(p.user) ?? ''
     const tab = publicTab(user, ownTab)
     // One tab per topic per connection: a connection that presents another
@@ -137,7 +150,17 @@ export class Collab {
 
   async lock(p: Participant, key: string, ownTab: string, takeover: boolean): Promise<void> {
     if (!this.room(p, key, 'locks')) return
-    if (!(await this.permitted(p, key))) return
+    // Until the lock is recorded as held, `reauthorize` finds the key here.
+    const check = this.checking(p, key)
+    try {
+      await this.lockChecked(p, key, ownTab, takeover, check)
+    } finally {
+      check.done()
+    }
+  }
+
+  private async lockChecked(p: Participant, key: string, ownTab: string, takeover: boolean, check: Check): Promise<void> {
+    if (!(await this.permitted(p, key, check))) return
     const tab = publicTab(userId(p.user) ?? '', ownTab)
     const s = this.settings
     if (s.canLock !== undefined && (await this.ask('canLock', () => s.canLock!(p.user, key))) !== true) {
@@ -161,9 +184,10 @@ export class Collab {
       return p.send({ op: 'error', code: 'unavailable', message: 'locks are unavailable right now', topic: key })
     }
     if (!got.ok) return p.send({ op: 'lock', key, result: 'refused', holder: got.holder })
-    if (!p.open) {
-      // Closed while the store granted it: released at once, as nobody will renew or release it.
+    if (!p.open || check.withdrawn) {
+      // Closed, or access withdrawn, while the store granted it: released at once.
       await this.tryStore(null, key, () => this.store.release(key, tab, this.node))
+      if (check.withdrawn && p.open) p.send({ op: 'error', code: 'forbidden', message: 'not allowed on this topic', topic: key })
       return this.touch(key)
     }
     const before = this.held.get(key)
@@ -177,12 +201,15 @@ export class Collab {
 
   async unlock(p: Participant, key: string): Promise<void> {
     const h = this.held.get(key)
-    if (h === undefined || h.by !== p) return p.send({ op: 'unlocked', key })
-    this.held.delete(key)
-    this.parts.get(p)?.locks.delete(key)
-    await this.tryStore(null, key, () => this.store.release(key, h.tab, this.node))
+    if (h === undefined || h.by !== p) {
+      // Not this connection's: a client must never believe it freed a lock
+      // that someone else still holds. A free lock is simply "unlocked".
+      const current = await this.store.holder(key).catch(() => null)
+      if (current === null) return p.send({ op: 'unlocked', key })
+      return p.send({ op: 'error', code: 'not_holder', message: 'another tab holds this lock; nothing was released', topic: key })
+    }
+    await this.release(p, key, h)
     p.send({ op: 'unlocked', key })
-    this.touch(key)
   }
 
   /** The socket closed: presence and locks stay through their grace, for the same tab to take back. */
@@ -221,18 +248,30 @@ export class Collab {
     }
   }
 
-  /** Access to `topic` was withdrawn (`rt.reauthorize`): out of its presence, and its lock released, at once. */
+  /**
+   * Access to `topic` was withdrawn (`rt.reauthorize`): out of its presence,
+   * and its lock released, at once. The tab is told `lock-lost` (by nobody),
+   * as for a takeover, so its page stops editing; the `unsubscribed` frame
+   * the connection sends tells it the presence is over.
+   */
   revoked(p: Participant, topic: string): void {
+    // A presence or lock whose checks are still awaited must not land on a stale verdict.
+    for (const c of this.checks.get(p)?.get(topic) ?? []) c.withdrawn = true
     this.guard('revoke', async () => {
       await this.leave(p, topic)
-      if (this.held.get(topic)?.by === p) await this.unlock(p, topic)
+      const h = this.held.get(topic)
+      if (h?.by !== p) return
+      await this.release(p, topic, h)
+      p.send({ op: 'lock-lost', key: topic, by: null })
     })
   }
 
-  /** Topics `p` is present on or holds a lock on (so `reauthorize` checks them too). */
+  /** Topics `p` is present on, holds a lock on, or is being checked for (so `reauthorize` checks them too). */
   topicsOf(p: Participant): string[] {
     const part = this.parts.get(p)
-    return part === undefined ? [] : [...new Set([...part.topics.keys(), ...part.locks])]
+    const checks = this.checks.get(p)
+    if (part === undefined && checks === undefined) return []
+    return [...new Set([...(part?.topics.keys() ?? []), ...(part?.locks ?? []), ...(checks?.keys() ?? [])])]
   }
 
   // ---- what the server reads ----
@@ -266,6 +305,15 @@ export class Collab {
   }
 
   // ---- internals ----
+
+  /** `p` gives up `key`, which it holds through `h`: here and in the store. */
+  private async release(p: Participant, key: string, h: Held): Promise<void> {
+    this.held.delete(key)
+    clearTimeout(h.timer)
+    this.parts.get(p)?.locks.delete(key)
+    await this.tryStore(null, key, () => this.store.release(key, h.tab, this.node))
+    this.touch(key)
+  }
 
   /** Re-read `name` soon (coalesced): its members and lock, pushed to those present here. */
   private touch(name: string): void {
@@ -369,10 +417,34 @@ export class Collab {
     return false
   }
 
-  private async permitted(p: Participant, topic: string): Promise<boolean> {
-    if (await this.allowed(p.user, topic)) return true
+  private async permitted(p: Participant, topic: string, check: Check): Promise<boolean> {
+    if ((await this.allowed(p.user, topic)) && !check.withdrawn) return true
     p.send({ op: 'error', code: 'forbidden', message: 'not allowed on this topic', topic })
     return false
+  }
+
+  /**
+   * `p` asks for `name` and its checks are about to be awaited: until
+   * `done()`, `reauthorize` sees the name (topicsOf) and can withdraw it,
+   * so an `authorize` answer that predates the change cannot let it in.
+   */
+  private checking(p: Participant, name: string): Check {
+    let byName = this.checks.get(p)
+    if (byName === undefined) this.checks.set(p, (byName = new Map()))
+    let set = byName.get(name)
+    if (set === undefined) byName.set(name, (set = new Set()))
+    const checks = this.checks
+    const check: Check = {
+      withdrawn: false,
+      done() {
+        set.delete(check)
+        if (set.size > 0) return
+        byName.delete(name)
+        if (byName.size === 0) checks.delete(p)
+      },
+    }
+    set.add(check)
+    return check
   }
 
   private info(user: User): unknown {

@@ -45,7 +45,7 @@ return 1`)
 /** KEYS pz ph; ARGV tab channel topic node: only the node that serves the entry removes it */
 const ABSENT = script(`
 local cur = redis.call('HGET', KEYS[2], ARGV[1])
-if cur and string.sub(cur, 1, string.len(ARGV[4]) + 1) ~= ARGV[4] .. '\n' then return 0 end
+if cur and string.sub(cur, 1, string.len(ARGV[4]) + 1) ~= ARGV[4] .. '\\n' then return 0 end
 local n = redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 if n > 0 then redis.call('PUBLISH', ARGV[2], 'p|' .. ARGV[3]) end
@@ -121,6 +121,9 @@ for i = 4 + n * 2, #ARGV, 2 do
   end
 end
 return missing`)
+
+/** Every script, for the test that compiles each on a real Redis (a Lua syntax error shows only at run time). */
+export const COLLAB_SCRIPTS = { PRESENT, ABSENT, MEMBERS, ACQUIRE, RELEASE, RENEW }
 
 export class RedisCollabStore implements CollabStore {
   readonly sweeps = true
