@@ -117,10 +117,11 @@ export class Sessions {
    */
   add(session: Session, admission?: Admission): boolean {
     if (admission !== undefined) {
+      const missed = this.missed(session, admission)
       this.abandon(admission)
-      if (this.missed(session, admission)) {
+      if (missed !== undefined) {
         this.counters.sessionsEnded++
-        session.endSession(this.ended.find((e) => e.seq > admission.since)?.reason ?? 'session ended')
+        session.endSession(missed)
         return false
       }
     }
@@ -143,11 +144,11 @@ export class Sessions {
     return this.all.size
   }
 
-  /** Did a `disconnect` issued while `admission` was in flight select this session? */
-  private missed(session: Session, admission: Admission): boolean {
-    if (admission.since < this.forgotten) return true
-    for (const e of this.ended) if (e.seq > admission.since && this.matches(session, e.selector)) return true
-    return false
+  /** The reason of a `disconnect` issued while `admission` was in flight that selects this session, if any. */
+  private missed(session: Session, admission: Admission): string | undefined {
+    if (admission.since < this.forgotten) return 'session ended'
+    for (const e of this.ended) if (e.seq > admission.since && this.matches(session, e.selector)) return e.reason
+    return undefined
   }
 
   remove(session: Session): void {

@@ -130,3 +130,42 @@ test('against a server that predates locks (unknown_op), lock() rejects instead 
   await waitFor(() => c.state === 'live', 'live')
   await expect(c.lock('item:5')).rejects.toThrow(/does not support locks/)
 })
+
+test('losing access (rt.reauthorize): the lock fires `lost` (by null), the presence empties and is not rejoined, and an error names the topic', async () => {
+  const members = new Set(['anna', 'ben'])
+  const a = await startApp({
+    authenticate: (req: IncomingMessage) => ({ id: String(req.headers['x-user']) }),
+    authorize: (user, topic) => !topic.startsWith('project:1') || members.has((user as { id: string }).id),
+    collab: { leaveGraceMs: 300, lockGraceMs: 800, leaseMs: 3000 },
+  })
+  cleanup.add(() => a.srv.close())
+  cleanup.add(() => a.rt.close())
+  const ben = editor(a, 'ben')
+  const anna = editor(a, 'anna')
+  const pb = ben.presence('project:1/item:1', { editing: true })
+  const pa = anna.presence('project:1/item:1')
+  await waitFor(() => ben.state === 'live' && pa.members.length === 2, 'both present')
+  const held = await ben.lock('project:1/item:1')
+  if (!held.held) throw new Error('not held')
+  const lost: unknown[] = []
+  held.on('lost', (e) => lost.push(e))
+  const errors: Array<{ code: string; topic?: string }> = []
+  ben.on('error', (e) => errors.push(e))
+  let changes = 0
+  pb.on('change', () => changes++)
+  members.delete('ben')
+  await a.rt.reauthorize({ topic: 'project:1' })
+  await waitFor(() => lost.length === 1 && errors.length === 1, 'lost and error')
+  expect(lost[0]).toEqual({ key: 'project:1/item:1', by: null })
+  expect(errors[0]).toMatchObject({ code: 'forbidden', topic: 'project:1/item:1' })
+  expect(pb.members).toEqual([])
+  expect(pb.lock).toBeNull()
+  expect(changes).toBeGreaterThan(0)
+  await waitFor(() => pa.members.length === 1 && pa.lock === null, 'anna sees ben gone and the lock free')
+  // A reconnect does not rejoin what was withdrawn.
+  for (const s of a.sockets) s.destroy()
+  await waitFor(() => ben.state !== 'live', 'ben noticed')
+  await waitFor(() => ben.state === 'live', 'ben back', 5000)
+  await new Promise((r) => setTimeout(r, 200))
+  expect((await a.rt.presence('project:1/item:1')).map((m) => m.user)).toEqual(['anna'])
+})

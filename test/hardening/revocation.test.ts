@@ -1,0 +1,218 @@
+/**
+ * Hardening round 3 (#18), items 1, 2, 6 and 10: access ends for everything a
+ * tab holds, whatever is still in flight when it ends.
+ * - A removed editor loses the presence and lock of the project's items,
+ *   held on a connection that does not subscribe to the project.
+ * - A revocation or logout that lands while the checks of a stream,
+ *   subscription, presence or lock are still awaited wins over their verdict.
+ * - A tab is told when it loses a lock (`lock-lost`), and an `unlock` of a
+ *   lock someone else holds says so (`not_holder`).
+ * Each test injects the fault, then counts what still arrives.
+ */
+import type { IncomingMessage } from 'node:http'
+import { fixture, type Fixture } from '../helpers/fixture'
+import type { Frame, TestClient } from '../helpers/net'
+import { openStream, type Stream } from '../helpers/sse'
+
+let f: Fixture
+const streams: Stream[] = []
+afterEach(async () => {
+  for (const s of streams.splice(0)) s.close()
+  await f?.close()
+})
+
+const as = (user: string) => ({ headers: { 'x-user': user } })
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+/** The demo's rule: a project's topic and its items' topics follow membership. */
+function cms(members: Set<string>, extra: Record<string, unknown> = {}) {
+  return fixture({
+    authenticate: (req: IncomingMessage) => {
+      const id = req.headers['x-user']
+      return typeof id === 'string' ? { id } : null
+    },
+    authorize: (user, topic) => !topic.startsWith('project:1') || members.has((user as { id: string }).id),
+    collab: { leaveGraceMs: 300, lockGraceMs: 500, leaseMs: 3000 },
+    ...extra,
+  })
+}
+
+interface PresenceFrame { members: Array<{ user: string }>; lock: { user: string } | null }
+const presence = (c: TestClient, pred: (p: PresenceFrame) => boolean, timeoutMs = 3000) =>
+  c.next((fr: Frame) => fr.op === 'presence' && pred(fr as unknown as PresenceFrame), timeoutMs) as unknown as Promise<PresenceFrame>
+
+async function editItem(c: TestClient, topic: string, tab: string): Promise<void> {
+  c.send({ op: 'presence', topic, tab, meta: { editing: true } })
+  await c.op('present')
+  c.send({ op: 'lock', key: topic, tab })
+  expect(await c.op('lock')).toMatchObject({ result: 'held' })
+}
+
+describe('a removed editor (item 1)', () => {
+  test("reauthorize({ topic: 'project:1' }) frees the presence and lock of project:1/item:1, held on a connection not subscribed to project:1", async () => {
+    const members = new Set(['anna', 'ben'])
+    f = await cms(members)
+    const ben = await f.connect(as('ben')) // the item editor's own connection: presence and the lock only
+    await editItem(ben, 'project:1/item:1', 'ben-tab-0001')
+    const anna = await f.connect(as('anna'))
+    anna.send({ op: 'presence', topic: 'project:1/item:1', tab: 'anna-tab-0001', meta: null })
+    await presence(anna, (p) => p.members.length === 2 && p.lock?.user === 'ben')
+
+    members.delete('ben')
+    const t0 = Date.now()
+    expect(await f.rt.reauthorize({ topic: 'project:1' })).toBe(1)
+    // Ben's tab is told: out of the presence, and the lock lost (by nobody: the server took it).
+    expect(await ben.op('unsubscribed')).toEqual({ op: 'unsubscribed', topic: 'project:1/item:1', reason: 'forbidden' })
+    expect(await ben.op('lock-lost')).toEqual({ op: 'lock-lost', key: 'project:1/item:1', by: null })
+    // Anna sees him go, and the lock free, at once; she can take it.
+    await presence(anna, (p) => p.members.length === 1 && p.lock === null, 1000)
+    expect(Date.now() - t0).toBeLessThan(1000)
+    expect(await f.rt.locks.holder('project:1/item:1')).toBeNull()
+    anna.send({ op: 'lock', key: 'project:1/item:1', tab: 'anna-tab-0001' })
+    expect(await anna.op('lock')).toMatchObject({ result: 'held' })
+    // He hears nothing more of the item's presence.
+    anna.send({ op: 'presence', topic: 'project:1/item:1', tab: 'anna-tab-0001', meta: { editing: true } })
+    await presence(anna, (p) => p.lock?.user === 'anna')
+    await sleep(100)
+    expect(ben.frames.filter((fr) => fr.op === 'presence')).toEqual([])
+    expect((await f.rt.presence('project:1/item:1')).map((m) => m.user)).toEqual(['anna'])
+  })
+
+  test("a topic selector matches the topic and topics below it only: 'project:1' selects neither 'project:10' nor 'project:1x'", async () => {
+    const members = new Set<string>()
+    let asked: string[] = []
+    f = await fixture({
+      authenticate: (req: IncomingMessage) => ({ id: String(req.headers['x-user']) }),
+      authorize: (_user, topic) => {
+        asked.push(topic)
+        return !members.has(topic)
+      },
+    })
+    const c = await f.connect(as('anna'))
+    await c.subscribe('project:10')
+    await c.subscribe('project:1x')
+    asked = []
+    expect(await f.rt.reauthorize({ topic: 'project:1' })).toBe(0)
+    expect(asked).toEqual([])
+  })
+})
+
+describe('revocation races (item 2): a verdict that predates the change lets nothing in', () => {
+  /**
+   * The first `authorize` of each user and topic takes 300 ms (a cold
+   * database lookup) and answers from the state at its start; the ones
+   * `reauthorize` makes later are quick, so they land while it is pending.
+   */
+  function slowCms(members: Set<string>, authMs = 0) {
+    const asked = new Set<string>()
+    return fixture({
+      authenticate: async (req: IncomingMessage) => {
+        if (authMs > 0) await sleep(authMs)
+        const id = req.headers['x-user']
+        return typeof id === 'string' ? { id } : null
+      },
+      authorize: async (user, topic) => {
+        const ok = !topic.startsWith('project:') || members.has((user as { id: string }).id)
+        const key = `${(user as { id: string }).id} ${topic}`
+        if (!asked.has(key)) {
+          asked.add(key)
+          await sleep(300)
+        }
+        return ok
+      },
+    })
+  }
+
+  test('SSE: reauthorize while the stream\'s authorize is pending → 403, and 0 of the later events', async () => {
+    const members = new Set(['ben'])
+    f = await slowCms(members)
+    const opening = openStream(`${f.srv.base}/realtime/events?topics=project:1`, { 'x-user': 'ben' })
+    await sleep(100)
+    members.delete('ben')
+    expect(await f.rt.reauthorize({ topic: 'project:1' })).toBe(1)
+    const s = await opening
+    streams.push(s)
+    expect(s.res.statusCode).toBe(403)
+    for (let i = 0; i < 3; i++) await f.rt.publish('project:1', 'item-updated', { i })
+    await sleep(200)
+    expect(s.frames().filter((fr) => fr.op === 'event')).toHaveLength(0)
+    expect(f.rt.stats().fallbackStreams).toBe(0)
+  })
+
+  test('SSE and WebSocket: a logout while authenticate is pending ends the connection it admits (401 / 4401), 0 events', async () => {
+    f = await slowCms(new Set(['ben']), 300)
+    const opening = openStream(`${f.srv.base}/realtime/events?topics=projects`, { 'x-user': 'ben' })
+    const socket = f.connect({ ...as('ben'), path: '/realtime?topics=projects' })
+    await sleep(100)
+    expect(f.rt.disconnect({ user: 'ben' })).toBe(0) // nothing is open yet
+    const s = await opening
+    streams.push(s)
+    expect(s.res.statusCode).toBe(401)
+    const ws = await socket
+    expect(await ws.closed()).toBe(4401)
+    for (let i = 0; i < 3; i++) await f.rt.publish('projects', 'updated', { i })
+    await sleep(200)
+    expect(s.frames()).toHaveLength(0)
+    expect(ws.frames.filter((fr) => fr.op === 'event')).toHaveLength(0)
+    expect(f.rt.stats()).toMatchObject({ connections: 0, fallbackStreams: 0 })
+  })
+
+  test('a logout that selected someone else does not end a connection being admitted', async () => {
+    f = await slowCms(new Set(['ben']), 200)
+    const socket = f.connect({ ...as('ben'), path: '/realtime?topics=projects' })
+    await sleep(50)
+    f.rt.disconnect({ user: 'anna' })
+    const ws = await socket
+    expect(await ws.op('subscribed')).toMatchObject({ topic: 'projects' })
+    await f.rt.publish('projects', 'updated', {})
+    expect(await ws.op('event')).toMatchObject({ topic: 'projects' })
+  })
+
+  test('presence and lock: reauthorize while their authorize is pending → forbidden, neither present nor held', async () => {
+    const members = new Set(['ben'])
+    f = await slowCms(members)
+    const ben = await f.connect(as('ben'))
+    ben.send({ op: 'presence', topic: 'project:1/item:2', tab: 'ben-tab-0001', meta: null })
+    ben.send({ op: 'lock', key: 'project:1/item:3', tab: 'ben-tab-0001' })
+    await sleep(100)
+    members.delete('ben')
+    await f.rt.reauthorize({ topic: 'project:1' })
+    const errors = [await ben.op('error', 2000), await ben.op('error', 2000)]
+    expect(errors.map((e) => e.code)).toEqual(['forbidden', 'forbidden'])
+    await sleep(100)
+    expect(ben.frames.filter((fr) => fr.op === 'present' || fr.op === 'lock')).toEqual([])
+    expect(await f.rt.presence('project:1/item:2')).toEqual([])
+    expect(await f.rt.locks.holder('project:1/item:3')).toBeNull()
+  })
+})
+
+describe('locks tell the truth (items 6 and 10)', () => {
+  test('unlock of a lock another tab holds answers not_holder and releases nothing', async () => {
+    f = await cms(new Set(['anna', 'ben']))
+    const anna = await f.connect(as('anna'))
+    await editItem(anna, 'item:5', 'anna-tab-0001')
+    const ben = await f.connect(as('ben'))
+    ben.send({ op: 'unlock', key: 'item:5' })
+    expect(await ben.op('error')).toMatchObject({ code: 'not_holder', topic: 'item:5' })
+    expect(await f.rt.locks.holder('item:5')).toMatchObject({ user: 'anna' })
+    // A free lock is simply unlocked.
+    ben.send({ op: 'unlock', key: 'item:6' })
+    expect(await ben.op('unlocked')).toEqual({ op: 'unlocked', key: 'item:6' })
+    expect(ben.frames.filter((fr) => fr.op === 'error')).toEqual([])
+  })
+
+  test('losing access tells the holder lock-lost on the connection that holds it; a second tab of the same user is told too', async () => {
+    const members = new Set(['anna', 'ben'])
+    f = await cms(members)
+    const tab1 = await f.connect(as('ben'))
+    await editItem(tab1, 'project:1/item:3', 'ben-tab-0001')
+    const tab2 = await f.connect(as('ben'))
+    tab2.send({ op: 'presence', topic: 'project:1/item:3', tab: 'ben-tab-0002', meta: null })
+    await tab2.op('present')
+    members.delete('ben')
+    await f.rt.reauthorize({ user: 'ben' })
+    expect(await tab1.op('lock-lost')).toMatchObject({ key: 'project:1/item:3', by: null })
+    expect(await tab2.op('unsubscribed')).toMatchObject({ topic: 'project:1/item:3', reason: 'forbidden' })
+    expect(tab1.frames.filter((fr) => fr.op === 'unlocked')).toEqual([])
+  })
+})
