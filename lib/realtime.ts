@@ -147,6 +147,10 @@ export class Realtime<Ctx = IncomingMessage> {
       diagnostics: this.diagnostics,
       gate: (req) => (this.closed ? closing() : checkUpgrade(req, this.enabled) ?? this.exchange(req)),
       admit: (req, socket, head, ctx) => this.admit(req, socket, head, ctx),
+      pipelined: (socket) => {
+        this.upgradeBehind.add(socket)
+        return this.sse.owns(socket)
+      },
       refused: (reason) => this.refused(reason),
       error: (where, err) => this.error(where, err),
     })
@@ -189,7 +193,10 @@ export class Realtime<Ctx = IncomingMessage> {
       },
       refused: (reason) => this.refused(reason),
       // Node parses pipelined requests at once: one may already wait behind this stream.
-      behind: (req) => { const n = this.newest.get(req.socket); return n !== undefined && n !== req },
+      behind: (req) => {
+        const n = this.newest.get(req.socket)
+        return (n !== undefined && n !== req) || this.upgradeBehind.has(req.socket)
+      },
     })
     if (options.server !== undefined) this.attach(options.server)
   }
@@ -415,6 +422,8 @@ export class Realtime<Ctx = IncomingMessage> {
 
   /** The newest request seen on each connection: an SSE stream must be the last (see SseStreams.pipelined). */
   private readonly newest = new WeakMap<object, IncomingMessage>()
+  /** Connections with an upgrade pipelined behind a response: no stream may open on them. */
+  private readonly upgradeBehind = new WeakSet<object>()
 
   private readonly onRequest = (req: IncomingMessage): void => {
     try {

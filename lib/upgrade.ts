@@ -26,6 +26,13 @@ export interface UpgradeHost<Ctx> {
   gate(req: IncomingMessage): Refusal | null
   /** The handshake is sound and the app (if any) passed it on: authenticate, then accept or refuse. */
   admit(req: IncomingMessage, socket: Duplex, head: Buffer, ctx: Ctx): Promise<void>
+  /**
+   * An upgrade was pipelined behind a response still being written on
+   * `socket`. True when that response is an event stream, which never ends:
+   * the connection is cut at once. Otherwise the stream not yet open learns
+   * it must not open (see SseStreams).
+   */
+  pipelined(socket: Duplex): boolean
   /** Count a refusal. */
   refused(reason: RefusalReason): void
   /** Log and count an exception that was caught. */
@@ -109,7 +116,14 @@ export class Upgrades<Ctx> {
     // nothing can be written until it finishes. Browsers never do this.
     const previous = (socket as { _httpMessage?: ServerResponse | null })._httpMessage
     if (previous != null) {
-      if (ours || server.listenerCount('upgrade') <= 1) this.afterPrevious(previous, socket, req)
+      if (!ours && server.listenerCount('upgrade') > 1) return
+      if (this.host.pipelined(socket)) {
+        this.host.refused('pipelined_upgrade')
+        log('cut a connection that sent an upgrade behind its open event stream (%s)', req.url)
+        socket.destroy()
+        return
+      }
+      this.afterPrevious(previous, socket, req)
       return
     }
     if (!ours) return this.foreign(server, socket)
@@ -177,16 +191,28 @@ export class Upgrades<Ctx> {
     const answer = (): void => {
       clearTimeout(timer)
       previous.off('finish', answer)
+      socket.off('close', gone)
       this.refuse(socket, refusal)
     }
-    const timer = setTimeout(() => {
+    // Node stops watching a socket once it emits 'upgrade': a client that
+    // leaves (a FIN) would leave the socket half open, and the response
+    // before it (an SSE stream's subscriptions, its per-user slot) held
+    // until the timeout. It is closed at once, and that response with it.
+    const leave = (): void => { socket.destroy() }
+    const gone = (): void => {
+      clearTimeout(timer)
       previous.off('finish', answer)
+      socket.off('end', leave)
       this.host.refused(refusal.reason)
+    }
+    const timer = setTimeout(() => {
       log('cut a connection whose pipelined upgrade waited behind an unfinished response (%s)', req.url)
       socket.destroy()
     }, this.host.handshakeTimeoutMs)
     timer.unref()
     previous.once('finish', answer)
+    socket.once('end', leave)
+    socket.once('close', gone)
   }
 
   /**

@@ -79,6 +79,27 @@ describe.each(apps)('%s: nothing a client sends ends the process', (_name, start
     expect((await rawRequest(port, upgrade(port))).status).toBe(101)
   })
 
+  test('a client that leaves a stream with an upgrade queued behind it frees the stream at once; 32 of them do not lock its user out', async () => {
+    s = await start() // handshakeTimeoutMs at its default: nothing may wait for it
+    const port = s.srv.port
+    const pair = `GET /realtime/events?topics=projects HTTP/1.1\nHost: 127.0.0.1:${port}\nx-demo-user: anna\n\n` + upgrade(port)
+    const left = await Promise.all(Array.from({ length: 32 }, () => new Promise<number>((resolve) => {
+      const socket = netConnect(port, '127.0.0.1')
+      socket.on('error', () => {})
+      socket.write(pair.replace(/\n/g, '\r\n'))
+      // The client goes away (a FIN: a tab closed, a proxy gave up).
+      setTimeout(() => { socket.end(); resolve(Date.now()) }, 100)
+    })))
+    const t0 = Math.max(...left)
+    for (let i = 0; i < 100 && s.rt.stats().fallbackStreams > 0; i++) await new Promise((r) => setTimeout(r, 10))
+    const freed = Date.now() - t0
+    expect(s.rt.stats()).toMatchObject({ fallbackStreams: 0, subscriptions: 0 })
+    expect(freed).toBeLessThan(1000)
+    // Anna's next stream is served, not 429.
+    const next = await rawRequest(port, `GET /realtime/events?topics=projects HTTP/1.1\nHost: 127.0.0.1:${port}\nx-demo-user: anna`, 500)
+    expect(next.status).toBe(200)
+  })
+
   test.each([
     ['pipelined in the same packet', true],
     ['sent after the stream opened', false],
