@@ -61,6 +61,16 @@ export function checkUpgrade(
   if (req.rawHeaders !== undefined && countHeader(req.rawHeaders, 'host') > 1) {
     return { status: 400, reason: 'bad_host', message: 'exactly one Host header is allowed' }
   }
+  // A GET handshake has no body (RFC 6455 §4.1). One that declares a body is
+  // how request smuggling looks: a proxy that frames the request by one of
+  // these headers and a server that frames it by the other disagree on
+  // where the next request starts. Browsers never send them.
+  if (h['content-length'] !== undefined || h['transfer-encoding'] !== undefined) {
+    return {
+      status: 400, reason: 'request_body',
+      message: 'a WebSocket handshake carries no body: Content-Length and Transfer-Encoding are refused',
+    }
+  }
   if (h['sec-websocket-version'] !== '13') {
     return {
       status: 426,

@@ -4,7 +4,7 @@
  * fails at startup rather than at the first editor's connection.
  */
 import type { CollabSettings } from './collab/collab'
-import type { OriginPolicy } from './origin'
+import { hostPolicy, type HostPolicy, type OriginPolicy } from './origin'
 import type { RealtimeOptions, User, MaybePromise, Bus } from './types'
 
 export const ENV_ENABLED = 'CMS_REALTIME_WEBSOCKETS_ENABLED'
@@ -37,6 +37,8 @@ export interface ResolvedOptions<Ctx> {
   authorize: (user: User, topic: string) => MaybePromise<boolean>
   /** Origins allowed besides the same origin (see origin.ts). */
   originAllowed: OriginPolicy
+  /** `allowedHosts` as a predicate; `undefined`: any host. */
+  hostAllowed: HostPolicy
   requireOrigin: boolean
   /** `undefined`: ask the framework (the adapter's binding), else false. */
   trustProxy: boolean | undefined
@@ -63,7 +65,7 @@ export interface ResolvedOptions<Ctx> {
 
 const KNOWN = new Set([
   'server', 'path', 'webSocketEnabled', 'authenticate', 'authorize', 'allowedOrigins',
-  'requireOrigin', 'bus', 'trustProxy', 'revalidate', 'ticketSecret', 'collab', ...Object.keys(DEFAULTS),
+  'requireOrigin', 'allowedHosts', 'bus', 'trustProxy', 'revalidate', 'ticketSecret', 'collab', ...Object.keys(DEFAULTS),
 ])
 
 export function resolveOptions<Ctx>(
@@ -107,6 +109,9 @@ export function resolveOptions<Ctx>(
   if (o.ticketSecret !== undefined && o.ticketSecret.length < 16) {
     throw new TypeError('cms-realtime: option "ticketSecret" must be at least 16 characters or bytes')
   }
+  if (o.allowedHosts !== undefined && (!Array.isArray(o.allowedHosts) || o.allowedHosts.some((h) => typeof h !== 'string' || h.trim() === ''))) {
+    throw new TypeError('cms-realtime: option "allowedHosts" must be an array of hostnames (".example.com" for a domain and its subdomains)')
+  }
   for (const key of ['authenticate', 'authorize', 'revalidate'] as const) {
     if (o[key] !== undefined && typeof o[key] !== 'function') {
       throw new TypeError(`cms-realtime: option "${key}" must be a function`)
@@ -119,6 +124,7 @@ export function resolveOptions<Ctx>(
     authenticate: o.authenticate,
     authorize: o.authorize ?? defaultAuthorize,
     originAllowed: originPolicy(o.allowedOrigins),
+    hostAllowed: hostPolicy(o.allowedHosts),
     requireOrigin: o.requireOrigin,
     trustProxy: o.trustProxy,
     maxPayload: o.maxPayload,

@@ -37,6 +37,45 @@ export function checkOrigin(req: IncomingMessage, allowed: OriginPolicy, require
   return ok ? { ok: true, cors: origin } : refuse(`origin ${origin} is not allowed`)
 }
 
+export type HostPolicy = ((hostname: string) => boolean) | undefined
+
+/** `allowedHosts` as a predicate on the hostname (lower case, no port); `undefined` allows every host. */
+export function hostPolicy(list: readonly string[] | undefined): HostPolicy {
+  if (list === undefined) return undefined
+  const exact = new Set<string>()
+  const suffixes: string[] = []
+  for (const h of list) {
+    const v = h.trim().toLowerCase()
+    if (v.startsWith('.')) suffixes.push(v)
+    else exact.add(v)
+  }
+  return (hostname) =>
+    exact.has(hostname) || suffixes.some((s) => hostname === s.slice(1) || hostname.endsWith(s))
+}
+
+/** The refusal for a request whose host `allowedHosts` does not list, or `null`. */
+export function checkHost(req: IncomingMessage, policy: HostPolicy, trustProxy: boolean): Refusal | null {
+  if (policy === undefined) return null
+  const hostname = hostnameOf(requestHost(req, trustProxy))
+  if (hostname !== '' && (isIp(hostname) || hostname === 'localhost' || policy(hostname))) return null
+  return { status: 403, reason: 'host_not_allowed', message: `host ${JSON.stringify(hostname.slice(0, 100))} is not in allowedHosts` }
+}
+
+/** `cms.example.com:8080` → `cms.example.com`; `[::1]:80` → `::1`. */
+function hostnameOf(host: string): string {
+  const h = host.trim().toLowerCase()
+  if (h.startsWith('[')) {
+    const end = h.indexOf(']')
+    return end < 0 ? '' : h.slice(1, end)
+  }
+  const colon = h.indexOf(':')
+  return colon < 0 ? h : h.slice(0, colon)
+}
+
+function isIp(hostname: string): boolean {
+  return /^\d{1,3}(\.\d{1,3}){3}$/.test(hostname) || (hostname.includes(':') && /^[0-9a-f:.]+$/.test(hostname))
+}
+
 /** The host (with port) the client addressed, honouring a trusted proxy's forwarding headers. */
 export function requestHost(req: IncomingMessage, trustProxy: boolean): string {
   if (trustProxy) {

@@ -19,7 +19,7 @@ import { SseStreams } from './sse'
 import { serveClient } from './client-asset'
 import { isOurs, pathnameOf, route, sendJson, type Reply, type RouteState } from './http-routes'
 import { resolveOptions, type ResolvedOptions } from './options'
-import { checkOrigin, clientAddress, ownCors } from './origin'
+import { checkHost, checkOrigin, clientAddress, ownCors } from './origin'
 import { CloseCode, validTopic } from './protocol'
 import { decodeCursors } from './client/cursor-vector'
 import { expiryOf, Sessions, type Admission } from './sessions'
@@ -341,6 +341,13 @@ export class Realtime<Ctx = IncomingMessage> {
     // `ctx.status`) would otherwise go out with our status: `200 Unauthorized`.
     res.statusMessage = ''
     const trusted = this.trusted(ctx)
+    // DNS rebinding: a page on another name is same-origin with itself.
+    const host = checkHost(req, this.opts.hostAllowed, trusted)
+    if (host !== null) {
+      this.refused(host.reason)
+      sendJson(res, host.status, { error: host.reason, reason: host.message })
+      return true
+    }
     // Our routes carry our CORS headers only: never an app middleware's.
     const origin = checkOrigin(req, this.opts.originAllowed, this.opts.requireOrigin, trusted)
     if (!origin.ok && origin.threw !== undefined) this.error('allowedOrigins', origin.threw)
@@ -441,7 +448,10 @@ export class Realtime<Ctx = IncomingMessage> {
    * app's proxy trust, known only now), the user, the per-user cap; then 101.
    */
   private async admit(req: IncomingMessage, socket: Duplex, head: Buffer, ctx: Ctx): Promise<void> {
-    const origin = checkOrigin(req, this.opts.originAllowed, this.opts.requireOrigin, this.trusted(ctx))
+    const trusted = this.trusted(ctx)
+    const host = checkHost(req, this.opts.hostAllowed, trusted)
+    if (host !== null) return this.upgrades.refuse(socket, host)
+    const origin = checkOrigin(req, this.opts.originAllowed, this.opts.requireOrigin, trusted)
     if (!origin.ok) {
       if (origin.threw !== undefined) this.error('allowedOrigins', origin.threw)
       return this.upgrades.refuse(socket, origin.refusal)

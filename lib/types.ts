@@ -80,6 +80,16 @@ export interface RealtimeOptions<Ctx = IncomingMessage, U = User> {
    * full origins (`https://cms.example.com`); `'*'` allows any. Default: same origin only.
    */
   allowedOrigins?: readonly string[] | '*' | ((origin: string, req: IncomingMessage) => boolean)
+  /**
+   * Hostnames the channel answers to (the `Host` header, or the forwarded
+   * host behind a trusted proxy), against DNS rebinding: a page on the
+   * attacker's name that re-resolves to your server is same-origin with
+   * itself, so the Origin check alone passes it. `'.example.com'` allows
+   * the domain and every subdomain; IP addresses and `localhost` are always
+   * allowed (no rebinding yields them). Others get 403 `host_not_allowed`,
+   * on the upgrade and on every route under `path`. Default: any host.
+   */
+  allowedHosts?: readonly string[]
   /** Refuse handshakes and fallback requests that carry no `Origin` (non-browser clients). Default `false`. */
   requireOrigin?: boolean
   /**
@@ -270,6 +280,8 @@ export type RefusalReason =
   | 'internal_error'
   | 'not_attached'
   | 'over_capacity'
+  | 'request_body'
+  | 'host_not_allowed'
 
 export interface RealtimeStats {
   connections: number

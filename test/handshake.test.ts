@@ -29,6 +29,8 @@ describe('checkUpgrade (pure)', () => {
     ['an offered list naming ours twice (a repeated header)', 'GET', { 'sec-websocket-protocol': 'cms-realtime.v1, cms-realtime.v1' }, [400, 'bad_subprotocol']],
     ['HTTP/1.0', 'GET', { httpVersion: '1.0' }, [400, 'bad_http_version']],
     ['two Host headers', 'GET', { rawHeaders: 'Host,a,host,b' }, [400, 'bad_host']],
+    ['a Content-Length (a body, as smuggling looks)', 'GET', { 'content-length': '0' }, [400, 'request_body']],
+    ['a Transfer-Encoding', 'GET', { 'transfer-encoding': 'chunked' }, [400, 'request_body']],
   ] as const)('%s', (_title, method, overrides, expected) => {
     const { httpVersion = '1.1', rawHeaders = 'Host,cms.test', ...rest } = overrides as Record<string, string | undefined>
     const headers: Record<string, string | undefined> = { ...valid, ...rest }
@@ -78,6 +80,8 @@ describe('handshake answers on the wire', () => {
     ['an allowed Origin', 101, undefined, { Origin: 'https://cms.example.com' }, 'GET'],
     ['a same-origin Origin', 101, undefined, { Origin: 'http://HOST' }, 'GET'],
     ['a subprotocol list without ours', 400, 'bad_subprotocol', { 'Sec-WebSocket-Protocol': 'chat' }, 'GET'],
+    ['a Content-Length', 400, 'request_body', { 'Content-Length': '5' }, 'GET'],
+    ['a Transfer-Encoding', 400, 'request_body', { 'Transfer-Encoding': 'chunked' }, 'GET'],
   ] as const)('%s → %i %s', async (_t, status, error, extra, method) => {
     const fixed = Object.fromEntries(Object.entries(extra).map(([k, v]) => [k, v?.replace('HOST', `127.0.0.1:${srv.port}`)]))
     const res = await rawRequest(srv.port, handshake(srv.port, '/realtime', fixed, method), 1000)
@@ -91,6 +95,12 @@ describe('handshake answers on the wire', () => {
     expect(JSON.parse(res.body)).toMatchObject({ error })
     expect(rt.stats().refusals[error!]).toBe(1)
     if (status === 426) expect(res.headers['sec-websocket-version']).toBe('13')
+  })
+
+  test('Content-Length and Transfer-Encoding together (CL.TE) never reach the upgrade: Node\'s parser answers 400 and closes', async () => {
+    const res = await rawRequest(srv.port, handshake(srv.port, '/realtime', { 'Content-Length': '4', 'Transfer-Encoding': 'chunked' }), 1000)
+    expect(res.status).toBe(400)
+    expect(res.closed).toBe(true)
   })
 
   test('a disabled channel answers 503 with a JSON reason', async () => {
@@ -113,5 +123,64 @@ describe('handshake answers on the wire', () => {
     expect(JSON.parse(res.body)).toMatchObject({ error: 'upgrade_required', cause: 'stripped_upgrade' })
     expect(JSON.parse(res.body).reason).toMatch(/proxy/)
     expect(rt.stats().strippedUpgrades).toBe(1)
+  })
+})
+
+describe('allowedHosts: DNS rebinding', () => {
+  let rt: Realtime
+  let srv: Listening
+  afterEach(async () => {
+    await rt.close()
+    await srv.close()
+  })
+  async function start(allowedHosts?: string[]): Promise<void> {
+    rt = createRealtime(allowedHosts === undefined ? {} : { allowedHosts })
+    srv = await listen((req, res) => { if (!rt.handleRequest(req, res)) res.writeHead(200).end('app page') })
+    rt.attach(srv.server)
+  }
+  /** Host and Origin both the attacker's name: what a rebound page sends, same-origin with itself. */
+  const rebound = (port: number, host: string) => handshake(port, '/realtime', { Host: host, Origin: `http://${host}` })
+
+  test('without allowedHosts a rebinding-shaped handshake is same-origin and accepted (why the option exists)', async () => {
+    await start()
+    expect((await rawRequest(srv.port, rebound(srv.port, 'attacker.test'), 1000)).status).toBe(101)
+  })
+
+  test.each([
+    ['the attacker\'s name', 'attacker.test', 403],
+    ['a listed name', 'cms.example.com', 101],
+    ['a listed name with a port, in capitals', 'CMS.example.com:8443', 101],
+    ['a subdomain of a listed domain', 'eu.example.org', 101],
+    ['the listed domain itself', 'example.org', 101],
+    ['a name that only ends like the domain', 'badexample.org', 403],
+    ['an IP address', '127.0.0.1:3000', 101],
+    ['an IPv6 address', '[::1]:3000', 101],
+    ['localhost', 'localhost:3000', 101],
+  ])('Host %s (%s) → %i', async (_t, host, status) => {
+    await start(['cms.example.com', '.example.org'])
+    const res = await rawRequest(srv.port, rebound(srv.port, host), 1000)
+    expect(res.status).toBe(status)
+    if (status === 403) {
+      expect(JSON.parse(res.body)).toMatchObject({ error: 'host_not_allowed' })
+      expect(rt.stats().refusals.host_not_allowed).toBe(1)
+    }
+  })
+
+  test('every route under the path refuses an unlisted host: config, the event stream, tickets, diagnostics', async () => {
+    await start(['cms.example.com'])
+    for (const path of ['/realtime/config', '/realtime/events?topics=projects', '/realtime/diagnostics?nonce=aaaaaaaaaaaaaaaaaaaa']) {
+      const res = await rawRequest(srv.port, `GET ${path} HTTP/1.1\nHost: attacker.test\nOrigin: http://attacker.test`, 1000)
+      expect([path, res.status]).toEqual([path, 403])
+    }
+    const ticket = await rawRequest(srv.port, 'POST /realtime/ticket HTTP/1.1\nHost: attacker.test\nAuthorization: Bearer x\nContent-Length: 0', 1000)
+    expect(ticket.status).toBe(403)
+    // The app's own routes are the app's business.
+    expect((await rawRequest(srv.port, 'GET / HTTP/1.1\nHost: attacker.test', 1000)).status).toBe(200)
+    expect((await rawRequest(srv.port, 'GET /realtime/config HTTP/1.1\nHost: cms.example.com', 1000)).status).toBe(200)
+  })
+
+  test('a malformed allowedHosts throws a TypeError naming the option', () => {
+    expect(() => createRealtime({ allowedHosts: 'cms.example.com' as never })).toThrow(/allowedHosts/)
+    expect(() => createRealtime({ allowedHosts: [''] })).toThrow(/allowedHosts/)
   })
 })
