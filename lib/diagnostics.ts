@@ -68,8 +68,12 @@ export class Diagnostics {
     if (nonce !== undefined) this.sockets.set(socket, { nonce, client: req.socket.remoteAddress ?? '' })
   }
 
-  refused(socket: Duplex, refusal: { status: number; reason: string }): void {
-    this.settle(socket, { seen: 'refused', reason: refusal.reason, status: refusal.status })
+  refused(socket: Duplex, refusal: { status: number; reason: string; headers?: Record<string, string> }): void {
+    // A browser cannot read a refused WebSocket's headers: the wait asked for travels in the record.
+    const after = Number(refusal.headers?.['Retry-After'])
+    this.settle(socket, Number.isFinite(after) && after > 0
+      ? { seen: 'refused', reason: refusal.reason, status: refusal.status, retryAfterMs: after * 1000 }
+      : { seen: 'refused', reason: refusal.reason, status: refusal.status })
   }
 
   accepted(socket: Duplex): void {

@@ -81,7 +81,7 @@ export type FetchLike = (url: string, init?: {
   cache?: 'no-store'
   credentials?: 'same-origin'
   keepalive?: boolean
-}) => Promise<{ ok: boolean; status: number; json(): Promise<unknown> }>
+}) => Promise<{ ok: boolean; status: number; json(): Promise<unknown>; headers?: { get(name: string): string | null } }>
 
 /**
  * - `connecting`: reading config or opening the WebSocket;
@@ -274,6 +274,8 @@ export class Client extends Observable implements RealtimeClient {
   private timer: ReturnType<typeof setTimeout> | undefined
   private beat: ReturnType<typeof setTimeout> | undefined
   private attempt = 0
+  /** No (re)connection attempt before this time (epoch ms): the server's `Retry-After`. */
+  private notBefore = 0
   private closed = false
   private reported = false
   private reopening = false
@@ -569,7 +571,19 @@ export class Client extends Observable implements RealtimeClient {
 
   private retry(): void {
     clearTimeout(this.timer)
-    this.timer = setTimeout(() => void this.start(), backoff(this.attempt++, this.bo))
+    const wait = Math.max(backoff(this.attempt++, this.bo), this.notBefore - Date.now())
+    this.timer = setTimeout(() => void this.start(), wait)
+  }
+
+  /**
+   * The server asked for `ms` before the next attempt (503 over capacity,
+   * `Retry-After`): no attempt before then, whatever the backoff says. Its
+   * value is jittered by the server, so refused clients do not return together.
+   */
+  private holdOff(ms: number): void {
+    if (!(ms > 0)) return
+    this.notBefore = Math.max(this.notBefore, Date.now() + Math.min(ms, 5 * 60_000))
+    this.retry()
   }
 
   /** Forget `ws` without waiting for its close handshake. */
@@ -652,7 +666,9 @@ export class Client extends Observable implements RealtimeClient {
   private async whyNot(url: string): Promise<void> {
     try {
       const r = await this.fetch(url, { method: 'HEAD', cache: 'no-store', credentials: 'same-origin' })
-      if (r.status === 401 && !this.closed && !this.open) this.signOut('unauthenticated')
+      if (this.closed || this.open) return
+      if (r.status === 401) this.signOut('unauthenticated')
+      else if (r.status === 503) this.holdOff(Number(r.headers?.get('Retry-After')) * 1000)
     } catch {
       // offline: the retry loop carries on
     }
@@ -835,6 +851,11 @@ export class Client extends Observable implements RealtimeClient {
     try {
       const r = await this.fetch(new URL(`${this.cfg!.url!}/diagnostics?nonce=${nonce}`, this.base).href, { cache: 'no-store' })
       const s = (await r.json()) as HandshakeSeen
+      if (s.seen === 'refused' && s.retryAfterMs !== undefined && !this.closed && !this.open) {
+        this.closeStream() // the stream would be refused the same way: wait it out
+        this.set('offline')
+        this.holdOff(s.retryAfterMs)
+      }
       d = s.seen === 'refused'
         ? { cause: ['unauthenticated', 'origin', 'disabled'].includes(s.reason) ? (s.reason as DiagnosisCause) : 'refused', detail: s.reason }
         : { cause: s.seen === 'stripped_upgrade' ? s.seen : s.seen === 'accepted' ? 'interrupted' : 'unreachable' }

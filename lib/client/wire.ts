@@ -115,7 +115,8 @@ export const DIAGNOSIS_CAUSES: readonly DiagnosisCause[] = [
 /** What the server saw for a handshake nonce (`GET <path>/diagnostics?nonce=`). */
 export type HandshakeSeen =
   | { seen: 'stripped_upgrade' }
-  | { seen: 'refused'; reason: string; status: number }
+  /** `retryAfterMs`: the server asked for that long before the next attempt (`Retry-After`, as past `maxConnections`). */
+  | { seen: 'refused'; reason: string; status: number; retryAfterMs?: number }
   | { seen: 'accepted' }
   | { seen: 'nothing' }
 

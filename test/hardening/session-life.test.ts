@@ -7,7 +7,7 @@
 import type { IncomingMessage } from 'node:http'
 import { CloseCode } from '../../lib/protocol'
 import { fixture, type Fixture } from '../helpers/fixture'
-import { connect, type TestClient } from '../helpers/net'
+import { connect, handshake, rawRequest, type TestClient } from '../helpers/net'
 import { openStream, type Stream } from '../helpers/sse'
 
 let f: Fixture
@@ -241,5 +241,31 @@ describe('maxConnectionsPerUser', () => {
     for (let i = 0; i < 100 && f.rt.stats().connections > 1; i++) await new Promise((res) => setTimeout(res, 10))
     await f.connect(as('anna'))
     expect(f.rt.stats().refusals.too_many_connections).toBe(2)
+  })
+})
+
+describe('maxConnections (the whole process)', () => {
+  test('counts every user and transport; past it → 503 over_capacity with a jittered Retry-After; a closed one frees a place', async () => {
+    f = await cms(undefined, { maxConnections: 2 })
+    const a1 = await f.connect(as('anna'))
+    await sse('ben', 'projects')
+    const refused = await rawRequest(f.srv.port, handshake(f.srv.port, '/realtime', { 'x-user': 'carl' }), 1000)
+    expect(refused.status).toBe(503)
+    expect(JSON.parse(refused.body)).toMatchObject({ error: 'over_capacity' })
+    const after = Number(refused.headers['retry-after'])
+    expect(after).toBeGreaterThanOrEqual(5)
+    expect(after).toBeLessThanOrEqual(10)
+    const r = await fetch(`${f.srv.base}/realtime/events?topics=projects`, as('dora'))
+    expect(r.status).toBe(503)
+    expect(Number(r.headers.get('retry-after'))).toBeGreaterThanOrEqual(5)
+    expect(((await r.json()) as { error: string }).error).toBe('over_capacity')
+    // Jittered: many refusals do not all name the same second.
+    const waits = new Set<string>()
+    for (let i = 0; i < 20; i++) waits.add((await fetch(`${f.srv.base}/realtime/events?topics=projects`, as('dora'))).headers.get('retry-after')!)
+    expect(waits.size).toBeGreaterThan(1)
+    a1.close()
+    for (let i = 0; i < 100 && f.rt.stats().connections > 0; i++) await new Promise((res) => setTimeout(res, 10))
+    await f.connect(as('carl'))
+    expect(f.rt.stats().refusals.over_capacity).toBe(22)
   })
 })
