@@ -7,13 +7,22 @@
  * HTTP. The client then reports its conclusion once, so `stats()` shows
  * operators how many editors fall back and why.
  *
- *   GET  <path>/diagnostics?nonce=N   → HandshakeSeen (the entry is consumed)
- *   POST <path>/diagnostics           ← {"cause": DiagnosisCause, "transport": "sse" | "poll" | "none"}
+ *   GET  <path>/diagnostics?nonce=N   → HandshakeSeen (read once)
+ *   POST <path>/diagnostics           ← {"cause": DiagnosisCause, "transport": "sse" | "poll" | "none", "nonce"?: N}
+ *
+ * Anyone can POST, so a report counts only as far as the server can vouch
+ * for it. A report that names the nonce of a handshake the server saw fail
+ * is counted in `diagnoses` under what the server saw (not what the report
+ * claims), once per nonce, and is never rate-limited: a spoofer cannot
+ * guess a browser's nonce, so it can neither forge nor silence that count.
+ * Any other report (the handshake never reached the server, an older
+ * client) goes to `diagnosesUnconfirmed`, rate-limited per client address.
+ * A POST without `Origin` is refused: browsers always send it on a POST.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Duplex } from 'node:stream'
 import { sendJson } from './http-routes'
-import { DIAGNOSIS_CAUSES, NONCE, type DiagnosisCause, type HandshakeSeen } from './client/wire'
+import { causeOf, DIAGNOSIS_CAUSES, NONCE, type DiagnosisCause, type HandshakeSeen } from './client/wire'
 
 export interface DiagnosticsOptions {
   /** Nonces remembered at once; the oldest is forgotten first. Default 10000. */
@@ -50,8 +59,12 @@ export class Diagnostics {
   /** Per client, not one global bucket: a spoofer must not lock real browsers out. */
   private readonly reportLimit: PerClientLimit
   private readonly recordLimit: PerClientLimit
-  /** Client reports by cause. */
+  /** Reports the server's own record of the handshake confirms, by the cause that record stands for. */
   readonly reports: Partial<Record<DiagnosisCause, number>> = {}
+  /** Reports the server cannot vouch for (no nonce, or one it has no record of), by the cause they claim. */
+  readonly unconfirmed: Partial<Record<DiagnosisCause, number>> = {}
+  /** Records already read by the client, kept until its report names them (or they expire). */
+  private readonly read = new Map<string, Entry>()
   /** Reports refused as malformed or over the rate limit. */
   rejected = 0
 
@@ -86,11 +99,12 @@ export class Diagnostics {
     if (nonce !== undefined) this.record(nonce, seen, client)
   }
 
-  /** What was seen for `nonce`; each record is read once. */
+  /** What was seen for `nonce`; each record is read once (and kept for the report that names it). */
   lookup(nonce: string): HandshakeSeen {
     const entry = this.entries.get(nonce)
     if (entry === undefined || entry.expires < Date.now()) return { seen: 'nothing' }
     this.entries.delete(nonce)
+    this.keep(this.read, nonce, entry)
     return entry.seen
   }
 
@@ -105,6 +119,10 @@ export class Diagnostics {
       return sendJson(res, 200, this.lookup(nonce))
     }
     if (method !== 'POST') return sendJson(res, 405, { error: 'method_not_allowed', reason: 'use GET or POST' }, { Allow: 'GET, HEAD, POST' })
+    if (req.headers.origin === undefined) {
+      this.rejected++
+      return sendJson(res, 403, { error: 'origin_required', reason: 'a report comes from a browser page, which sends Origin' })
+    }
     // A body parser mounted before us may have read the stream already: then
     // take what it parsed rather than an empty body.
     const body = req.readableEnded ? parsedBody() : await readBody(req, MAX_BODY)
@@ -120,12 +138,30 @@ export class Diagnostics {
         reason: `expected {"cause": one of ${DIAGNOSIS_CAUSES.join(', ')}, "transport": "sse" | "poll" | "none"}`,
       })
     }
-    if (!this.reportLimit.take(client)) {
-      this.rejected++
-      return sendJson(res, 429, { error: 'rate_limited', reason: 'too many reports; try again later' }, { 'Retry-After': '60' })
+    const record = report.nonce === undefined ? undefined : this.take(report.nonce)
+    if (record !== undefined) {
+      const cause = causeOf(record)
+      this.reports[cause] = (this.reports[cause] ?? 0) + 1
+    } else {
+      if (!this.reportLimit.take(client)) {
+        this.rejected++
+        return sendJson(res, 429, { error: 'rate_limited', reason: 'too many reports; try again later' }, { 'Retry-After': '60' })
+      }
+      this.unconfirmed[report.cause] = (this.unconfirmed[report.cause] ?? 0) + 1
     }
-    this.reports[report.cause] = (this.reports[report.cause] ?? 0) + 1
     res.writeHead(204, { 'Cache-Control': 'no-store' }).end()
+  }
+
+  /** The failed handshake's record for a report, consumed: one count per handshake. */
+  private take(nonce: string): HandshakeSeen | undefined {
+    const now = Date.now()
+    for (const map of [this.read, this.entries]) {
+      const e = map.get(nonce)
+      if (e === undefined) continue
+      map.delete(nonce)
+      if (e.expires >= now) return e.seen
+    }
+    return undefined
   }
 
   private settle(socket: Duplex, seen: HandshakeSeen): void {
@@ -137,13 +173,18 @@ export class Diagnostics {
 
   private record(nonce: string, seen: HandshakeSeen, client: string): void {
     if (!this.recordLimit.take(client)) return
+    this.keep(this.entries, nonce, { seen, expires: Date.now() + this.ttlMs })
+  }
+
+  /** Insert into an expiry-ordered, bounded map: expired and over-the-bound entries go first. */
+  private keep(map: Map<string, Entry>, nonce: string, entry: Entry): void {
     const now = Date.now()
-    for (const [key, entry] of this.entries) {
-      if (entry.expires >= now && this.entries.size < this.maxEntries) break
-      this.entries.delete(key)
+    for (const [key, e] of map) {
+      if (e.expires >= now && map.size < this.maxEntries) break
+      map.delete(key)
     }
-    this.entries.delete(nonce) // re-inserted last, keeping the order by expiry
-    this.entries.set(nonce, { seen, expires: now + this.ttlMs })
+    map.delete(nonce) // re-inserted last, keeping the order by expiry
+    map.set(nonce, entry)
   }
 
 }
@@ -178,7 +219,7 @@ function nonceOf(url: string | undefined): string | undefined {
 }
 
 /** A report from the raw body text, or from what a body parser made of it. */
-function parseReport(body: unknown): { cause: DiagnosisCause; transport: string } | null {
+function parseReport(body: unknown): { cause: DiagnosisCause; transport: string; nonce?: string } | null {
   let v: unknown = body
   if (typeof body === 'string') {
     try {
@@ -191,7 +232,9 @@ function parseReport(body: unknown): { cause: DiagnosisCause; transport: string 
   const { cause, transport } = v as Record<string, unknown>
   if (typeof cause !== 'string' || !CAUSES.has(cause)) return null
   if (typeof transport !== 'string' || !TRANSPORTS.has(transport)) return null
-  return { cause: cause as DiagnosisCause, transport }
+  const nonce = (v as Record<string, unknown>).nonce
+  if (nonce !== undefined && (typeof nonce !== 'string' || !NONCE.test(nonce))) return null
+  return nonce === undefined ? { cause: cause as DiagnosisCause, transport } : { cause: cause as DiagnosisCause, transport, nonce }
 }
 
 /** The body as text, or `null` once it passes `max` bytes (the rest is not read). */

@@ -387,6 +387,7 @@ export class Realtime<Ctx = IncomingMessage> {
       webSocketEnabled: this.enabled,
       fallbackStreams: this.sse.streams.size,
       diagnoses: { ...this.diagnostics.reports },
+      diagnosesUnconfirmed: { ...this.diagnostics.unconfirmed },
       diagnosesRejected: this.diagnostics.rejected,
       errors: c.errors,
       sessionsEnded: c.sessionsEnded,

@@ -301,9 +301,15 @@ export interface RealtimeStats {
   webSocketEnabled: boolean
   /** Open fallback (SSE) streams: editors whose WebSocket does not get through. */
   fallbackStreams: number
-  /** Diagnoses browsers reported (`POST <path>/diagnostics`), by cause. */
+  /**
+   * Diagnoses browsers reported (`POST <path>/diagnostics`) that the server's
+   * own record of the failed handshake confirms, by the cause it saw: one per
+   * handshake, whatever anyone else posts.
+   */
   diagnoses: Partial<Record<DiagnosisCause, number>>
-  /** Reports refused as malformed or over the rate limit. */
+  /** Reports the server cannot vouch for (the handshake never reached it, or an older client), by the cause they claim. */
+  diagnosesUnconfirmed: Partial<Record<DiagnosisCause, number>>
+  /** Reports refused as malformed, without `Origin`, or over the rate limit. */
   diagnosesRejected: number
   /** Exceptions caught from user callbacks (`authenticate`, `authorize`, `allowedOrigins`, `revalidate`), the bus and our own listeners: logged, never fatal. */
   errors: number

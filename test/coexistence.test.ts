@@ -149,9 +149,9 @@ describe.each(apps)('%s app', (_name, build) => {
 
   test('a diagnosis report still counts when the app\'s body parser read the JSON body before us', async () => {
     const app = await start()
-    await request(app.base).post('/realtime/diagnostics')
+    await request(app.base).post('/realtime/diagnostics').set('Origin', app.base)
       .set('Content-Type', 'application/json').send({ cause: 'stripped_upgrade', transport: 'sse' }).expect(204)
-    expect(app.rt.stats().diagnoses).toEqual({ stripped_upgrade: 1 })
+    expect(app.rt.stats().diagnosesUnconfirmed).toEqual({ stripped_upgrade: 1 })
   })
 })
 

@@ -8,7 +8,7 @@
  */
 import { BACKOFF, backoff, type BackoffOptions } from './backoff'
 import { encodeCursors } from './cursor-vector'
-import { PROTOCOL, type DiagnosisCause, type HandshakeSeen, type LockHolder, type PresenceMember, type WireConfig, type WireFrame } from './wire'
+import { causeOf, PROTOCOL, type DiagnosisCause, type HandshakeSeen, type LockHolder, type PresenceMember, type WireConfig, type WireFrame } from './wire'
 
 export type { LockHolder, PresenceMember } from './wire'
 
@@ -856,25 +856,24 @@ export class Client extends Observable implements RealtimeClient {
         this.set('offline')
         this.holdOff(s.retryAfterMs)
       }
-      d = s.seen === 'refused'
-        ? { cause: ['unauthenticated', 'origin', 'disabled'].includes(s.reason) ? (s.reason as DiagnosisCause) : 'refused', detail: s.reason }
-        : { cause: s.seen === 'stripped_upgrade' ? s.seen : s.seen === 'accepted' ? 'interrupted' : 'unreachable' }
+      d = s.seen === 'refused' ? { cause: causeOf(s), detail: s.reason } : { cause: causeOf(s) }
     } catch {
       d = { cause: 'offline' }
     }
     if (this.closed || this.open) return
-    this.diagnose(d, true)
+    this.diagnose(d, true, nonce)
     // A 401 will not change by retrying: wait for `reconnect()` after sign-in.
     if (d.cause === 'unauthenticated') this.signOut('unauthenticated')
   }
 
-  private diagnose(d: Diagnosis | null, report: boolean): void {
+  /** `nonce`: the handshake the diagnosis is about, so the server counts what it saw itself. */
+  private diagnose(d: Diagnosis | null, report: boolean, nonce?: string): void {
     this.diagnosed(d)
     if (!report || d === null || this.reported || this.o.report === false || d.cause === 'offline') return
     this.reported = true
     this.fetch(new URL(`${this.cfg!.url!}/diagnostics`, this.base).href, {
       method: 'POST',
-      body: JSON.stringify({ cause: d.cause, transport: this.cfg?.fallback?.transport ?? 'none' }),
+      body: JSON.stringify({ cause: d.cause, transport: this.cfg?.fallback?.transport ?? 'none', ...(nonce === undefined ? {} : { nonce }) }),
       // text/plain: app body parsers skip it, and it needs no CORS preflight.
       headers: { 'Content-Type': 'text/plain;charset=UTF-8' },
       keepalive: true,

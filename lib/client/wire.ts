@@ -120,5 +120,11 @@ export type HandshakeSeen =
   | { seen: 'accepted' }
   | { seen: 'nothing' }
 
+/** The diagnosis a handshake's record stands for: the one mapping, for the client's conclusion and the server's count. */
+export function causeOf(s: HandshakeSeen): DiagnosisCause {
+  if (s.seen === 'refused') return s.reason === 'unauthenticated' || s.reason === 'origin' || s.reason === 'disabled' ? s.reason : 'refused'
+  return s.seen === 'stripped_upgrade' ? 'stripped_upgrade' : s.seen === 'accepted' ? 'interrupted' : 'unreachable'
+}
+
 /** Nonces the client puts on the WebSocket URL: 16-64 URL-safe characters. */
 export const NONCE = /^[A-Za-z0-9_-]{16,64}$/

@@ -1,7 +1,8 @@
 /**
  * The nonce diagnosis and the diagnostics report: what the server saw for a
  * handshake's nonce (stripped, refused and why, accepted, nothing), read
- * once; reports validated, bounded, rate-limited and counted in stats().
+ * once; reports validated, bounded and counted in stats(): confirmed by the
+ * nonce of a handshake the server saw fail, or apart and rate-limited.
  */
 import WebSocket from 'ws'
 import { Diagnostics } from '../../lib/diagnostics'
@@ -104,15 +105,56 @@ describe('what the server saw for a nonce', () => {
 })
 
 describe('POST <path>/diagnostics', () => {
-  const post = (base: string, body: string) =>
-    fetch(`${base}/realtime/diagnostics`, { method: 'POST', body, headers: { 'Content-Type': 'application/json' } })
+  /** What a browser page sends: it always carries Origin on a POST. */
+  const post = (base: string, body: string, origin: string | null = base) =>
+    fetch(`${base}/realtime/diagnostics`, {
+      method: 'POST', body, headers: { 'Content-Type': 'application/json', ...(origin === null ? {} : { Origin: origin }) },
+    })
 
-  test('a valid report is counted in stats() by cause', async () => {
+  /** A real stripped handshake through the proxy, so the server holds a record for `nonce`. */
+  async function strippedHandshake(a: Awaited<ReturnType<typeof app>>, nonce: string): Promise<void> {
+    const proxy = await startProxy(a.srv.port, true)
+    cleanup.add(() => proxy.srv.close())
+    await tryWs(`ws://127.0.0.1:${proxy.srv.port}/realtime?nonce=${nonce}`)
+  }
+
+  test('a report naming the nonce of a handshake the server saw fail is counted once, under what the server saw', async () => {
     const a = await app()
-    expect((await post(a.srv.base, JSON.stringify({ cause: 'stripped_upgrade', transport: 'sse' }))).status).toBe(204)
-    expect((await post(a.srv.base, JSON.stringify({ cause: 'stripped_upgrade', transport: 'sse' }))).status).toBe(204)
+    await strippedHandshake(a, NONCE)
+    expect((await seen(a.srv.base)).body).toEqual({ seen: 'stripped_upgrade' }) // what the client reads first
+    // The report claims another cause: the server counts what it saw.
+    expect((await post(a.srv.base, JSON.stringify({ cause: 'unreachable', transport: 'sse', nonce: NONCE }))).status).toBe(204)
+    expect((await post(a.srv.base, JSON.stringify({ cause: 'stripped_upgrade', transport: 'sse', nonce: NONCE }))).status).toBe(204)
+    expect(a.rt.stats()).toMatchObject({ diagnoses: { stripped_upgrade: 1 }, diagnosesUnconfirmed: { stripped_upgrade: 1 }, diagnosesRejected: 0 })
+  })
+
+  test('a report the server cannot vouch for (no nonce, or one it never saw) is counted apart', async () => {
+    const a = await app()
     expect((await post(a.srv.base, JSON.stringify({ cause: 'unreachable', transport: 'none' }))).status).toBe(204)
-    expect(a.rt.stats()).toMatchObject({ diagnoses: { stripped_upgrade: 2, unreachable: 1 }, diagnosesRejected: 0 })
+    expect((await post(a.srv.base, JSON.stringify({ cause: 'stripped_upgrade', transport: 'sse', nonce: 'z'.repeat(20) }))).status).toBe(204)
+    expect(a.rt.stats()).toMatchObject({ diagnoses: {}, diagnosesUnconfirmed: { unreachable: 1, stripped_upgrade: 1 } })
+  })
+
+  test('spoofed reports neither count nor silence a real one: no Origin → 403; 50 with made-up nonces leave the real report counted', async () => {
+    const a = await app()
+    // A script, from the same address as the editors (one NAT): no Origin first.
+    for (let i = 0; i < 10; i++) {
+      const r = await post(a.srv.base, JSON.stringify({ cause: 'stripped_upgrade', transport: 'sse' }), null)
+      expect(r.status).toBe(403)
+    }
+    // Then with a forged Origin and made-up nonces, past the per-address limit.
+    const codes = new Set<number>()
+    for (let i = 0; i < 50; i++) {
+      const body = JSON.stringify({ cause: 'stripped_upgrade', transport: 'sse', nonce: `fake${String(i).padStart(16, '0')}` })
+      codes.add((await post(a.srv.base, body)).status)
+    }
+    expect(codes).toEqual(new Set([204, 429]))
+    // The real browser behind the same NAT: its handshake was seen, its report counts.
+    await strippedHandshake(a, NONCE)
+    await seen(a.srv.base)
+    expect((await post(a.srv.base, JSON.stringify({ cause: 'stripped_upgrade', transport: 'sse', nonce: NONCE }))).status).toBe(204)
+    expect(a.rt.stats().diagnoses).toEqual({ stripped_upgrade: 1 })
+    expect(a.rt.stats().diagnosesUnconfirmed.stripped_upgrade).toBeLessThanOrEqual(10)
   })
 
   test.each([
@@ -125,7 +167,7 @@ describe('POST <path>/diagnostics', () => {
     const r = await post(a.srv.base, body)
     expect(r.status).toBe(400)
     expect(((await r.json()) as { error: string }).error).toBe('bad_report')
-    expect(a.rt.stats()).toMatchObject({ diagnoses: {}, diagnosesRejected: 1 })
+    expect(a.rt.stats()).toMatchObject({ diagnoses: {}, diagnosesUnconfirmed: {}, diagnosesRejected: 1 })
   })
 
   test('a body over 1 KiB gets 413', async () => {
@@ -148,7 +190,7 @@ describe('POST <path>/diagnostics', () => {
     const codes = []
     for (let i = 0; i < 4; i++) codes.push((await post(a.srv.base, body)).status)
     expect(codes).toEqual([204, 204, 429, 429])
-    expect(d.reports).toEqual({ offline: 2 })
+    expect(d.unconfirmed).toEqual({ offline: 2 })
     expect(d.rejected).toBe(2)
   })
 })

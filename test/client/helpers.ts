@@ -75,9 +75,24 @@ export function client(base: string, options: Partial<ClientOptions> = {}): Real
     configUrl: `${base}/realtime/config`,
     WebSocket,
     EventSource,
+    fetch: browserFetch(base),
     backoff: FAST,
     ...options,
   })
+}
+
+/**
+ * Node's fetch as a page at `origin` would send it: a browser puts `Origin`
+ * on every request that is not a GET or HEAD (the Fetch standard), and the
+ * diagnostics endpoint refuses reports without it.
+ */
+export function browserFetch(origin: string): NonNullable<ClientOptions['fetch']> {
+  const o = new URL(origin).origin
+  return (url, init = {}) => {
+    const method = init.method ?? 'GET'
+    const headers = method === 'GET' || method === 'HEAD' ? init.headers : { Origin: o, ...init.headers }
+    return fetch(url, { ...init, ...(headers === undefined ? {} : { headers }) })
+  }
 }
 
 /** Subscribe and keep what arrives. */

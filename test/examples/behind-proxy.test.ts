@@ -7,6 +7,7 @@
 import WebSocket from 'ws'
 import { EventSource } from 'eventsource'
 import { createClient, type RealtimeClient, type RealtimeEvent } from 'cms-realtime/client'
+import { browserFetch } from '../client/helpers'
 import { startBehindProxy, type BehindProxy } from '../../examples/behind-proxy/start'
 import { waitFor } from '../client/helpers'
 
@@ -26,7 +27,7 @@ test('through the stripping proxy the client falls back to SSE, receives an API 
   expect(page.status).toBe(200)
   expect(await page.text()).toContain('<script type="module" src="/app.js">')
 
-  client = createClient({ configUrl: `${base}/realtime/config`, WebSocket, EventSource, backoff: { initialMs: 50, maxMs: 400 } })
+  client = createClient({ configUrl: `${base}/realtime/config`, WebSocket, EventSource, fetch: browserFetch(base), backoff: { initialMs: 50, maxMs: 400 } })
   const states: string[] = []
   client.on('state', (s) => states.push(s))
   const got: RealtimeEvent[] = []
@@ -50,7 +51,7 @@ test('through the stripping proxy the client falls back to SSE, receives an API 
 
 test('straight to the app, bypassing the proxy, the same client is live', async () => {
   demo = await startBehindProxy()
-  client = createClient({ configUrl: `${demo.app.base}/realtime/config`, WebSocket, EventSource })
+  client = createClient({ configUrl: `${demo.app.base}/realtime/config`, WebSocket, EventSource, fetch: browserFetch(demo.app.base) })
   const c = client
   await waitFor(() => c.state === 'live', 'live')
   expect(demo.rt.stats()).toMatchObject({ strippedUpgrades: 0, fallbackStreams: 0 })

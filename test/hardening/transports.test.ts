@@ -177,13 +177,13 @@ describe('diagnostics that cannot be gamed (defect 7)', () => {
   test('reports are rate-limited per client: one flooding client does not lock another out', async () => {
     const { srv, rt } = await koa((app) => { app.proxy = true })
     const post = (ip: string) => fetch(`${srv.base}/realtime/diagnostics`, {
-      method: 'POST', body: JSON.stringify({ cause: 'offline', transport: 'sse' }), headers: { 'X-Forwarded-For': ip },
+      method: 'POST', body: JSON.stringify({ cause: 'offline', transport: 'sse' }), headers: { 'X-Forwarded-For': ip, Origin: srv.base },
     }).then((r) => r.status)
     const flood: number[] = []
     for (let i = 0; i < 30; i++) flood.push(await post('203.0.113.9'))
     expect(flood.filter((s) => s === 429).length).toBeGreaterThan(15)
     expect(await post('198.51.100.7')).toBe(204)
-    expect(rt.stats().diagnoses.offline).toBeLessThan(15)
+    expect(rt.stats().diagnosesUnconfirmed.offline).toBeLessThan(15)
   })
 
   test('an upgrade that timed out in a slow app middleware is not later diagnosed as stripped_upgrade', async () => {
