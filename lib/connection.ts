@@ -51,6 +51,9 @@ export interface Counters {
   errors: number
   sessionsEnded: number
   subscriptionsRevoked: number
+  /** Subscriptions that came with a cursor: resumed from history, or told to resync. */
+  recovered: number
+  resynced: number
 }
 
 /** Shared by every connection without subscriptions; never mutated. */
@@ -281,6 +284,10 @@ export class Connection implements Subscriber, Session, Participant {
       out.push(since === undefined ? { op: 'subscribed', topic, cursor } : { op: 'subscribed', topic, recovered: true })
     }
     const recovered = boundedReplay(replay, held, opts.maxBufferedBytes - this.ws.bufferedAmount)
+    if (since !== undefined) {
+      if (out[0]!.op === 'resync' || recovered === null) this.core.counters.resynced++
+      else this.core.counters.recovered++
+    }
     if (recovered === null) {
       // More than the send buffer may hold: a refetch is cheaper than
       // queueing megabytes per client, and keeps the bound a bound.

@@ -80,7 +80,7 @@ export class Realtime<Ctx = IncomingMessage> {
   private readonly collab: Collab
   private readonly counters: Counters = {
     eventsPublished: 0, eventsDelivered: 0, slowConsumersClosed: 0, drops: 0, protocolErrors: 0, strippedUpgrades: 0,
-    refusals: {}, errors: 0, sessionsEnded: 0, subscriptionsRevoked: 0,
+    refusals: {}, errors: 0, sessionsEnded: 0, subscriptionsRevoked: 0, recovered: 0, resynced: 0,
   }
   private readonly core: Core
   private readonly routeState: RouteState
@@ -392,6 +392,7 @@ export class Realtime<Ctx = IncomingMessage> {
       errors: c.errors,
       sessionsEnded: c.sessionsEnded,
       subscriptionsRevoked: c.subscriptionsRevoked,
+      recovery: { recovered: c.recovered, resynced: c.resynced },
       ...(this.bus.stats === undefined ? {} : { bus: this.bus.stats() }),
     }
   }

@@ -249,6 +249,7 @@ class SseStream implements Subscriber, Session {
       // Bounded like the WebSocket's: past the send buffer, resync instead.
       const recovered = replay === null ? null
         : boundedReplay(replay, held, this.core.opts.maxBufferedBytes - this.res.writableLength)
+      if (since !== undefined) this.core.counters[recovered === null ? 'resynced' : 'recovered']++
       if (recovered === null) {
         if (replay !== null && replay.length > 0) this.cursors[i] = replay[replay.length - 1]!.id
         this.frame(JSON.stringify({ op: 'resync', topic }))

@@ -317,6 +317,8 @@ export interface RealtimeStats {
   sessionsEnded: number
   /** Subscriptions dropped by `reauthorize`. */
   subscriptionsRevoked: number
+  /** Subscriptions that came back with a cursor (a reconnect): resumed from history exactly, or told to `resync`. */
+  recovery: { recovered: number; resynced: number }
   /** What the bus reports about itself, if it does (the Redis bus: `RedisBusStats`). */
   bus?: object
 }

@@ -19,12 +19,14 @@ import { realtime as koa, type KoaRealtime } from 'cms-realtime/koa'
 import { realtime as express, type ExpressRealtime } from 'cms-realtime/express'
 import { RedisBus, type RedisBusOptions } from 'cms-realtime/redis'
 import { createClient, type RealtimeClient } from 'cms-realtime/client'
+import { registerMetrics, type MetricsOptions } from 'cms-realtime/prometheus'
 interface Editor { id: string; role: string }
 const k: KoaRealtime<Editor> = koa({ authenticate: (): Editor | null => null, authorize: (user, topic) => user.role === topic })
 const e: ExpressRealtime = express()
 const o: RealtimeOptions = {}
 const b: RedisBusOptions = { commandTimeoutMs: 500 }
-export const used = [k, e, o, b, createRealtime, RedisBus, createClient as unknown as RealtimeClient]
+const m: MetricsOptions = { prefix: 'cms_' }
+export const used = [k, e, o, b, m, createRealtime, RedisBus, createClient as unknown as RealtimeClient, () => registerMetrics(k, m)]
 `
 
 function check(dir: string, resolution: 'node' | 'node16' | 'bundler', source: string): { status: number | null; out: string } {
