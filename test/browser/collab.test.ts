@@ -21,6 +21,7 @@ describeBrowser('the collaboration tests in Chromium')('collaboration in the dem
   const sockets = new Map<string, Set<Duplex>>()
   let base = ''
   let itemId = 0
+  let app: { rt: ReturnType<typeof createApp>['rt'] }
 
   beforeAll(async () => {
     execFileSync(process.execPath, ['scripts/build-client.mjs'], { stdio: 'ignore' })
@@ -30,8 +31,9 @@ describeBrowser('the collaboration tests in Chromium')('collaboration in the dem
   afterEach(() => cleanup.run())
 
   beforeEach(async () => {
-    const { app, rt } = createApp({ collab: GRACE })
-    const srv = await listen(app.callback())
+    const { app: koa, rt } = createApp({ collab: GRACE })
+    app = { rt }
+    const srv = await listen(koa.callback())
     rt.attach(srv.server)
     srv.server.on('upgrade', (req: IncomingMessage, socket: Duplex) => {
       const user = /demo-user=([^;]+)/.exec(req.headers.cookie ?? '')?.[1] ?? 'anna'
@@ -120,6 +122,28 @@ describeBrowser('the collaboration tests in Chromium')('collaboration in the dem
     const killed = Date.now() - t1
     console.log(`holder's connection killed → lock freed in ${killed} ms (lock grace ${GRACE.lockGraceMs} ms)`)
     expect(killed).toBeGreaterThanOrEqual(GRACE.lockGraceMs - 100)
+  })
+
+  test('removing the holder from the project (the demo\'s DELETE member) frees his lock and presence within 1 s; his page turns read-only; the other editor can edit', async () => {
+    const ben = await editorOf(await context(), 'ben')
+    await until(ben, () => editable(ben), 'ben holds the lock')
+    const anna = await editorOf(await context(), 'anna')
+    await until(anna, async () => (await viewers(anna)).join() === 'ben(editing)', 'anna sees ben editing')
+    expect(await lockText(anna)).toBe('ben is editing: read-only here.')
+    const t0 = Date.now()
+    const r = await fetch(`${base}/api/projects/1/members/ben`, { method: 'DELETE' })
+    expect(r.status).toBe(204)
+    const freed = await until(anna, async () => (await viewers(anna)).length === 0 && (await lockText(anna)) === 'Nobody is editing this item.', 'ben gone for anna', 3000)
+    console.log(`member removed → his lock and presence gone for the other editor in ${Date.now() - t0} ms (page poll ${freed} ms)`)
+    expect(Date.now() - t0).toBeLessThan(1000)
+    // His page is told: read-only, and why.
+    await until(ben, async () => !(await editable(ben)), 'ben read-only', 2000)
+    expect(await lockText(ben)).toMatch(/access/)
+    // Anna takes the lock and edits.
+    await anna.click('#take-over')
+    await until(anna, () => editable(anna), 'anna holds the lock', 2000)
+    expect(await app.rt.locks.holder(`project:1/item:${itemId}`)).toMatchObject({ user: 'anna' })
+    expect((await app.rt.presence(`project:1/item:${itemId}`)).map((m) => m.user)).toEqual(['anna'])
   })
 
   test('the stale-edit warning: a change through the API while anna edits is named at once, and her old save gets 409', async () => {

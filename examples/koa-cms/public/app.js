@@ -253,7 +253,10 @@ async function takeLock(takeover) {
     e.lock.on('lost', ({ by }) => {
       e.lock = null
       e.presence.update({ editing: false })
-      e.note = `${by === null ? 'The server' : by.user === user ? 'You, in another tab,' : by.user} took over editing: your changes are not saved.`
+      // `by` null: the server took it (your access to the item was withdrawn, or an admin released it).
+      e.note = by === null
+        ? 'You can no longer edit this item (your access changed): your changes are not saved.'
+        : `${by.user === user ? 'You, in another tab,' : by.user} took over editing: your changes are not saved.`
       renderEditor()
     })
   }
