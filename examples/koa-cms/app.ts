@@ -27,6 +27,16 @@ export function createApp(options: KoaRealtimeOptions = {}) {
   let nextId = 1
 
   const app = new Koa()
+  // A malformed request (an HTTP parser error, which Node has answered with
+  // 400 already) or a client that resets its connection is the client's
+  // fault, not the server's: Koa's default handler would print each one on
+  // stderr, and a fuzzing client could fill the log. Everything else is
+  // printed as Koa prints it.
+  app.on('error', (err: Error & { code?: unknown }) => {
+    const code = typeof err.code === 'string' ? err.code : ''
+    if (code.startsWith('HPE_') || code === 'ECONNRESET' || code === 'EPIPE' || code === 'ECONNABORTED') return
+    app.onerror(err)
+  })
   // Demo sign-in: an `x-demo-user` header, `?user=anna`, or the `demo-user`
   // cookie the page's GET sets (WebSocket upgrades and SSE requests carry no
   // page query string, but do carry cookies); `anna` when none is given, so

@@ -3,6 +3,7 @@
  * write reaches every editor who is looking, through the Koa middleware.
  */
 import { createApp } from '../../examples/koa-cms/app'
+import { connect as rawConnect } from 'node:net'
 import { connect, listen, type Listening, type TestClient } from '../helpers/net'
 
 let srv: Listening
@@ -67,4 +68,32 @@ test('with the channel off the demo says manual-refresh and refuses upgrades wit
   const cfg = await fetch(`${srv.base}/realtime/config`).then((r) => r.json())
   expect(cfg).toMatchObject({ webSocketEnabled: false, mode: 'manual-refresh' })
   await expect(connect(srv.port)).rejects.toMatchObject({ status: 503 })
+})
+
+test('malformed and pipelined requests (HTTP parser errors) get Node\'s 400 and print nothing on stderr', async () => {
+  await start()
+  const printed: unknown[] = []
+  const spy = jest.spyOn(console, 'error').mockImplementation((...args: unknown[]) => { printed.push(args) })
+  try {
+    const bad = [
+      'GET /api/projects HTTP/1.1\r\nHost: x\r\n\r\nGET /api/projects HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n',
+      'GET /api/projects HTTP/1.1\r\nHost: x\r\n\r\nPOST /api/projects/1/items HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n',
+      'POST /api/projects/1/items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"title":',
+      'GET /api/projects HTTP/1.1\r\nHost: x\r\n\r\nGARBAGE\r\n\r\n',
+    ]
+    for (const text of bad) {
+      await new Promise<void>((resolve) => {
+        const s = rawConnect(srv.port, '127.0.0.1')
+        s.on('error', () => {})
+        s.on('close', () => resolve())
+        s.write(text)
+        setTimeout(() => s.end(), 200)
+        setTimeout(() => s.destroy(), 1000) // whatever the server does, the test goes on
+      })
+    }
+    await new Promise((r) => setTimeout(r, 100))
+    expect(printed).toEqual([])
+  } finally {
+    spy.mockRestore()
+  }
 })
