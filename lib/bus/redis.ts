@@ -156,15 +156,24 @@ export class RedisBus implements Bus {
    * this node's subscribers only, with a local cursor (a client recovering
    * with it gets `resync`). Never rejects because of Redis, never waits
    * longer than `commandTimeoutMs`.
+   *
+   * Rejects once the bus is closed, and when it is closed while the event
+   * is on its way: a node going away can neither deliver the event to its
+   * own clients nor mark the hole for the others later (the gap marker is
+   * written by its next publish), so "delivered locally" would be a success
+   * that reached nobody. The caller learns the event may be lost.
    */
   async publish(topic: string, type: string, data: string): Promise<BusEvent> {
+    if (this.closed) throw closedError(topic)
     await this.started()
-    if (!this.cmd.isReady || this.stalled || this.closed) return this.publishLocally(topic, type, data)
+    if (this.closed) throw closedError(topic)
+    if (!this.cmd.isReady || this.stalled) return this.publishLocally(topic, type, data)
     const gap = this.dirty.has(topic)
     let reply: string[]
     try {
       reply = await this.run(PUBLISH, topic, this.publishArgs(topic, type, data, gap)) as string[]
     } catch (err) {
+      if (this.closed) throw closedError(topic)
       log('publish to %s through Redis failed, delivering locally: %s', topic, (err as Error).message)
       return this.publishLocally(topic, type, data)
     }
@@ -523,4 +532,8 @@ function bounded(p: Promise<unknown>, ms: number): Promise<void> {
     t.unref()
     p.then(() => { clearTimeout(t); resolve() }, () => { clearTimeout(t); resolve() })
   })
+}
+
+function closedError(topic: string): Error {
+  return new Error(`cms-realtime: the Redis bus was closed; the event for ${topic} may not have reached any node`)
 }

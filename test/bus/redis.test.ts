@@ -142,6 +142,19 @@ d('RedisBus', () => {
     expect(await client.ping()).toBe('PONG')
   })
 
+  test('a closed bus rejects a publish, and one in flight when it closes: the caller learns it may be lost, instead of a local "success" nobody received', async () => {
+    const { bus } = await node()
+    const t = topic()
+    await bus.subscribe(t)
+    const inFlight = bus.publish(t, 'saved', '{}')
+    await bus.close()
+    const outcome = await inFlight.then(() => 'resolved', (err: Error) => err.message)
+    // Either Redis answered before the connection closed (delivered everywhere), or the caller is told.
+    if (outcome !== 'resolved') expect(outcome).toMatch(/closed/)
+    await expect(bus.publish(t, 'saved', '{}')).rejects.toThrow(/closed/)
+    expect((bus.stats() as { localPublishes: number }).localPublishes).toBe(0)
+  })
+
   test('an outage: local delivery goes on, publish resolves; when Redis returns the node resyncs what it served alone, and is live again', async () => {
     const proxy = await new RedisProxy().start()
     cleanup.push(() => proxy.close())
