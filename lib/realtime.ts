@@ -147,6 +147,8 @@ export class Realtime<Ctx = IncomingMessage> {
       diagnostics: this.diagnostics,
       gate: (req) => (this.closed ? closing() : checkUpgrade(req, this.enabled) ?? this.exchange(req)),
       admit: (req, socket, head, ctx) => this.admit(req, socket, head, ctx),
+      arrived: (req) => { this.arrival(req) },
+      settled: (req) => this.settle(req),
       pipelined: (socket) => {
         this.upgradeBehind.add(socket)
         return this.sse.owns(socket)
@@ -193,10 +195,15 @@ export class Realtime<Ctx = IncomingMessage> {
       },
       refused: (reason) => this.refused(reason),
       // Node parses pipelined requests at once: one may already wait behind this stream.
+      // A request waits behind this one, or an upgrade (which counts its own refusal).
       behind: (req) => {
+        if (this.upgradeBehind.has(req.socket)) return 'upgrade'
         const n = this.newest.get(req.socket)
-        return (n !== undefined && n !== req) || this.upgradeBehind.has(req.socket)
+        return n !== undefined && n !== req ? 'request' : null
       },
+      admission: (req) => this.arrival(req),
+      settle: (req) => this.settle(req),
+      closing: () => this.closed,
     })
     if (options.server !== undefined) this.attach(options.server)
   }
@@ -262,10 +269,15 @@ export class Realtime<Ctx = IncomingMessage> {
     if (typeof type !== 'string' || type.length === 0) throw new TypeError('cms-realtime: event type must be a non-empty string')
     const json = JSON.stringify(data) as string | undefined
     if (json === undefined) throw new TypeError('cms-realtime: event data must be JSON-serialisable')
-    this.counters.eventsPublished++
     const event = this.bus.publish(topic, type, json)
     // A synchronous bus (the memory bus) costs no callback or microtask per event.
-    if ('then' in event) return Promise.resolve(event).then(({ id }) => ({ topic, id, type }))
+    if ('then' in event) {
+      return Promise.resolve(event).then(({ id }) => {
+        this.counters.eventsPublished++ // a rejected publish is not counted
+        return { topic, id, type }
+      })
+    }
+    this.counters.eventsPublished++
     return Promise.resolve({ topic, id: event.id, type })
   }
 
@@ -434,12 +446,17 @@ export class Realtime<Ctx = IncomingMessage> {
   /** Connections with an upgrade pipelined behind a response: no stream may open on them. */
   private readonly upgradeBehind = new WeakSet<object>()
 
-  private readonly onRequest = (req: IncomingMessage): void => {
+  private readonly onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     try {
       this.newest.set(req.socket, req)
       if (this.sse.pipelined(req)) this.refused('pipelined_request')
-      // Before the app's middleware, so its own auth sees the bearer token.
-      else if (pathnameOf(req.url) === `${this.opts.path}/events`) this.exchange(req)
+      else if (pathnameOf(req.url) === `${this.opts.path}/events`) {
+        // Before the app's middleware, so its own auth sees the bearer token,
+        // and a logout while it looks the session up reaches this stream.
+        this.exchange(req)
+        this.arrival(req)
+        res.once('close', () => this.settle(req))
+      }
     } catch (err) {
       this.error('request', err)
     }
@@ -458,13 +475,29 @@ export class Realtime<Ctx = IncomingMessage> {
       if (origin.threw !== undefined) this.error('allowedOrigins', origin.threw)
       return this.upgrades.refuse(socket, origin.refusal)
     }
-    // A logout while `authenticate` is awaited is replayed on this connection when it is added.
-    const admission = this.sessions.begin()
+    // Begun when the handshake arrived: a logout since is replayed on this connection when it is added.
+    const admission = this.arrival(req)
     try {
       await this.admitAs(req, socket, head, ctx, admission)
     } finally {
-      this.sessions.abandon(admission)
+      this.settle(req)
     }
+  }
+
+  /** Admissions by request, begun when it arrives, before the app's middleware looks the session up. */
+  private readonly arrivals = new WeakMap<IncomingMessage, Admission>()
+
+  private arrival(req: IncomingMessage): Admission {
+    let a = this.arrivals.get(req)
+    if (a === undefined) this.arrivals.set(req, (a = this.sessions.begin()))
+    return a
+  }
+
+  private settle(req: IncomingMessage): void {
+    const a = this.arrivals.get(req)
+    if (a === undefined) return
+    this.arrivals.delete(req)
+    this.sessions.abandon(a)
   }
 
   private async admitAs(req: IncomingMessage, socket: Duplex, head: Buffer, ctx: Ctx, admission: Admission): Promise<void> {

@@ -65,6 +65,7 @@ export class Sessions {
   private readonly expiry = new Map<Session, NodeJS.Timeout>()
   private sweep: NodeJS.Timeout | undefined
   private sweeping = false
+  private closed = false
 
   constructor(
     private readonly opts: ResolvedOptions<never>,
@@ -130,7 +131,7 @@ export class Sessions {
     if (id !== undefined) this.perUser.set(id, (this.perUser.get(id) ?? 0) + 1)
     const at = expiryOf(session.user)
     if (at !== undefined) this.armExpiry(session, at)
-    if (this.opts.revalidate !== undefined && this.sweep === undefined) {
+    if (this.opts.revalidate !== undefined && this.sweep === undefined && !this.closed) {
       this.sweep = setInterval(() => {
         this.revalidateAll().catch((err: unknown) => this.onError('revalidate sweep', err))
       }, this.opts.revalidateMs)
@@ -237,6 +238,7 @@ export class Sessions {
   }
 
   close(): void {
+    this.closed = true
     clearInterval(this.sweep)
     this.sweep = undefined
     for (const t of this.expiry.values()) clearTimeout(t)

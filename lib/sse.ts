@@ -32,8 +32,13 @@ export interface SseOptions {
   authenticate(ctx: unknown): MaybePromise<{ user: User } | { status: 401 }>
   /** Count a refusal in `stats().refusals`. */
   refused(reason: RefusalReason): void
-  /** Has another request already arrived on `req`'s connection (pipelined behind it)? */
-  behind(req: IncomingMessage): boolean
+  /** Has another request (or an upgrade) already arrived on `req`'s connection, pipelined behind it? */
+  behind(req: IncomingMessage): 'request' | 'upgrade' | null
+  /** The request's admission, begun when it arrived (see Sessions.begin), and its end. */
+  admission(req: IncomingMessage): Admission
+  settle(req: IncomingMessage): void
+  /** The server is shutting down: no stream opens. */
+  closing(): boolean
 }
 
 export class SseStreams {
@@ -68,12 +73,12 @@ export class SseStreams {
       return fail(res, 400, 'bad_cursor', 'the cursor (Last-Event-ID or ?since=) must hold one percent-encoded cursor per topic, joined by ","')
     }
 
-    // A logout while `authenticate` is awaited is replayed on this stream when it is added.
-    const admission = this.core.sessions.begin()
+    // Begun when the request arrived: a logout since is replayed on this stream when it is added.
+    const admission = this.options.admission(req)
     try {
       await this.admit(req, res, ctx, method, topics, since, admission)
     } finally {
-      this.core.sessions.abandon(admission)
+      this.options.settle(req)
     }
   }
 
@@ -86,6 +91,7 @@ export class SseStreams {
       return fail(res, 401, 'unauthenticated', 'authentication required')
     }
     if (res.destroyed || req.socket.destroyed) return
+    if (this.options.closing()) return fail(res, 503, 'shutting_down', 'the server is shutting down')
     const sessions = this.core.sessions
     const full = sessions.full(who.user)
     if (full !== null) {
@@ -101,6 +107,8 @@ export class SseStreams {
       this.streams.delete(stream)
     })
     if (!sessions.add(stream, admission)) return ended(res, this.options)
+    // A client that leaves while `authorize` is awaited frees its slot at once.
+    res.once('close', () => stream.cleanup())
     const verdicts = await Promise.all(topics.map((topic) => sessions.allowed(who.user, topic)))
     if (stream.isEnded) return ended(res, this.options)
     const forbidden = topics.filter((t, i) => !verdicts[i] || stream.withdrawn(t))
@@ -111,10 +119,11 @@ export class SseStreams {
     }
     // The client may have gone while we awaited; 'close' would not come again.
     if (res.destroyed || req.socket.destroyed) return stream.cleanup()
-    if (this.options.behind(req)) {
+    const behind = this.options.behind(req)
+    if (behind !== null) {
       // A request already waits behind this one: it would wait forever (see `pipelined`).
       stream.cleanup()
-      this.options.refused('pipelined_request')
+      if (behind === 'request') this.options.refused('pipelined_request') // an upgrade counts its own
       req.socket.destroy()
       return
     }

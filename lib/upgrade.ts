@@ -27,6 +27,13 @@ export interface UpgradeHost<Ctx> {
   /** The handshake is sound and the app (if any) passed it on: authenticate, then accept or refuse. */
   admit(req: IncomingMessage, socket: Duplex, head: Buffer, ctx: Ctx): Promise<void>
   /**
+   * A sound handshake arrived: its admission starts now, before the app's
+   * middleware (where a session lookup may take its time), so a logout
+   * meanwhile is replayed on it. `settled` ends an admission that never reached `admit`.
+   */
+  arrived(req: IncomingMessage): void
+  settled(req: IncomingMessage): void
+  /**
    * An upgrade was pipelined behind a response still being written on
    * `socket`. True when that response is an event stream, which never ends:
    * the connection is cut at once. Otherwise the stream not yet open learns
@@ -130,6 +137,7 @@ export class Upgrades<Ctx> {
     this.host.diagnostics.watch(req, socket)
     const refusal = this.host.gate(req)
     if (refusal !== null) return this.refuse(socket, refusal)
+    this.host.arrived(req)
     // Our own 'request' listener (see Realtime.attach) is not the app.
     if (!this.host.viaApp || server.listenerCount('request') <= 1) {
       void this.admitSafely(req, socket, head, req as Ctx)
@@ -143,6 +151,7 @@ export class Upgrades<Ctx> {
     const onFinish = (): void => {
       if (this.pending.get(req)?.res === res) {
         this.pending.delete(req)
+        this.host.settled(req)
         clearTimeout(timer)
         this.host.refused('app_response')
         log('upgrade for %s answered by the app with %d%s', req.url, res.statusCode, res.statusCode === 404 ? NOT_PASSED_ON : '')
@@ -155,6 +164,7 @@ export class Upgrades<Ctx> {
     const timer = setTimeout(() => {
       if (this.pending.get(req)?.res !== res) return
       this.pending.delete(req)
+      this.host.settled(req)
       res.off('finish', onFinish)
       res.detachSocket(socket as never)
       this.refuse(socket, {
@@ -192,6 +202,7 @@ export class Upgrades<Ctx> {
       clearTimeout(timer)
       previous.off('finish', answer)
       socket.off('close', gone)
+      socket.off('end', leave) // the refusal flushes, then closes
       this.refuse(socket, refusal)
     }
     // Node stops watching a socket once it emits 'upgrade': a client that

@@ -209,6 +209,7 @@ export type Globals = Partial<{
   removeEventListener(name: string, fn: () => void): void
 }>
 
+const OPEN = 1 // EventSource.OPEN
 const CLOSED = 2 // EventSource.CLOSED
 const DISABLED = 4000 // close code: the channel was switched off at run time
 const SESSION_ENDED = 4401 // close code: the session ended; retrying with the same credentials is pointless
@@ -445,6 +446,8 @@ export class Client extends Observable implements RealtimeClient {
     if (this.closed) return
     this.attempt = 0
     if (this.state === 'signed-out') this.set('connecting')
+    // The server asked for a wait (`Retry-After`): the attempt comes when it is over.
+    if (Date.now() < this.notBefore) return this.retry()
     void this.start()
   }
 
@@ -852,8 +855,11 @@ export class Client extends Observable implements RealtimeClient {
       const r = await this.fetch(new URL(`${this.cfg!.url!}/diagnostics?nonce=${nonce}`, this.base).href, { cache: 'no-store' })
       const s = (await r.json()) as HandshakeSeen
       if (s.seen === 'refused' && s.retryAfterMs !== undefined && !this.closed && !this.open) {
-        this.closeStream() // the stream would be refused the same way: wait it out
-        this.set('offline')
+        // A stream not yet open would be refused the same way: wait it out. One that carries events stays.
+        if (this.es?.readyState !== OPEN) {
+          this.closeStream()
+          this.set('offline')
+        }
         this.holdOff(s.retryAfterMs)
       }
       d = s.seen === 'refused' ? { cause: causeOf(s), detail: s.reason } : { cause: causeOf(s) }

@@ -42,9 +42,10 @@ export interface Participant {
   sendEncoded(frame: Buffer): void
 }
 
-/** One request's checks in flight (see `checking`). */
+/** One request's checks in flight (see `checking`): withdrawn by `reauthorize`, or given up by the client's `unlock`. */
 interface Check {
-  withdrawn: boolean
+  kind: 'presence' | 'lock'
+  withdrawn: false | 'revoked' | 'released'
   done(): void
 }
 
@@ -109,7 +110,7 @@ export class Collab {
 
   async presence(p: Participant, topic: string, ownTab: string, meta: unknown): Promise<void> {
     if (!this.room(p, topic, 'topics')) return
-    const check = this.checking(p, topic)
+    const check = this.checking(p, topic, 'presence')
     try {
       if (!(await this.permitted(p, topic, check)) || !p.open) return
     } finally {
@@ -151,7 +152,7 @@ export class Collab {
   async lock(p: Participant, key: string, ownTab: string, takeover: boolean): Promise<void> {
     if (!this.room(p, key, 'locks')) return
     // Until the lock is recorded as held, `reauthorize` finds the key here.
-    const check = this.checking(p, key)
+    const check = this.checking(p, key, 'lock')
     try {
       await this.lockChecked(p, key, ownTab, takeover, check)
     } finally {
@@ -184,10 +185,10 @@ export class Collab {
       return p.send({ op: 'error', code: 'unavailable', message: 'locks are unavailable right now', topic: key })
     }
     if (!got.ok) return p.send({ op: 'lock', key, result: 'refused', holder: got.holder })
-    if (!p.open || check.withdrawn) {
-      // Closed, or access withdrawn, while the store granted it: released at once.
+    if (!p.open || check.withdrawn !== false) {
+      // Closed, access withdrawn, or given up while the store granted it: released at once.
       await this.tryStore(null, key, () => this.store.release(key, tab, this.node))
-      if (check.withdrawn && p.open) p.send({ op: 'error', code: 'forbidden', message: 'not allowed on this topic', topic: key })
+      if (check.withdrawn === 'revoked' && p.open) p.send({ op: 'error', code: 'forbidden', message: 'not allowed on this topic', topic: key })
       return this.touch(key)
     }
     const before = this.held.get(key)
@@ -200,6 +201,15 @@ export class Collab {
   }
 
   async unlock(p: Participant, key: string): Promise<void> {
+    // A lock this connection is still asking for (a reclaim after a
+    // reconnect, say) is given up: it releases what it gets, quietly.
+    const asking = [...(this.checks.get(p)?.get(key) ?? [])].filter((c) => c.kind === 'lock')
+    if (asking.length > 0) {
+      for (const c of asking) c.withdrawn ||= 'released'
+      const h = this.held.get(key)
+      if (h !== undefined && h.by === p) await this.release(p, key, h)
+      return p.send({ op: 'unlocked', key })
+    }
     const h = this.held.get(key)
     if (h === undefined || h.by !== p) {
       // Not this connection's: a client must never believe it freed a lock
@@ -256,7 +266,7 @@ export class Collab {
    */
   revoked(p: Participant, topic: string): void {
     // A presence or lock whose checks are still awaited must not land on a stale verdict.
-    for (const c of this.checks.get(p)?.get(topic) ?? []) c.withdrawn = true
+    for (const c of this.checks.get(p)?.get(topic) ?? []) c.withdrawn = 'revoked'
     this.guard('revoke', async () => {
       await this.leave(p, topic)
       const h = this.held.get(topic)
@@ -418,8 +428,9 @@ export class Collab {
   }
 
   private async permitted(p: Participant, topic: string, check: Check): Promise<boolean> {
-    if ((await this.allowed(p.user, topic)) && !check.withdrawn) return true
-    p.send({ op: 'error', code: 'forbidden', message: 'not allowed on this topic', topic })
+    const ok = await this.allowed(p.user, topic)
+    if (ok && check.withdrawn === false) return true
+    if (check.withdrawn !== 'released') p.send({ op: 'error', code: 'forbidden', message: 'not allowed on this topic', topic })
     return false
   }
 
@@ -428,13 +439,14 @@ export class Collab {
    * `done()`, `reauthorize` sees the name (topicsOf) and can withdraw it,
    * so an `authorize` answer that predates the change cannot let it in.
    */
-  private checking(p: Participant, name: string): Check {
+  private checking(p: Participant, name: string, kind: Check['kind']): Check {
     let byName = this.checks.get(p)
     if (byName === undefined) this.checks.set(p, (byName = new Map()))
     let set = byName.get(name)
     if (set === undefined) byName.set(name, (set = new Set()))
     const checks = this.checks
     const check: Check = {
+      kind,
       withdrawn: false,
       done() {
         set.delete(check)

@@ -100,6 +100,30 @@ describe.each(apps)('%s: nothing a client sends ends the process', (_name, start
     expect(next.status).toBe(200)
   })
 
+  test('an upgrade sent after the stream opened cuts the connection at once, and a FIN with the stream open frees it at once', async () => {
+    s = await start() // handshakeTimeoutMs at its default
+    const port = s.srv.port
+    const sse = `GET /realtime/events?topics=projects HTTP/1.1\nHost: 127.0.0.1:${port}\nx-demo-user: anna\n\n`
+    const run = (then: 'upgrade' | 'fin') => new Promise<number>((resolve) => {
+      const socket = netConnect(port, '127.0.0.1')
+      socket.on('error', () => {})
+      let t0 = 0
+      socket.once('data', () => {
+        // The stream is open (its head arrived).
+        t0 = Date.now()
+        if (then === 'upgrade') socket.write(upgrade(port).replace(/\n/g, '\r\n'))
+        else socket.end()
+      })
+      socket.on('close', () => resolve(Date.now() - t0))
+      socket.write(sse.replace(/\n/g, '\r\n'))
+    })
+    expect(await run('upgrade')).toBeLessThan(500)
+    expect(s.rt.stats().refusals.pipelined_upgrade).toBe(1)
+    await run('fin')
+    for (let i = 0; i < 50 && s.rt.stats().fallbackStreams > 0; i++) await new Promise((r) => setTimeout(r, 10))
+    expect(s.rt.stats().fallbackStreams).toBe(0)
+  })
+
   test.each([
     ['pipelined in the same packet', true],
     ['sent after the stream opened', false],

@@ -10,6 +10,9 @@
  * Each test injects the fault, then counts what still arrives.
  */
 import type { IncomingMessage } from 'node:http'
+import Koa from 'koa'
+import { realtime } from 'cms-realtime/koa'
+import { connect, listen, type Listening } from '../helpers/net'
 import { fixture, type Fixture } from '../helpers/fixture'
 import type { Frame, TestClient } from '../helpers/net'
 import { openStream, type Stream } from '../helpers/sse'
@@ -157,6 +160,53 @@ describe('revocation races (item 2): a verdict that predates the change lets not
     expect(f.rt.stats()).toMatchObject({ connections: 0, fallbackStreams: 0 })
   })
 
+  test("the app's own middleware looking the session up (300 ms) when the logout lands: the WebSocket gets 4401, the stream 401, 0 events", async () => {
+    // The README's shape: the app's session middleware sets ctx.state.user, authenticate only reads it.
+    const app = new Koa()
+    app.use(async (ctx, next) => {
+      await sleep(300)
+      const id = ctx.get('x-user')
+      ctx.state.user = id === '' ? null : { id }
+      await next()
+    })
+    const rt = realtime({ authenticate: (ctx) => ctx.state.user as { id: string } | null })
+    app.use(rt)
+    const srv: Listening = await listen(app.callback() as never)
+    rt.attach(srv.server)
+    try {
+      const opening = openStream(`${srv.base}/realtime/events?topics=projects`, { 'x-user': 'ben' })
+      const socket = connect(srv.port, { headers: { 'x-user': 'ben' }, path: '/realtime?topics=projects' })
+      await sleep(100)
+      expect(rt.disconnect({ user: 'ben' })).toBe(0) // nothing is open yet
+      const s = await opening
+      streams.push(s)
+      expect(s.res.statusCode).toBe(401)
+      const ws = await socket
+      expect(await ws.closed()).toBe(4401)
+      await rt.publish('projects', 'updated', {})
+      await sleep(100)
+      expect(ws.frames.filter((fr) => fr.op === 'event')).toHaveLength(0)
+      expect(rt.stats()).toMatchObject({ connections: 0, fallbackStreams: 0 })
+    } finally {
+      await rt.close(100)
+      await srv.close()
+    }
+  })
+
+  test('a stream whose client leaves while its authorize is pending frees its slot at once', async () => {
+    f = await slowCms(new Set(['ben']))
+    const { request } = await import('node:http')
+    for (let i = 0; i < 3; i++) {
+      const req = request(`${f.srv.base}/realtime/events?topics=project:${i}`, { headers: { 'x-user': 'ben' } })
+      req.on('error', () => {})
+      req.end()
+      await sleep(50)
+      req.destroy()
+    }
+    await sleep(50) // well before the 300 ms answers
+    expect((f.rt as unknown as { sessions: { size: number } }).sessions.size).toBe(0)
+  })
+
   test('a logout that selected someone else does not end a connection being admitted', async () => {
     f = await slowCms(new Set(['ben']), 200)
     const socket = f.connect({ ...as('ben'), path: '/realtime?topics=projects' })
@@ -201,7 +251,7 @@ describe('locks tell the truth (items 6 and 10)', () => {
     expect(ben.frames.filter((fr) => fr.op === 'error')).toEqual([])
   })
 
-  test('losing access tells the holder lock-lost on the connection that holds it; a second tab of the same user is told too', async () => {
+  test('losing access tells the holder lock-lost on the connection that holds it, and a second tab, only present, unsubscribed', async () => {
     const members = new Set(['anna', 'ben'])
     f = await cms(members)
     const tab1 = await f.connect(as('ben'))
@@ -214,5 +264,26 @@ describe('locks tell the truth (items 6 and 10)', () => {
     expect(await tab1.op('lock-lost')).toMatchObject({ key: 'project:1/item:3', by: null })
     expect(await tab2.op('unsubscribed')).toMatchObject({ topic: 'project:1/item:3', reason: 'forbidden' })
     expect(tab1.frames.filter((fr) => fr.op === 'unlocked')).toEqual([])
+  })
+})
+
+describe('unlock while the same connection still asks for the lock (item 6)', () => {
+  test('a reclaim in flight is given up: unlocked, quietly, and nobody holds it after', async () => {
+    let slow = true
+    f = await fixture({
+      authenticate: (req: IncomingMessage) => ({ id: String(req.headers['x-user']) }),
+      authorize: async () => {
+        if (slow) await sleep(200)
+        return true
+      },
+    })
+    const c = await f.connect(as('anna'))
+    c.send({ op: 'lock', key: 'item:9', tab: 'anna-tab-0001' }) // what rejoin() sends after a reconnect
+    c.send({ op: 'unlock', key: 'item:9' }) // and the page's release() right after
+    expect(await c.op('unlocked')).toEqual({ op: 'unlocked', key: 'item:9' })
+    await sleep(300)
+    slow = false
+    expect(c.frames.filter((fr) => fr.op === 'lock' || fr.op === 'error')).toEqual([])
+    expect(await f.rt.locks.holder('item:9')).toBeNull()
   })
 })
