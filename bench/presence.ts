@@ -11,7 +11,7 @@
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import WebSocket from 'ws'
-import { createRealtime } from '../lib/realtime'
+import { createRealtime } from '../lib/server/realtime'
 import { PROTOCOL } from '../lib/types'
 
 export interface PresenceRun {

@@ -11,7 +11,7 @@ import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { build } from 'esbuild'
 import { chromium, type BrowserContext, type Page } from 'playwright-core'
-import { createRealtime } from '../lib/realtime'
+import { createRealtime } from '../lib/server/realtime'
 
 const CHROMIUM = '/usr/bin/chromium'
 const TABS = 5

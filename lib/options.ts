@@ -3,9 +3,12 @@
  * Misuse throws a TypeError naming the option (the way `ws` does), so a typo
  * fails at startup rather than at the first editor's connection.
  */
-import type { CollabSettings } from './collab/collab'
-import { hostPolicy, type HostPolicy, type OriginPolicy } from './origin'
+import type { CollabSettings } from './collab/settings'
+import { defaultAuthorize } from './users'
+import { hostPolicy, type HostPolicy, type OriginPolicy } from './server/origin'
 import type { RealtimeOptions, User, MaybePromise, Bus } from './types'
+
+export { defaultAuthorize, userId } from './users'
 
 export const ENV_ENABLED = 'CMS_REALTIME_WEBSOCKETS_ENABLED'
 
@@ -178,25 +181,6 @@ export function envFlag(value: string | undefined): boolean | undefined {
   if (['1', 'true', 'on', 'yes'].includes(v)) return true
   if (['0', 'false', 'off', 'no'].includes(v)) return false
   throw new TypeError(`cms-realtime: ${ENV_ENABLED} must be true or false (got ${JSON.stringify(value)})`)
-}
-
-/** The id a user is known by for `notifications:<id>`: `user.id`, or the user itself when it is a string or number. */
-export function userId(user: User): string | undefined {
-  if (typeof user === 'string' || typeof user === 'number') return String(user)
-  if (typeof user === 'object' && user !== null && 'id' in user) {
-    const id = (user as { id: unknown }).id
-    if (typeof id === 'string' || typeof id === 'number') return String(id)
-  }
-  return undefined
-}
-
-const NOTIFICATIONS = 'notifications:'
-
-/** Secure default: personal notification topics belong to their user alone. */
-export function defaultAuthorize(user: User, topic: string): boolean {
-  if (!topic.startsWith(NOTIFICATIONS)) return true
-  const id = userId(user)
-  return id !== undefined && topic === NOTIFICATIONS + id
 }
 
 function originPolicy(allowed: RealtimeOptions['allowedOrigins']): OriginPolicy {

@@ -1,14 +1,14 @@
 /**
  * Paced delivery under a bulk import: thousands of events published in one
- * synchronous loop queue up and go out in slices (lib/delivery.ts). Real `ws`
+ * synchronous loop queue up and go out in slices (lib/delivery/delivery.ts). Real `ws`
  * clients on 127.0.0.1 check that pacing keeps per-topic order, loses and
  * duplicates nothing, recovers a subscription made mid-burst, closes a slow
  * consumer without starving the others, and survives `close()` mid-burst.
  */
 import { PassThrough } from 'node:stream'
 import { MemoryBus } from '../lib/bus/memory'
-import { Delivery } from '../lib/delivery'
-import { CloseCode } from '../lib/protocol'
+import { Delivery } from '../lib/delivery/delivery'
+import { CloseCode } from '../lib/protocol/protocol'
 import { fixture, type Fixture } from './helpers/fixture'
 import type { Frame, TestClient } from './helpers/net'
 

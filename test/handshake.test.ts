@@ -3,8 +3,8 @@
  * same requests on a raw socket against a real server, reading the status
  * line and headers the server wrote and that it closed the connection.
  */
-import { checkUpgrade, hasToken } from '../lib/handshake'
-import { createRealtime, type Realtime } from '../lib/realtime'
+import { checkUpgrade, hasToken } from '../lib/server/handshake'
+import { createRealtime, type Realtime } from '../lib/server/realtime'
 import { handshake, listen, rawRequest, type Listening } from './helpers/net'
 
 const KEY = 'dGhlIHNhbXBsZSBub25jZQ=='

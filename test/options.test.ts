@@ -1,4 +1,4 @@
-import { createRealtime } from '../lib/realtime'
+import { createRealtime } from '../lib/server/realtime'
 import { defaultAuthorize, envFlag, resolveOptions, userId, ENV_ENABLED } from '../lib/options'
 
 describe('resolveOptions', () => {

@@ -5,7 +5,7 @@
 import { once } from 'node:events'
 import WebSocket, { WebSocketServer } from 'ws'
 import { MemoryBus } from '../lib/bus/memory'
-import { CloseCode } from '../lib/protocol'
+import { CloseCode } from '../lib/protocol/protocol'
 import type { Bus } from '../lib/types'
 import { fixture, type Fixture } from './helpers/fixture'
 import { handshake, rawRequest } from './helpers/net'

@@ -5,7 +5,7 @@
  * sends heartbeat comments, and leaves the hub when either side closes it.
  */
 import { request, type IncomingMessage } from 'node:http'
-import { createRealtime, type Realtime } from '../lib/realtime'
+import { createRealtime, type Realtime } from '../lib/server/realtime'
 import { MemoryBus } from '../lib/bus/memory'
 import type { RealtimeOptions } from '../lib/types'
 import { encodeCursors } from '../lib/client/cursor-vector'

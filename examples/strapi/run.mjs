@@ -32,7 +32,7 @@ const newer = (a, b) => !existsSync(b) || statSync(a).mtimeMs > statSync(b).mtim
 
 export async function prepare({ buildAdmin = process.env.SERVE_ADMIN_PANEL !== 'false' } = {}) {
   if (!existsSync(join(root, 'node_modules', 'ws'))) step('installing cms-realtime', 'npm', ['install', '--no-audit', '--no-fund'], root)
-  if (!existsSync(join(root, 'dist', 'strapi', 'index.js'))) step('building cms-realtime', 'npm', ['run', 'build'], root)
+  if (!existsSync(join(root, 'dist', 'integrations', 'strapi', 'index.js'))) step('building cms-realtime', 'npm', ['run', 'build'], root)
   if (newer(join(here, 'package.json'), join(here, 'node_modules', '.package-lock.json'))) {
     step('installing the Strapi example', 'npm', ['install', '--no-audit', '--no-fund'], here)
   }

@@ -3,7 +3,7 @@
  * public methods, delegated, so `app.use(rt)` and `rt.publish(...)` are one
  * object. Shared by every adapter so none re-implements the core.
  */
-import type { Realtime } from '../realtime'
+import type { Realtime } from '../server/realtime'
 import type { PresenceMember } from '../client/wire'
 import type { AttachableServer, ConnectionSelector, Published, RealtimeStats, User } from '../types'
 

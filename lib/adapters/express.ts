@@ -3,7 +3,7 @@
  * everything happens in the core; this only speaks Express.
  */
 import type { NextFunction, Request, RequestHandler, Response } from 'express'
-import { createRealtime } from '../realtime'
+import { createRealtime } from '../server/realtime'
 import type { RealtimeOptions, User } from '../types'
 import { withApi, type RealtimeHandle } from './api'
 import { mountError } from './mount'

@@ -3,7 +3,7 @@
  * core; this only speaks Koa.
  */
 import type { Context, Middleware, Next } from 'koa'
-import { createRealtime } from '../realtime'
+import { createRealtime } from '../server/realtime'
 import type { RealtimeOptions, User } from '../types'
 import { withApi, type RealtimeHandle } from './api'
 import { mountError } from './mount'

@@ -7,7 +7,7 @@
  * request reaches it that *would* be ours with the prefix stripped, we say so
  * loudly instead of passing it on to a 404.
  */
-import { isOurs, pathnameOf } from '../http-routes'
+import { isOurs, pathnameOf } from '../server/http'
 
 /**
  * A TypeError naming the fix when `url` (prefix stripped by a router or

@@ -18,19 +18,13 @@
  */
 import { createHash, randomBytes } from 'node:crypto'
 import type { LockHolder, PresenceMember, ServerFrame } from '../client/wire'
-import { encode } from '../protocol'
-import { userId } from '../options'
+import { encode } from '../protocol/protocol'
+import { userId } from '../users'
+import type { CollabSettings } from './settings'
+export type { CollabSettings } from './settings'
 import type { MaybePromise, User } from '../types'
 import type { CollabStore } from './store'
 
-export interface CollabSettings {
-  leaveGraceMs: number
-  lockGraceMs: number
-  leaseMs: number
-  canLock: ((user: User, key: string) => MaybePromise<boolean>) | undefined
-  canTakeOver: ((user: User, key: string, holder: LockHolder) => MaybePromise<boolean>) | undefined
-  profile: ((user: User) => unknown) | undefined
-}
 
 /** A WebSocket connection, as presence sees it. */
 export interface Participant {

@@ -13,7 +13,7 @@ import { listen, type Listening } from '../helpers/net'
 import { PROTOCOL } from '../../lib/types'
 import type { Bus, BusEvent } from '../../lib/types'
 import { MemoryBus } from '../../lib/bus/memory'
-import { strapiRealtime, type StrapiLike, type StrapiAuth } from '../../lib/strapi'
+import { strapiRealtime, type StrapiLike, type StrapiAuth } from '../../lib/integrations/strapi'
 
 type DocMiddleware = Parameters<StrapiLike['documents']['use']>[0]
 

@@ -8,7 +8,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Socket } from 'node:net'
 import WebSocket from 'ws'
 import { EventSource } from 'eventsource'
-import { createRealtime, type Realtime } from '../../lib/realtime'
+import { createRealtime, type Realtime } from '../../lib/server/realtime'
 import type { RealtimeOptions } from '../../lib/types'
 import { createClient, type ClientOptions, type RealtimeClient, type RealtimeEvent } from '../../lib/client'
 import { listen, type Listening } from '../helpers/net'

@@ -6,7 +6,7 @@
 import { createServer, type IncomingMessage } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { createClient } from 'redis'
-import { createRealtime } from '../../lib/realtime'
+import { createRealtime } from '../../lib/server/realtime'
 import { RedisBus } from '../../lib/bus/redis'
 
 async function main(): Promise<void> {

@@ -5,7 +5,7 @@
  * the door took to close.
  */
 import type { IncomingMessage } from 'node:http'
-import { CloseCode } from '../../lib/protocol'
+import { CloseCode } from '../../lib/protocol/protocol'
 import { fixture, type Fixture } from '../helpers/fixture'
 import { connect, handshake, rawRequest, type TestClient } from '../helpers/net'
 import { openStream, type Stream } from '../helpers/sse'

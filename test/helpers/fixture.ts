@@ -1,6 +1,6 @@
 /** A core Realtime on a real HTTP server on 127.0.0.1, torn down after each test. */
 import type { IncomingMessage } from 'node:http'
-import { createRealtime, type Realtime } from '../../lib/realtime'
+import { createRealtime, type Realtime } from '../../lib/server/realtime'
 import type { RealtimeOptions } from '../../lib/types'
 import { connect, listen, type Listening, type TestClient } from './net'
 

@@ -3,10 +3,10 @@
  * Parsing validates completely, so the rest of the server only ever sees
  * well-formed frames; anything else becomes an `error` frame, never a throw.
  */
-import type { ClientFrame, ErrorCode, ServerFrame } from './client/wire'
-import type { BusEvent } from './types'
+import type { ClientFrame, ErrorCode, ServerFrame } from '../client/wire'
+import type { BusEvent } from '../types'
 
-export type { ClientFrame, ErrorCode, ServerFrame } from './client/wire'
+export type { ClientFrame, ErrorCode, ServerFrame } from '../client/wire'
 
 export type ParseResult =
   | { ok: true; frame: ClientFrame }

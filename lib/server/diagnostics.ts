@@ -21,8 +21,8 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Duplex } from 'node:stream'
-import { sendJson } from './http-routes'
-import { causeOf, DIAGNOSIS_CAUSES, NONCE, type DiagnosisCause, type HandshakeSeen } from './client/wire'
+import { sendJson } from './http'
+import { causeOf, DIAGNOSIS_CAUSES, NONCE, type DiagnosisCause, type HandshakeSeen } from '../client/wire'
 
 export interface DiagnosticsOptions {
   /** Nonces remembered at once; the oldest is forgotten first. Default 10000. */

@@ -8,10 +8,11 @@
  * `exp`, SignalR's `CloseOnAuthenticationExpiration`.
  */
 import debug from 'debug'
-import type { Counters } from './connection'
-import { userId, type ResolvedOptions } from './options'
-import type { Refusal } from './handshake'
-import type { ConnectionSelector, User } from './types'
+import type { Counters } from '../counters'
+import type { ResolvedOptions } from '../options'
+import { userId } from '../users'
+import type { Refusal } from '../server/handshake'
+import type { ConnectionSelector, User } from '../types'
 
 const log = debug('cms-realtime')
 

@@ -25,10 +25,10 @@
  *   own `verify`.
  */
 import debug from 'debug'
-import { realtime, type KoaRealtime, type KoaRealtimeOptions } from '../adapters/koa'
+import { realtime, type KoaRealtime, type KoaRealtimeOptions } from '../../adapters/koa'
 import type { Context } from 'koa'
 import type { Server } from 'node:http'
-import type { MaybePromise } from '../types'
+import type { MaybePromise } from '../../types'
 
 const log = debug('cms-realtime:strapi')
 

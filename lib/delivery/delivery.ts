@@ -12,9 +12,9 @@
  * subscriber sees each topic's events in publish order.
  */
 import type { Duplex } from 'node:stream'
-import { wsTextFrames, encodeEvent } from './protocol'
+import { wsTextFrames, encodeEvent } from '../protocol/protocol'
 import type { Subscriber } from './hub'
-import type { BusEvent } from './types'
+import type { BusEvent } from '../types'
 
 /** Longest a delivery slice may hold the event loop. */
 const SLICE_MS = 8

@@ -2,7 +2,7 @@
  * Topic → connections, and the fan-out of one encoded frame to all of them.
  * Publishing costs in proportion to the topic's subscribers, not to all clients.
  */
-import type { BusEvent } from './types'
+import type { BusEvent } from '../types'
 
 /** Anything that receives events of the topics it joined: a WebSocket connection, an SSE stream. */
 export interface Subscriber {

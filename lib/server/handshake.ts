@@ -8,7 +8,7 @@
 import type { IncomingMessage } from 'node:http'
 import { STATUS_CODES } from 'node:http'
 import type { Duplex } from 'node:stream'
-import { PROTOCOL, type RefusalReason } from './types'
+import { PROTOCOL, type RefusalReason } from '../types'
 
 export interface Refusal {
   status: number

@@ -6,55 +6,18 @@
 import type { Duplex } from 'node:stream'
 import type WebSocket from 'ws'
 import debug from 'debug'
-import type { ResolvedOptions } from './options'
-import { CloseCode, encode, encodeEvent, parseClientFrame, wsTextFrames, type ErrorCode, type ServerFrame } from './protocol'
-import type { Subscriber } from './hub'
-import type { Collab, Participant } from './collab/collab'
-import type { Session, Sessions } from './sessions'
-import type { BusEvent, User } from './types'
+import type { ResolvedOptions } from '../options'
+import { CloseCode, encode, encodeEvent, parseClientFrame, wsTextFrames, type ErrorCode, type ServerFrame } from '../protocol/protocol'
+import type { Subscriber } from '../delivery/hub'
+import type { Collab, Participant } from '../collab/collab'
+import type { Session, Sessions } from '../sessions/sessions'
+import type { Core } from './transport'
+export type { Core } from './transport'
+import type { BusEvent, User } from '../types'
 
 const log = debug('cms-realtime')
 
-/** What a connection needs from the core. */
-export interface Core {
-  readonly opts: ResolvedOptions<never>
-  readonly counters: Counters
-  /** Add `sub` to `topic` (and the bus, for the topic's first local subscriber). */
-  join(sub: Subscriber, topic: string): void
-  leave(sub: Subscriber, topic: string): void
-  history(topic: string, since: string): Promise<BusEvent[] | null>
-  latest(topic: string): Promise<string>
-  /** Resolves once every event published so far has been handed to its subscribers (delivery is paced). */
-  drained(): Promise<void>
-  /** Within a delivery slice, hold `socket`'s writes until the slice ends (see Delivery.hold). */
-  hold(socket: Duplex, flushAt: number, bytes: number): void
-  /** Within a delivery slice, take `wire` to write with the slice's other frames for `socket`; false: write it now (see Delivery.gather). */
-  gather(socket: Duplex, wire: Buffer, flushAt: number): boolean
-  /** Write what is gathered for `socket` now. */
-  flush(socket: Duplex): void
-  /** The connection's socket closed and it has left every topic. */
-  closed(conn: Connection): void
-  /** Every open connection and stream, for session life and per-user limits. */
-  readonly sessions: Sessions
-  /** Presence and soft locks. */
-  readonly collab: Collab
-}
 
-export interface Counters {
-  eventsPublished: number
-  eventsDelivered: number
-  slowConsumersClosed: number
-  drops: number
-  protocolErrors: number
-  strippedUpgrades: number
-  refusals: Record<string, number>
-  errors: number
-  sessionsEnded: number
-  subscriptionsRevoked: number
-  /** Subscriptions that came with a cursor: resumed from history, or told to resync. */
-  recovered: number
-  resynced: number
-}
 
 /** Shared by every connection without subscriptions; never mutated. */
 const NO_TOPICS: string[] = []

@@ -13,13 +13,13 @@
  */
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http'
 import debug from 'debug'
-import { boundedReplay, heldAfter, type Core } from './connection'
-import type { Subscriber } from './hub'
-import { sendJson } from './http-routes'
-import { CloseCode, encodeEvent, validTopic } from './protocol'
-import type { Admission, Session } from './sessions'
-import { decodeCursors, encodeCursors } from './client/cursor-vector'
-import type { BusEvent, MaybePromise, RefusalReason, User } from './types'
+import { boundedReplay, heldAfter, type Core } from './websocket'
+import type { Subscriber } from '../delivery/hub'
+import { sendJson } from '../server/http'
+import { CloseCode, encodeEvent, validTopic } from '../protocol/protocol'
+import type { Admission, Session } from '../sessions/sessions'
+import { decodeCursors, encodeCursors } from '../client/cursor-vector'
+import type { BusEvent, MaybePromise, RefusalReason, User } from '../types'
 
 const log = debug('cms-realtime')
 

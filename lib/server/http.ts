@@ -7,8 +7,8 @@
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http'
 import debug from 'debug'
 import { hasToken } from './handshake'
-import type { HandshakeSeen } from './client/wire'
-import { PROTOCOL, type ClientConfig } from './types'
+import type { HandshakeSeen } from '../client/wire'
+import { PROTOCOL, type ClientConfig } from '../types'
 
 const log = debug('cms-realtime')
 

@@ -14,8 +14,8 @@ interface Asset {
   etag: string
 }
 
-/** Next to the compiled core (dist/), or dist/ beside lib/ when running from sources. */
-const CANDIDATES = [join(__dirname, 'client.min.js'), join(__dirname, '..', 'dist', 'client.min.js')]
+/** In dist/, beside the compiled core (dist/server/ here), or dist/ beside lib/ when running from sources. */
+const CANDIDATES = [join(__dirname, '..', 'client.min.js'), join(__dirname, '..', '..', 'dist', 'client.min.js')]
 
 let asset: Promise<Asset | null> | undefined
 

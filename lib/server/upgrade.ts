@@ -10,8 +10,8 @@ import type { Duplex } from 'node:stream'
 import debug from 'debug'
 import type { Diagnostics } from './diagnostics'
 import { writeRefusal, type Refusal } from './handshake'
-import { pathnameOf } from './http-routes'
-import type { AttachableServer, RefusalReason } from './types'
+import { pathnameOf } from './http'
+import type { AttachableServer, RefusalReason } from '../types'
 
 const log = debug('cms-realtime')
 

@@ -14,7 +14,7 @@
  * The channel's routes never expose them.
  */
 import { Counter, Gauge, register as globalRegistry, type Registry } from 'prom-client'
-import type { RealtimeStats } from './types'
+import type { RealtimeStats } from '../types'
 
 export interface MetricsOptions {
   /** Where to register. Default: prom-client's global registry. */
