@@ -199,3 +199,15 @@ export class Chain {
     }
   }
 }
+
+/** One topic this node's clients hold, as the Redis bus tracks it. */
+export interface TopicState {
+  chain: Chain
+  listener: (message: string) => void
+  /** Settles once the subscription is confirmed and the chain knows where it starts (or that it cannot know yet). */
+  ready: Promise<void>
+  /** This node delivered events of the topic without Redis: stream entries wait until recovery (resync, then on). */
+  local: boolean
+  /** Its subscribers may have missed events (subscribed during an outage): resync once the chain starts. */
+  stale: boolean
+}

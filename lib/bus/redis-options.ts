@@ -1,6 +1,6 @@
 /**
  * What the Redis bus takes: the part of a node-redis client it uses, and its
- * options. Type-only, so nothing here loads a Redis client.
+ * options, with their defaults. Nothing here loads a Redis client.
  */
 
 /** The part of a node-redis (`redis` >= 5) connection the bus uses: its own two, made with `duplicate()`. */
@@ -45,4 +45,25 @@ export interface RedisBusOptions {
   livenessMs?: number
   /** Longest delay between reconnection attempts of the bus's connections, in ms. Default 1000. */
   maxReconnectDelayMs?: number
+}
+
+/** The options with their defaults, checked: a misuse throws a TypeError naming the option. */
+export function resolveRedisOptions(options: RedisBusOptions): Required<RedisBusOptions> {
+  const o = {
+    keyPrefix: options.keyPrefix ?? 'cms-realtime:',
+    historySize: options.historySize ?? 1000,
+    historyMaxAgeMs: options.historyMaxAgeMs ?? 0,
+    idleTtlMs: options.idleTtlMs ?? 86_400_000,
+    commandTimeoutMs: options.commandTimeoutMs ?? 500,
+    livenessMs: options.livenessMs ?? 1000,
+    maxReconnectDelayMs: options.maxReconnectDelayMs ?? 1000,
+  }
+  if (typeof o.keyPrefix !== 'string') throw new TypeError('cms-realtime: option "keyPrefix" must be a string')
+  if (!Number.isInteger(o.historySize) || o.historySize < 1) throw new TypeError('cms-realtime: option "historySize" must be a whole number >= 1')
+  if (!(o.historyMaxAgeMs >= 0)) throw new TypeError('cms-realtime: option "historyMaxAgeMs" must be >= 0')
+  if (!Number.isInteger(o.idleTtlMs) || o.idleTtlMs < 1000) throw new TypeError('cms-realtime: option "idleTtlMs" must be a whole number >= 1000')
+  for (const key of ['commandTimeoutMs', 'livenessMs', 'maxReconnectDelayMs'] as const) {
+    if (!(o[key] > 0) || !Number.isFinite(o[key])) throw new TypeError(`cms-realtime: option "${key}" must be a positive number`)
+  }
+  return o
 }

@@ -10,55 +10,25 @@ import debug from 'debug'
 import type { Bus, BusEvent } from '../types'
 import type { CollabStore } from '../collab/store'
 import { RedisCollabStore } from '../collab/redis-store'
-import { Chain, compareIds, epochStart, validEpoch, validId, type Entry } from './redis-chain'
-import type { RedisBusOptions, RedisClientLike, RedisConnectionLike } from './redis-options'
+import { Chain, compareIds, type Entry, type TopicState } from './redis-chain'
+import { resolveRedisOptions, type RedisBusOptions, type RedisClientLike, type RedisConnectionLike } from './redis-options'
+import { Liveness } from './redis-liveness'
+import { bounded, closedError, CURSOR, nonce, parseMessage, streamEntries, type RedisBusStats } from './redis-wire'
 import { HISTORY, LATEST, PUBLISH, type Script } from './redis-scripts'
 
 export type { RedisBusOptions, RedisClientLike, RedisConnectionLike } from './redis-options'
+export { parseMessage, type RedisBusStats } from './redis-wire'
 
 const log = debug('cms-realtime:redis')
 
-interface TopicState {
-  chain: Chain
-  listener: (message: string) => void
-  /** Settles once the subscription is confirmed and the chain knows where it starts (or that it cannot know yet). */
-  ready: Promise<void>
-  /** This node delivered events of the topic without Redis: stream entries wait until recovery (resync, then on). */
-  local: boolean
-  /** Its subscribers may have missed events (subscribed during an outage): resync once the chain starts. */
-  stale: boolean
-}
-
-/** What `bus.stats()` counts; also in `rt.stats().bus`. */
-export interface RedisBusStats {
-  /** Both connections are up and answering. */
-  connected: boolean
-  /** Events delivered to this node's clients only, because Redis did not answer in time. */
-  localPublishes: number
-  /** Redis commands abandoned after `commandTimeoutMs`. */
-  timeouts: number
-  /** Holes in a topic's live sequence filled from its stream (a lost pub/sub message, a reconnect). */
-  fills: number
-  /** Times this node told a topic's subscribers to resync. */
-  resyncs: number
-  /** Messages on our channels that were not well-formed entries of ours: dropped. */
-  rejectedMessages: number
-}
-
-/** `<epoch>_<id>`: the stream's epoch (header id and nonce) and the entry's id. */
-const CURSOR = /^(\d{1,15}-\d{1,20}\.[0-9a-f]{8})_(\d{1,15}-\d{1,20})$/
-/** A message id may not be from further in the future than this (clock skew): a forged `9999999999999-0` must not stall a topic. */
-const FUTURE_MS = 60_000
-const MAX_TYPE = 200
-
 export class RedisBus implements Bus {
-  readonly keyPrefix: string
-  readonly historySize: number
-  readonly historyMaxAgeMs: number
-  readonly idleTtlMs: number
-  readonly commandTimeoutMs: number
-  readonly livenessMs: number
-  readonly maxReconnectDelayMs: number
+  readonly keyPrefix!: string
+  readonly historySize!: number
+  readonly historyMaxAgeMs!: number
+  readonly idleTtlMs!: number
+  readonly commandTimeoutMs!: number
+  readonly livenessMs!: number
+  readonly maxReconnectDelayMs!: number
   /** The bus's own connections: commands, and pub/sub. The client you pass is only their template. */
   private readonly cmd: RedisConnectionLike
   private readonly sub: RedisConnectionLike
@@ -67,45 +37,32 @@ export class RedisBus implements Bus {
   private readonly dirty = new Set<string>()
   /** Local cursors (during an outage) carry this: foreign to `history`, so they mean resync. */
   private readonly nodeEpoch = randomBytes(4).toString('hex')
-  private readonly beatChannel: string
+  private readonly live: Liveness
   private localSeq = 0
-  /** A command timed out: until a liveness probe answers, Redis counts as unreachable. */
-  private stalled = false
   private subLost = false
-  /** Redis clock minus ours, in ms (publish deadlines are in Redis time). */
-  private clockOffset = 0
-  private lastEcho = Date.now()
-  private beats = 0
   private up = false
   private recovering: Promise<void> | undefined
   private recoverAgain = false
-  private readonly timer: NodeJS.Timeout
   private readonly connecting: Promise<unknown>
   private listener: (event: BusEvent) => void = () => {}
   private resyncListener: (topic: string) => void = () => {}
   private closed = false
-  private readonly counts = { localPublishes: 0, timeouts: 0, fills: 0, resyncs: 0, rejectedMessages: 0 }
+  private readonly counts = { localPublishes: 0, fills: 0, resyncs: 0, rejectedMessages: 0 }
   private readonly onError = (err: Error): void => log('redis error: %s', err.message)
 
   constructor(private readonly client: RedisClientLike, options: RedisBusOptions = {}) {
-    this.keyPrefix = options.keyPrefix ?? 'cms-realtime:'
-    this.historySize = options.historySize ?? 1000
-    this.historyMaxAgeMs = options.historyMaxAgeMs ?? 0
-    this.idleTtlMs = options.idleTtlMs ?? 86_400_000
-    this.commandTimeoutMs = options.commandTimeoutMs ?? 500
-    this.livenessMs = options.livenessMs ?? 1000
-    this.maxReconnectDelayMs = options.maxReconnectDelayMs ?? 1000
     if (typeof client?.duplicate !== 'function') {
       throw new TypeError('cms-realtime: RedisBus needs a node-redis client (createClient() from the "redis" package)')
     }
-    if (typeof this.keyPrefix !== 'string') throw new TypeError('cms-realtime: option "keyPrefix" must be a string')
-    if (!Number.isInteger(this.historySize) || this.historySize < 1) throw new TypeError('cms-realtime: option "historySize" must be a whole number >= 1')
-    if (!(this.historyMaxAgeMs >= 0)) throw new TypeError('cms-realtime: option "historyMaxAgeMs" must be >= 0')
-    if (!Number.isInteger(this.idleTtlMs) || this.idleTtlMs < 1000) throw new TypeError('cms-realtime: option "idleTtlMs" must be a whole number >= 1000')
-    for (const key of ['commandTimeoutMs', 'livenessMs', 'maxReconnectDelayMs'] as const) {
-      if (!(this[key] > 0) || !Number.isFinite(this[key])) throw new TypeError(`cms-realtime: option "${key}" must be a positive number`)
-    }
-    this.beatChannel = `${this.keyPrefix}beat:${this.nodeEpoch}`
+    Object.assign(this, resolveRedisOptions(options))
+    const bus = this
+    this.live = new Liveness({
+      get cmd() { return bus.cmd },
+      get closed() { return bus.closed },
+      get dirty() { return bus.dirty.size > 0 },
+      recover: () => this.recover(),
+      catchUp: () => { for (const state of this.topics.values()) if (!state.local) state.chain.catchUp() },
+    }, `${this.keyPrefix}beat:${this.nodeEpoch}`, this.commandTimeoutMs, this.livenessMs)
     // An 'error' event without a listener would crash the app during an outage.
     client.on('error', this.onError)
     // Our own connections, with a reconnect delay we choose: node-redis's
@@ -121,15 +78,13 @@ export class RedisBus implements Bus {
     this.sub.on('ready', () => this.recover())
     this.connecting = Promise.all([
       this.cmd.connect(),
-      this.sub.connect().then(() => this.sub.subscribe(this.beatChannel, () => { this.lastEcho = Date.now() })),
+      this.sub.connect().then(() => this.sub.subscribe(this.live.beatChannel, this.live.echo)),
     ]).catch((err: Error) => log('connect failed: %s', err.message))
-    this.timer = setInterval(() => void this.probe(), this.livenessMs)
-    this.timer.unref()
   }
 
   /** Both connections are up and answering. */
   get connected(): boolean {
-    return this.cmd.isReady && this.sub.isReady && !this.stalled
+    return this.cmd.isReady && this.sub.isReady && !this.live.stalled
   }
 
   /** Presence and soft locks in Redis, on this bus's connections (one store per bus). */
@@ -146,28 +101,23 @@ export class RedisBus implements Bus {
   }
 
   private collab: RedisCollabStore | undefined
-
   stats(): RedisBusStats {
-    return { connected: this.connected, ...this.counts }
+    return { connected: this.connected, ...this.counts, timeouts: this.live.timeouts }
   }
 
   /**
    * Through Redis when it answers within `commandTimeoutMs`; otherwise to
    * this node's subscribers only, with a local cursor (a client recovering
    * with it gets `resync`). Never rejects because of Redis, never waits
-   * longer than `commandTimeoutMs`.
-   *
-   * Rejects once the bus is closed, and when it is closed while the event
-   * is on its way: a node going away can neither deliver the event to its
-   * own clients nor mark the hole for the others later (the gap marker is
-   * written by its next publish), so "delivered locally" would be a success
-   * that reached nobody. The caller learns the event may be lost.
+   * longer than `commandTimeoutMs`. Rejects once the bus is closed, also
+   * while the event is on its way: a node going away can neither deliver it
+   * locally nor mark the hole for others later, so the caller learns it may be lost.
    */
   async publish(topic: string, type: string, data: string): Promise<BusEvent> {
     if (this.closed) throw closedError(topic)
     await this.started()
     if (this.closed) throw closedError(topic)
-    if (!this.cmd.isReady || this.stalled) return this.publishLocally(topic, type, data)
+    if (!this.cmd.isReady || this.live.stalled) return this.publishLocally(topic, type, data)
     const gap = this.dirty.has(topic)
     let reply: string[]
     try {
@@ -236,7 +186,7 @@ export class RedisBus implements Bus {
   async history(topic: string, since: string): Promise<BusEvent[] | null> {
     const cursor = CURSOR.exec(since)
     await this.started()
-    if (cursor === null || !this.cmd.isReady || this.stalled || this.closed) return null
+    if (cursor === null || !this.cmd.isReady || this.live.stalled || this.closed) return null
     const [, epoch, id] = cursor as unknown as [string, string, string]
     let upto = '+'
     const state = this.topics.get(topic)
@@ -259,7 +209,7 @@ export class RedisBus implements Bus {
     const state = this.topics.get(topic)
     if (state !== undefined) {
       await bounded(state.ready, this.commandTimeoutMs)
-      if (!state.local && state.chain.started && !this.stalled) return `${state.chain.epoch}_${state.chain.lastId}`
+      if (!state.local && state.chain.started && !this.live.stalled) return `${state.chain.epoch}_${state.chain.lastId}`
       // The chain has not started (Redis slow or away): it may start after
       // events this subscriber will never get live, so it resyncs then.
       if (!state.chain.started) {
@@ -267,7 +217,7 @@ export class RedisBus implements Bus {
         return `local:${this.nodeEpoch}:${this.localSeq}`
       }
     }
-    if (this.cmd.isReady && !this.stalled && !this.closed) {
+    if (this.cmd.isReady && !this.live.stalled && !this.closed) {
       try {
         const [epoch, last] = await this.run(LATEST, topic, [String(this.historySize), String(this.idleTtlMs), nonce()]) as [string, string]
         return `${epoch}_${last}`
@@ -282,7 +232,7 @@ export class RedisBus implements Bus {
   async close(): Promise<void> {
     if (this.closed) return
     this.closed = true
-    clearInterval(this.timer)
+    this.live.stop()
     this.topics.clear()
     this.client.off('error', this.onError)
     // Destroying a connection mid-handshake can leave its socket open.
@@ -311,7 +261,7 @@ export class RedisBus implements Bus {
   private publishArgs(topic: string, type: string, data: string, gap: boolean): string[] {
     // The deadline, in Redis time, after which the script refuses to run: by
     // then this node has given up and delivered the event itself.
-    const deadline = Math.floor(Date.now() + this.clockOffset + this.commandTimeoutMs)
+    const deadline = Math.floor(Date.now() + this.live.clockOffset + this.commandTimeoutMs)
     return [this.channel(topic), type, data, String(this.historySize), String(this.historyMaxAgeMs), String(this.idleTtlMs), gap ? '1' : '0', String(deadline), nonce()]
   }
 
@@ -344,20 +294,9 @@ export class RedisBus implements Bus {
     }
     if (reply[0] !== 1) return null
     this.counts.fills++
-    const out: Entry[] = []
-    let prev = since
-    for (const [id, fields] of reply[1] ?? []) {
-      const f: Record<string, string> = {}
-      for (let i = 0; i + 1 < fields.length; i += 2) f[fields[i]!] = fields[i + 1]!
-      const kind = f.h !== undefined ? 'header' : f.g !== undefined ? 'gap' : 'event'
-      if (kind === 'event' && !(typeof f.t === 'string' && isJson(f.d))) {
-        this.counts.rejectedMessages++
-        continue
-      }
-      out.push({ id, prev, epoch, kind, type: f.t, data: f.d })
-      prev = id
-    }
-    return out
+    const { entries, rejected } = streamEntries(reply[1] ?? [], epoch, since)
+    this.counts.rejectedMessages += rejected
+    return entries
   }
 
   /** A command, raced against its own timer: node-redis drops a command's timeout once it is written to the socket. */
@@ -372,15 +311,7 @@ export class RedisBus implements Bus {
   }
 
   private timed<T>(p: Promise<T>): Promise<T> {
-    return new Promise<T>((resolve, reject) => {
-      const t = setTimeout(() => {
-        this.counts.timeouts++
-        if (!this.stalled) log('Redis did not answer within %d ms: delivering locally until it does', this.commandTimeoutMs)
-        this.stalled = true
-        reject(new Error(`Redis did not answer within ${this.commandTimeoutMs} ms`))
-      }, this.commandTimeoutMs)
-      p.then((v) => { clearTimeout(t); resolve(v) }, (err: unknown) => { clearTimeout(t); reject(err as Error) })
-    })
+    return this.live.timed(p)
   }
 
   /** Subscribe, then learn where the chain starts; a failure leaves it for `recover`. */
@@ -418,30 +349,6 @@ export class RedisBus implements Bus {
     state.chain.push(entry)
   }
 
-  /** Liveness: is Redis answering (and what time is it there)? Is our subscriber connection receiving? */
-  private async probe(): Promise<void> {
-    if (this.closed || !this.cmd.isReady) return
-    const t0 = Date.now()
-    try {
-      const [sec, usec] = await this.timed(this.cmd.sendCommand(['TIME'])) as [string, string]
-      const t1 = Date.now()
-      this.clockOffset = Number(sec) * 1000 + Math.floor(Number(usec) / 1000) - (t0 + t1) / 2
-      const wasStalled = this.stalled
-      this.stalled = false
-      if (wasStalled) log('Redis answers again')
-      // Also retry gap markers a failed recovery could not write.
-      if (wasStalled || this.dirty.size > 0) this.recover()
-      // The subscriber connection must hear our beats; if not, read the streams instead.
-      await this.timed(this.cmd.sendCommand(['PUBLISH', this.beatChannel, String(++this.beats)]))
-      if (Date.now() - this.lastEcho > 3 * this.livenessMs) {
-        log('the subscriber connection hears nothing: reading the streams')
-        for (const state of this.topics.values()) if (!state.local) state.chain.catchUp()
-      }
-    } catch {
-      // `timed` marked the link stalled; the next probe tries again.
-    }
-  }
-
   /**
    * Redis answers again, or a connection came back: record the gaps this node
    * left (and resync its own clients of those topics), start chains that
@@ -462,7 +369,7 @@ export class RedisBus implements Bus {
   }
 
   private async recoverOnce(): Promise<void> {
-    if (this.closed || !this.cmd.isReady || this.stalled) return
+    if (this.closed || !this.cmd.isReady || this.live.stalled) return
     for (const topic of [...this.dirty]) {
       try {
         const [epoch, , gapId] = await this.run(PUBLISH, topic, this.publishArgs(topic, '', '', true)) as string[]
@@ -490,50 +397,4 @@ export class RedisBus implements Bus {
     }
     if (subBack) log('subscriber connection back: caught up on %d topics', this.topics.size)
   }
-}
-
-/** A live message of ours, or `null`: ids well-formed and not from the future, data valid JSON. */
-export function parseMessage(message: string): Entry | null {
-  let m: unknown
-  try {
-    m = JSON.parse(message)
-  } catch {
-    return null
-  }
-  if (typeof m !== 'object' || m === null) return null
-  const { i, p, e, t, d, g } = m as Record<string, unknown>
-  if (!validId(i) || !validId(p) || !validEpoch(e) || compareIds(p, i) >= 0 || compareIds(epochStart(e), i) > 0) return null
-  if (Number(i.slice(0, i.indexOf('-'))) > Date.now() + FUTURE_MS) return null
-  if (g === 1) return { id: i, prev: p, epoch: e, kind: 'gap' }
-  if (typeof t !== 'string' || t === '' || t.length > MAX_TYPE || d === undefined) return null
-  // Re-serialised from what was parsed: raw text could not smuggle fields into the frame it is spliced into.
-  return { id: i, prev: p, epoch: e, kind: 'event', type: t, data: JSON.stringify(d) }
-}
-
-/** A new epoch's nonce: 4 random bytes, hex. */
-function nonce(): string {
-  return randomBytes(4).toString('hex')
-}
-
-function isJson(text: string | undefined): boolean {
-  if (text === undefined) return false
-  try {
-    JSON.parse(text)
-    return true
-  } catch {
-    return false
-  }
-}
-
-/** Wait for `p`, but no longer than `ms`; never rejects. */
-function bounded(p: Promise<unknown>, ms: number): Promise<void> {
-  return new Promise((resolve) => {
-    const t = setTimeout(resolve, ms)
-    t.unref()
-    p.then(() => { clearTimeout(t); resolve() }, () => { clearTimeout(t); resolve() })
-  })
-}
-
-function closedError(topic: string): Error {
-  return new Error(`cms-realtime: the Redis bus was closed; the event for ${topic} may not have reached any node`)
 }

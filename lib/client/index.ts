@@ -5,7 +5,7 @@
  *   const off = rt.subscribe('project:42', (event) => render(event))
  *   rt.on('state', (s) => banner(s))
  */
-export { createClient } from './shared'
+export { createClient } from './create'
 export {
   type RealtimeClient,
   type ClientOptions,

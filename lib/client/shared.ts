@@ -27,70 +27,9 @@ import {
   type Presence, type RealtimeClient, type RealtimeEvent, type RefusedLock,
 } from './client'
 import { PROTOCOL } from './wire'
+import { SEEN, type ChannelCtor, type ChannelLike, type Lead, type LockManagerLike, type Note } from './shared-notes'
 
-/** The part of `navigator.locks` used here. */
-export interface LockManagerLike {
-  request(name: string, options: { signal?: AbortSignal }, callback: () => Promise<void>): Promise<unknown>
-}
-
-interface ChannelLike {
-  onmessage: ((e: { data: unknown }) => void) | null
-  postMessage(message: unknown): void
-  close(): void
-}
-type ChannelCtor = new (name: string) => ChannelLike
-
-/** What the tabs say to each other. `peer` is a page's id: not the tab id, which a duplicated tab shares. */
-type Note =
-  // to the leader
-  | { t: 'hello'; peer: string; topics: Array<[string, string | null]> }
-  | { t: 'sub'; peer: string; topic: string }
-  | { t: 'unsub'; peer: string; topic: string }
-  | { t: 'bye'; peer: string }
-  | { t: 'reconnect' }
-  // from the leader
-  | { t: 'leader' }
-  | { t: 'event'; e: RealtimeEvent }
-  | { t: 'cursor'; topic: string; cursor: string }
-  | { t: 'state'; state: ClientState; diagnosis: Diagnosis | null }
-  | { t: 'resync'; topic: string }
-  | { t: 'error'; error: ClientEvents['error'] }
-  | { t: 'withdrawn'; topic: string }
-  | { t: 'signed-out'; reason: string }
-
-/** While this tab leads. */
-interface Lead {
-  engine: Client
-  /** Topic → the pages that want it. */
-  interest: Map<string, Set<string>>
-  unsubscribe: Map<string, () => void>
-  /** Page → the wait on its page lock (granted when the page is gone). */
-  watching: Map<string, AbortController>
-  stop: Array<() => void>
-}
-
-/** Ids remembered per topic to drop what a handover replays twice. */
-const SEEN = 256
-
-export function createClient(options: ClientOptions): RealtimeClient {
-  const g = globalThis as { navigator?: { locks?: LockManagerLike }; BroadcastChannel?: ChannelCtor; document?: unknown }
-  const locks = g.navigator?.locks
-  // By default only with cookie credentials, which every tab of the origin
-  // shares: with a `token` hook each tab may be signed in as someone else
-  // (a token in sessionStorage), and one tab's connection must not carry
-  // another user's events. `share: true` says the tabs are one user.
-  const share = options.share ?? (g.document !== undefined && options.token === undefined)
-  if (share && locks !== undefined && g.BroadcastChannel !== undefined) {
-    try {
-      return new SharedClient(options, locks, g.BroadcastChannel)
-    } catch {
-      // a context that refuses the channel (an opaque origin): a connection of its own
-    }
-  }
-  return new Client(options)
-}
-
-class SharedClient extends Observable implements RealtimeClient {
+export class SharedClient extends Observable implements RealtimeClient {
   readonly tab: string
   private readonly peer: string
   private readonly name: string

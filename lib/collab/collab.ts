@@ -16,50 +16,18 @@
  *   on every change (`presence` frames, coalesced); a lock holder that is
  *   taken over is told at once, on whichever node it is (`lock-lost`).
  */
-import { createHash, randomBytes } from 'node:crypto'
-import type { LockHolder, PresenceMember, ServerFrame } from '../client/wire'
-import { encode } from '../protocol/protocol'
+import { randomBytes } from 'node:crypto'
+import type { LockHolder, PresenceMember } from '../client/wire'
+import type { User } from '../types'
 import { userId } from '../users'
-import type { CollabSettings } from './settings'
-export type { CollabSettings } from './settings'
-import type { MaybePromise, User } from '../types'
+import { Announcer } from './announcer'
+import { InFlight, publicTab, type Check, type Held, type Participant } from './participant'
+import { hook, profileOf, type CollabSettings } from './settings'
 import type { CollabStore } from './store'
 
+export { publicTab, type Participant } from './participant'
+export type { CollabSettings } from './settings'
 
-/** A WebSocket connection, as presence sees it. */
-export interface Participant {
-  readonly user: User
-  /** Still open: a request whose checks were awaited past its socket's end must leave nothing behind. */
-  readonly open: boolean
-  send(frame: ServerFrame): void
-  /** A frame encoded once for every recipient. */
-  sendEncoded(frame: Buffer): void
-}
-
-/** One request's checks in flight (see `checking`): withdrawn by `reauthorize`, or given up by the client's `unlock`. */
-interface Check {
-  kind: 'presence' | 'lock'
-  withdrawn: false | 'revoked' | 'released'
-  done(): void
-}
-
-interface Held {
-  tab: string
-  /** `null` during the grace after its socket dropped. */
-  by: Participant | null
-  timer?: NodeJS.Timeout
-}
-
-/**
- * The id others see for a tab: a hash of the user and the tab's own id. The
- * client's own id never leaves the server, so nobody can pose as another's
- * tab (take its lock back as "the same tab", or overwrite its presence)
- * from what presence frames show; and the same tab of the same user maps to
- * the same id on every node.
- */
-export function publicTab(user: string, ownTab: string): string {
-  return createHash('sha256').update(`${user}\n${ownTab}`).digest('base64url').slice(0, 16)
-}
 
 export class Collab {
   /** Tabs present here, by topic: the ones that receive its `presence` frames. */
@@ -72,14 +40,10 @@ export class Collab {
   private readonly leaving = new Map<string, NodeJS.Timeout>()
   /** Locks this node serves. */
   private readonly held = new Map<string, Held>()
-  /** Presence and lock requests whose checks are being awaited, by participant and name. */
-  private readonly checks = new Map<Participant, Map<string, Set<Check>>>()
-  /** The last `presence` frame sent per topic, to send only changes. */
-  private readonly last = new Map<string, string>()
-  /** Joiners that need the current frame even if it did not change. */
-  private readonly fresh = new Map<string, Set<Participant>>()
-  private readonly dirty = new Set<string>()
-  private flushing: NodeJS.Timeout | undefined
+  /** Presence and lock requests whose checks are being awaited. */
+  private readonly checks = new InFlight()
+  /** `presence` frames, coalesced and sent only on change. */
+  private readonly frames = new Announcer((name) => this.guard('refresh', () => this.refresh(name)))
   /** This node, as the store records who serves an entry. */
   private readonly node = randomBytes(6).toString('hex')
   private readonly timers: NodeJS.Timeout[] = []
@@ -104,7 +68,7 @@ export class Collab {
 
   async presence(p: Participant, topic: string, ownTab: string, meta: unknown): Promise<void> {
     if (!this.room(p, topic, 'topics')) return
-    const check = this.checking(p, topic, 'presence')
+    const check = this.checks.begin(p, topic, 'presence')
     try {
       if (!(await this.permitted(p, topic, check)) || !p.open) return
     } finally {
@@ -119,7 +83,7 @@ export class Collab {
       await this.leave(p, topic)
       if (!p.open) return
     }
-    const info = this.info(p.user)
+    const info = profileOf(this.settings, p.user, this.onError)
     const member: PresenceMember = info === undefined ? { user, tab, meta } : { user, tab, meta, info }
     this.cancelLeave(topic, tab)
     this.said.set(`${topic}\u0000${tab}`, member)
@@ -127,9 +91,7 @@ export class Collab {
     if (tabs === undefined) this.here.set(topic, (tabs = new Map()))
     tabs.set(tab, p)
     this.part(p).topics.set(topic, tab)
-    let fresh = this.fresh.get(topic)
-    if (fresh === undefined) this.fresh.set(topic, (fresh = new Set()))
-    fresh.add(p)
+    this.frames.welcome(topic, p)
     if (!(await this.tryStore(p, topic, () => this.store.present(topic, member, this.settings.leaseMs, this.node)))) return
     p.send({ op: 'present', topic, user, tab })
     this.touch(topic)
@@ -146,7 +108,7 @@ export class Collab {
   async lock(p: Participant, key: string, ownTab: string, takeover: boolean): Promise<void> {
     if (!this.room(p, key, 'locks')) return
     // Until the lock is recorded as held, `reauthorize` finds the key here.
-    const check = this.checking(p, key, 'lock')
+    const check = this.checks.begin(p, key, 'lock')
     try {
       await this.lockChecked(p, key, ownTab, takeover, check)
     } finally {
@@ -158,16 +120,16 @@ export class Collab {
     if (!(await this.permitted(p, key, check))) return
     const tab = publicTab(userId(p.user) ?? '', ownTab)
     const s = this.settings
-    if (s.canLock !== undefined && (await this.ask('canLock', () => s.canLock!(p.user, key))) !== true) {
+    if (s.canLock !== undefined && (await hook(this.onError, 'canLock', () => s.canLock!(p.user, key))) !== true) {
       return p.send({ op: 'error', code: 'forbidden', message: 'not allowed to lock this key', topic: key })
     }
     if (takeover && s.canTakeOver !== undefined) {
       const current = await this.store.holder(key).catch(() => null)
-      if (current !== null && current.tab !== tab && (await this.ask('canTakeOver', () => s.canTakeOver!(p.user, key, current))) !== true) {
+      if (current !== null && current.tab !== tab && (await hook(this.onError, 'canTakeOver', () => s.canTakeOver!(p.user, key, current))) !== true) {
         return p.send({ op: 'error', code: 'forbidden', message: 'not allowed to take this lock over', topic: key })
       }
     }
-    const info = this.info(p.user)
+    const info = profileOf(this.settings, p.user, this.onError)
     const who = { user: userId(p.user) ?? '', tab, ...(info === undefined ? {} : { info }) }
     // The socket may have closed while the checks were awaited: take nothing for it.
     if (!p.open) return
@@ -197,9 +159,7 @@ export class Collab {
   async unlock(p: Participant, key: string): Promise<void> {
     // A lock this connection is still asking for (a reclaim after a
     // reconnect, say) is given up: it releases what it gets, quietly.
-    const asking = [...(this.checks.get(p)?.get(key) ?? [])].filter((c) => c.kind === 'lock')
-    if (asking.length > 0) {
-      for (const c of asking) c.withdrawn ||= 'released'
+    if (this.checks.withdraw(p, key, 'released', 'lock')) {
       const h = this.held.get(key)
       if (h !== undefined && h.by === p) await this.release(p, key, h)
       return p.send({ op: 'unlocked', key })
@@ -260,7 +220,7 @@ export class Collab {
    */
   revoked(p: Participant, topic: string): void {
     // A presence or lock whose checks are still awaited must not land on a stale verdict.
-    for (const c of this.checks.get(p)?.get(topic) ?? []) c.withdrawn = 'revoked'
+    this.checks.withdraw(p, topic, 'revoked')
     this.guard('revoke', async () => {
       await this.leave(p, topic)
       const h = this.held.get(topic)
@@ -273,9 +233,9 @@ export class Collab {
   /** Topics `p` is present on, holds a lock on, or is being checked for (so `reauthorize` checks them too). */
   topicsOf(p: Participant): string[] {
     const part = this.parts.get(p)
-    const checks = this.checks.get(p)
-    if (part === undefined && checks === undefined) return []
-    return [...new Set([...(part?.topics.keys() ?? []), ...(part?.locks ?? []), ...(checks?.keys() ?? [])])]
+    const checks = this.checks.names(p)
+    if (part === undefined && checks.length === 0) return []
+    return [...new Set([...(part?.topics.keys() ?? []), ...(part?.locks ?? []), ...checks])]
   }
 
   // ---- what the server reads ----
@@ -300,7 +260,7 @@ export class Collab {
   async close(): Promise<void> {
     this.closed = true
     for (const t of this.timers) clearInterval(t)
-    clearTimeout(this.flushing)
+    this.frames.close()
     for (const t of this.leaving.values()) clearTimeout(t)
     for (const h of this.held.values()) clearTimeout(h.timer)
     // Leases are left to lapse: tabs reconnecting to another node within
@@ -321,16 +281,7 @@ export class Collab {
 
   /** Re-read `name` soon (coalesced): its members and lock, pushed to those present here. */
   private touch(name: string): void {
-    if (this.closed) return
-    this.dirty.add(name)
-    if (this.flushing === undefined) {
-      this.flushing = setTimeout(() => {
-        this.flushing = undefined
-        const names = [...this.dirty]
-        this.dirty.clear()
-        for (const n of names) this.guard('refresh', () => this.refresh(n))
-      }, 10)
-    }
+    if (!this.closed) this.frames.touch(name)
   }
 
   private async refresh(name: string): Promise<void> {
@@ -343,17 +294,7 @@ export class Collab {
       clearTimeout(h.timer)
       this.lost(name, h, holder)
     }
-    const fresh = this.fresh.get(name)
-    this.fresh.delete(name)
-    if (watching === undefined || watching.size === 0) {
-      this.last.delete(name)
-      return
-    }
-    const text = encode({ op: 'presence', topic: name, members, lock: holder })
-    const changed = text !== this.last.get(name)
-    this.last.set(name, text)
-    const frame = Buffer.from(text)
-    for (const p of new Set(watching.values())) if (changed || fresh?.has(p)) p.sendEncoded(frame)
+    this.frames.announce(name, new Set(watching?.values()), members, holder)
   }
 
   private lost(key: string, h: Held, by: LockHolder | null): void {
@@ -426,50 +367,6 @@ export class Collab {
     if (ok && check.withdrawn === false) return true
     if (check.withdrawn !== 'released') p.send({ op: 'error', code: 'forbidden', message: 'not allowed on this topic', topic })
     return false
-  }
-
-  /**
-   * `p` asks for `name` and its checks are about to be awaited: until
-   * `done()`, `reauthorize` sees the name (topicsOf) and can withdraw it,
-   * so an `authorize` answer that predates the change cannot let it in.
-   */
-  private checking(p: Participant, name: string, kind: Check['kind']): Check {
-    let byName = this.checks.get(p)
-    if (byName === undefined) this.checks.set(p, (byName = new Map()))
-    let set = byName.get(name)
-    if (set === undefined) byName.set(name, (set = new Set()))
-    const checks = this.checks
-    const check: Check = {
-      kind,
-      withdrawn: false,
-      done() {
-        set.delete(check)
-        if (set.size > 0) return
-        byName.delete(name)
-        if (byName.size === 0) checks.delete(p)
-      },
-    }
-    set.add(check)
-    return check
-  }
-
-  private info(user: User): unknown {
-    if (this.settings.profile === undefined) return undefined
-    try {
-      return this.settings.profile(user)
-    } catch (err) {
-      this.onError('profile', err)
-      return undefined
-    }
-  }
-
-  private async ask(where: string, fn: () => MaybePromise<boolean>): Promise<boolean> {
-    try {
-      return (await fn()) === true
-    } catch (err) {
-      this.onError(where, err)
-      return false
-    }
   }
 
   /** A store call; on failure the participant (if any) is told the feature is unavailable. */
