@@ -49,31 +49,26 @@ export function registerMetrics(rt: HasStats, options: MetricsOptions = {}): () 
     return cached
   }
   const names: string[] = []
-  const gauge = (name: string, help: string, read: (s: RealtimeStats) => number | Record<string, number>, label?: string): void => {
+  type Read = (s: RealtimeStats) => number | Record<string, number>
+  /** A gauge or a counter whose value is read from `rt.stats()` at each scrape (counters mirror the core's monotonic totals). */
+  const metric = (Kind: typeof Gauge | typeof Counter, name: string, help: string, read: Read, label?: string): void => {
     names.push(prefix + name)
-    new Gauge({
+    new Kind({
       name: prefix + name, help, registers: [registry], labelNames: label === undefined ? [] : [label],
-      collect() {
+      collect(this: Gauge | Counter) {
         this.reset()
         const v = read(stats())
-        if (typeof v === 'number') this.set(v)
-        else for (const [k, n] of Object.entries(v)) this.set({ [label!]: k }, n)
+        const put = (labels: Record<string, string>, n: number): void => {
+          if (this instanceof Gauge) this.set(labels, n)
+          else this.inc(labels, n)
+        }
+        if (typeof v === 'number') put({}, v)
+        else for (const [k, n] of Object.entries(v)) put({ [label!]: k }, n)
       },
     })
   }
-  const counter = (name: string, help: string, read: (s: RealtimeStats) => number | Record<string, number>, label?: string): void => {
-    names.push(prefix + name)
-    new Counter({
-      name: prefix + name, help, registers: [registry], labelNames: label === undefined ? [] : [label],
-      collect() {
-        // Counters mirror monotonic totals kept by the core.
-        this.reset()
-        const v = read(stats())
-        if (typeof v === 'number') this.inc(v)
-        else for (const [k, n] of Object.entries(v)) this.inc({ [label!]: k }, n)
-      },
-    })
-  }
+  const gauge = (name: string, help: string, read: Read, label?: string): void => metric(Gauge, name, help, read, label)
+  const counter = (name: string, help: string, read: Read, label?: string): void => metric(Counter, name, help, read, label)
 
   gauge('node_num_clients', 'Open client connections on this node, every transport.', (s) => s.connections + s.fallbackStreams)
   gauge('client_connections_inflight', 'Open client connections on this node, by transport.',

@@ -10,7 +10,7 @@ import type { ResolvedOptions } from '../options'
 import type { Core } from '../transports/websocket'
 import { SseStreams } from '../transports/sse'
 import type { RefusalReason } from '../types'
-import type { Access } from './access'
+import { closing, type Access } from './access'
 import { serveClient } from './client-asset'
 import type { Diagnostics } from './diagnostics'
 import type { Refusal } from './handshake'
@@ -203,7 +203,7 @@ export class HttpDoor<Ctx> {
     if (authorization === undefined || authorization.trim() === '') {
       return sendJson(res, 400, { error: 'no_credentials', reason: 'send the token to seal as Authorization: Bearer <token>' })
     }
-    if (this.host.closed) return sendJson(res, 503, { error: 'shutting_down', reason: 'the server is shutting down' })
+    if (this.host.closed) return sendJson(res, 503, { error: 'shutting_down', reason: closing().message })
     if ((await this.access.identify(ctx)) === undefined) {
       this.host.refused('unauthenticated')
       return sendJson(res, 401, { error: 'unauthenticated', reason: 'authentication required' })

@@ -18,6 +18,7 @@ import type { Subscriber } from '../delivery/hub'
 import { sendJson } from '../server/http'
 import { CloseCode, encodeEvent, validTopic } from '../protocol/protocol'
 import type { Admission, Session } from '../sessions/sessions'
+import { closing } from '../server/access'
 import { decodeCursors, encodeCursors } from '../client/cursor-vector'
 import type { BusEvent, MaybePromise, RefusalReason, User } from '../types'
 
@@ -91,7 +92,7 @@ export class SseStreams {
       return fail(res, 401, 'unauthenticated', 'authentication required')
     }
     if (res.destroyed || req.socket.destroyed) return
-    if (this.options.closing()) return fail(res, 503, 'shutting_down', 'the server is shutting down')
+    if (this.options.closing()) return fail(res, 503, 'shutting_down', closing().message)
     const sessions = this.core.sessions
     const full = sessions.full(who.user)
     if (full !== null) {

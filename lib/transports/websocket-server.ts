@@ -14,7 +14,7 @@ import { PROTOCOL } from '../client/wire'
 import type { ResolvedOptions } from '../options'
 import { validTopic } from '../protocol/protocol'
 import type { Admission } from '../sessions/sessions'
-import type { Access } from '../server/access'
+import { closing, type Access } from '../server/access'
 import type { Diagnostics } from '../server/diagnostics'
 import { checkUpgrade, type Refusal } from '../server/handshake'
 import { checkHost, checkOrigin } from '../server/origin'
@@ -62,17 +62,18 @@ export class WebSocketDoor<Ctx> {
    * (with the app's proxy trust, known only now), the user, the caps; then 101.
    */
   async admit(req: IncomingMessage, socket: Duplex, head: Buffer, ctx: Ctx): Promise<void> {
-    const trusted = this.access.trusted(ctx)
-    const host = checkHost(req, this.opts.hostAllowed, trusted)
-    if (host !== null) return this.host.refuse(socket, host)
-    const origin = checkOrigin(req, this.opts.originAllowed, this.opts.requireOrigin, trusted)
-    if (!origin.ok) {
-      if (origin.threw !== undefined) this.host.error('allowedOrigins', origin.threw)
-      return this.host.refuse(socket, origin.refusal)
-    }
-    // Begun when the handshake arrived: a logout since is replayed on this connection when it is added.
+    // Begun when the handshake arrived: a logout since is replayed on this
+    // connection when it is added. Settled on every way out, refusals included.
     const admission = this.access.arrival(req)
     try {
+      const trusted = this.access.trusted(ctx)
+      const host = checkHost(req, this.opts.hostAllowed, trusted)
+      if (host !== null) return this.host.refuse(socket, host)
+      const origin = checkOrigin(req, this.opts.originAllowed, this.opts.requireOrigin, trusted)
+      if (!origin.ok) {
+        if (origin.threw !== undefined) this.host.error('allowedOrigins', origin.threw)
+        return this.host.refuse(socket, origin.refusal)
+      }
       await this.admitAs(req, socket, head, ctx, admission)
     } finally {
       this.access.settle(req)
@@ -112,7 +113,7 @@ export class WebSocketDoor<Ctx> {
       return this.host.refuse(socket, { status: 401, reason: 'unauthenticated', message: 'authentication required' })
     }
     // The flag may have flipped, or the socket died, while we awaited.
-    if (this.host.closed) return this.host.refuse(socket, { status: 503, reason: 'shutting_down', message: 'the server is shutting down' })
+    if (this.host.closed) return this.host.refuse(socket, closing())
     if (!this.host.enabled) return this.host.refuse(socket, checkUpgrade(req, false)!)
     if (socket.destroyed) return
     const full = this.host.core.sessions.full(user)

@@ -12,7 +12,7 @@
 import type { IncomingMessage } from 'node:http'
 import Koa from 'koa'
 import { realtime } from 'cms-realtime/koa'
-import { connect, listen, type Listening } from '../helpers/net'
+import { connect, handshake, listen, rawRequest, type Listening } from '../helpers/net'
 import { fixture, type Fixture } from '../helpers/fixture'
 import type { Frame, TestClient } from '../helpers/net'
 import { openStream, type Stream } from '../helpers/sse'
@@ -205,6 +205,25 @@ describe('revocation races (item 2): a verdict that predates the change lets not
     }
     await sleep(50) // well before the 300 ms answers
     expect((f.rt as unknown as { sessions: { size: number } }).sessions.size).toBe(0)
+  })
+
+  test('every way a handshake or stream ends settles its admission: refusals (host, origin, 401) and admitted ones leave none in flight', async () => {
+    f = await fixture({
+      authenticate: (req: IncomingMessage) => (req.headers['x-user'] === undefined ? null : { id: String(req.headers['x-user']) }),
+      allowedHosts: ['127.0.0.1'],
+    })
+    const port = f.srv.port
+    await rawRequest(port, handshake(port, '/realtime', { Origin: 'https://evil.example', 'x-user': 'ben' }), 1000) // 403 origin
+    await rawRequest(port, handshake(port, '/realtime', { Host: 'attacker.test', 'x-user': 'ben' }), 1000) // 403 host
+    await rawRequest(port, handshake(port, '/realtime'), 1000) // 401
+    await rawRequest(port, `GET /realtime/events?topics=projects HTTP/1.1\nHost: attacker.test\nx-user: ben`, 1000) // 403 host
+    await rawRequest(port, `GET /realtime/events?topics=projects HTTP/1.1\nHost: 127.0.0.1:${port}`, 1000) // 401
+    const ok = await f.connect(as('ben'))
+    await ok.subscribe('projects')
+    expect(f.rt.stats().refusals).toMatchObject({ origin: 1, host_not_allowed: 2, unauthenticated: 2 })
+    const admitting = (f.rt as unknown as { sessions: { admitting: Set<unknown> } }).sessions.admitting
+    for (let i = 0; i < 50 && admitting.size > 0; i++) await sleep(10)
+    expect(admitting.size).toBe(0)
   })
 
   test('a logout that selected someone else does not end a connection being admitted', async () => {
