@@ -151,10 +151,15 @@ test('a stream that joins while a burst is still queued for delivery gets each e
   late.close()
 })
 
-test('an idle stream gets heartbeat comments', async () => {
-  await start({ heartbeatMs: 30 })
+test('a stream breathes in data the browser sees: a first frame at once, then a heartbeat each interval, never moving Last-Event-ID', async () => {
+  await start({ heartbeatMs: 60 })
   const s = await open('/realtime/events?topics=a')
-  await s.until((x) => x.messages.some((m) => m.comment === 'ping'), 'a ping comment')
+  // Before anything else that needs a history read: a proxy that holds the stream holds this too.
+  await s.until((x) => x.messages.length >= 2, 'the first frames')
+  expect(s.messages.slice(0, 2)).toEqual([{ retry: '2000' }, { data: '{"op":"pong"}' }])
+  await s.until((x) => x.beats().length >= 3, 'two more heartbeats')
+  // EventSource hides comments, so a heartbeat must be a message; with no id, the browser's Last-Event-ID stays.
+  expect(s.beats().every((m) => m.id === undefined)).toBe(true)
   s.close()
 })
 

@@ -13,33 +13,23 @@
  */
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http'
 import debug from 'debug'
-import { boundedReplay, heldAfter, type Core } from './websocket'
+import type { Core } from './transport'
+import { boundedReplay, catchUp, heldAfter } from '../delivery/recovery'
 import type { Subscriber } from '../delivery/hub'
-import { sendJson } from '../server/http'
-import { CloseCode, encodeEvent, validTopic } from '../protocol/protocol'
-import type { Admission, Session } from '../sessions/sessions'
-import { closing } from '../server/access'
-import { decodeCursors, encodeCursors } from '../client/cursor-vector'
-import type { BusEvent, MaybePromise, RefusalReason, User } from '../types'
+import { CloseCode, encodeEvent } from '../protocol/protocol'
+import { encodeCursors } from '../client/cursor-vector'
+import type { BusEvent, User } from '../types'
+import { admit, fail, topicsQuery, type HttpSession, type HttpTransportOptions } from './http-admission'
 
 const log = debug('cms-realtime')
 
-export interface SseOptions {
-  /** Interval of `: ping` comments, so idle proxies keep the stream. */
+export interface SseOptions extends HttpTransportOptions {
+  /** Interval of the heartbeat frames, so idle proxies keep the stream and the client sees it breathe. */
   heartbeatMs: number
   /** `EventSource` reconnection delay the stream asks for (`retry:`). */
   retryMs?: number
-  /** Who is this? `undefined` or a refusal status when unknown. */
-  authenticate(ctx: unknown): MaybePromise<{ user: User } | { status: 401 }>
-  /** Count a refusal in `stats().refusals`. */
-  refused(reason: RefusalReason): void
   /** Has another request (or an upgrade) already arrived on `req`'s connection, pipelined behind it? */
   behind(req: IncomingMessage): 'request' | 'upgrade' | null
-  /** The request's admission, begun when it arrived (see Sessions.begin), and its end. */
-  admission(req: IncomingMessage): Admission
-  settle(req: IncomingMessage): void
-  /** The server is shutting down: no stream opens. */
-  closing(): boolean
 }
 
 export class SseStreams {
@@ -52,74 +42,20 @@ export class SseStreams {
   /** Answer `GET <path>/events`: a 4xx for bad input, otherwise a stream that lasts until either side closes it. */
   async handle(req: IncomingMessage, res: ServerResponse, ctx: unknown, url: string): Promise<void> {
     const method = req.method ?? 'GET'
-    if (method !== 'GET' && method !== 'HEAD') return fail(res, 405, 'method_not_allowed', 'use GET', { Allow: 'GET, HEAD' })
-    const opts = this.core.opts
+    if (method !== 'GET' && method !== 'HEAD') return void fail(res, 405, 'method_not_allowed', 'use GET', { Allow: 'GET, HEAD' })
     const params = new URL(url, 'http://x').searchParams
-    const list = params.get('topics')
-    if (list === null || list === '') return fail(res, 400, 'bad_topics', 'give the topics as ?topics=a,b')
-    const topics = list.split(',')
-    if (topics.length > opts.maxTopicsPerConnection) {
-      return fail(res, 400, 'too_many_topics', `a stream may hold at most ${opts.maxTopicsPerConnection} topics`)
-    }
-    const bad = topics.find((t): boolean => !validTopic(t, opts.maxTopicLength))
-    if (bad !== undefined) {
-      return fail(res, 400, 'bad_topics', `invalid topic ${JSON.stringify(bad.slice(0, opts.maxTopicLength))}: ` +
-        `1-${opts.maxTopicLength} characters of A-Z a-z 0-9 _ . : - / @`)
-    }
-    if (new Set(topics).size !== topics.length) return fail(res, 400, 'bad_topics', 'a topic is listed twice')
     const header = req.headers['last-event-id']
-    const vector = typeof header === 'string' && header !== '' ? header : params.get('since')
-    const since = vector === null ? topics.map(() => undefined) : decodeCursors(vector, topics.length)
-    if (since === null) {
-      return fail(res, 400, 'bad_cursor', 'the cursor (Last-Event-ID or ?since=) must hold one percent-encoded cursor per topic, joined by ","')
-    }
-
-    // Begun when the request arrived: a logout since is replayed on this stream when it is added.
-    const admission = this.options.admission(req)
-    try {
-      await this.admit(req, res, ctx, method, topics, since, admission)
-    } finally {
-      this.options.settle(req)
-    }
-  }
-
-  private async admit(
-    req: IncomingMessage, res: ServerResponse, ctx: unknown, method: string, topics: string[], since: Array<string | undefined>, admission: Admission,
-  ): Promise<void> {
-    const who = await this.options.authenticate(ctx)
-    if ('status' in who) {
-      this.options.refused('unauthenticated')
-      return fail(res, 401, 'unauthenticated', 'authentication required')
-    }
-    if (res.destroyed || req.socket.destroyed) return
-    if (this.options.closing()) return fail(res, 503, 'shutting_down', closing().message)
-    const sessions = this.core.sessions
-    const full = sessions.full(who.user)
-    if (full !== null) {
-      this.options.refused(full.reason)
-      return fail(res, full.status, full.reason, full.message, full.headers)
-    }
-    // Registered before `authorize` is awaited, as a WebSocket's pending
-    // subscriptions are: a `reauthorize` meanwhile withdraws its topics and a
-    // `disconnect` ends it, so an answer that predates the change lets nothing in.
+    const query = topicsQuery(res, this.core, params, typeof header === 'string' && header !== '' ? header : params.get('since'))
+    if (query === null) return
     let beat: NodeJS.Timeout | undefined
-    const stream = new SseStream(res, who.user, topics, since, this.core, () => {
-      clearInterval(beat)
-      this.streams.delete(stream)
+    const stream = await admit(this.core, this.options, req, res, ctx, query.topics, (user) => {
+      const s: SseStream = new SseStream(res, user, query.topics, query.since, this.core, () => {
+        clearInterval(beat)
+        this.streams.delete(s)
+      })
+      return s
     })
-    if (!sessions.add(stream, admission)) return ended(res, this.options)
-    // A client that leaves while `authorize` is awaited frees its slot at once.
-    res.once('close', () => stream.cleanup())
-    const verdicts = await Promise.all(topics.map((topic) => sessions.allowed(who.user, topic)))
-    if (stream.isEnded) return ended(res, this.options)
-    const forbidden = topics.filter((t, i) => !verdicts[i] || stream.withdrawn(t))
-    if (forbidden.length > 0) {
-      stream.cleanup()
-      this.options.refused('forbidden')
-      return fail(res, 403, 'forbidden', `not allowed to subscribe to ${forbidden.join(', ')}`)
-    }
-    // The client may have gone while we awaited; 'close' would not come again.
-    if (res.destroyed || req.socket.destroyed) return stream.cleanup()
+    if (stream === null) return
     const behind = this.options.behind(req)
     if (behind !== null) {
       // A request already waits behind this one: it would wait forever (see `pipelined`).
@@ -145,13 +81,18 @@ export class SseStreams {
     this.streams.add(stream)
     const socket = req.socket
     this.sockets.add(socket)
-    beat = setInterval(() => stream.write(': ping\n\n'), this.options.heartbeatMs)
+    // Data, not a `: ping` comment: EventSource hides comments, and the
+    // client must see the stream breathe to tell a quiet one from one a
+    // proxy holds (see client/transports/sse.ts).
+    beat = setInterval(() => stream.write(BEAT), this.options.heartbeatMs)
     beat.unref()
     res.once('close', () => {
       this.sockets.delete(socket)
       stream.cleanup()
     })
-    stream.write(`retry: ${this.options.retryMs ?? 2000}\n\n`)
+    // The first frame at once, before any history is read: a client that
+    // does not see it within seconds knows the stream is held on the way.
+    stream.write(`retry: ${this.options.retryMs ?? 2000}\n\n${BEAT}`)
     await stream.start()
   }
 
@@ -180,7 +121,7 @@ export class SseStreams {
 }
 
 /** One event stream over several topics. */
-class SseStream implements Subscriber, Session {
+class SseStream implements Subscriber, HttpSession {
   /** Live events held while a topic's history is being replayed. */
   private readonly held = new Map<string, BusEvent[]>()
   private readonly index: Map<string, number>
@@ -244,12 +185,9 @@ class SseStream implements Subscriber, Session {
       const since = this.cursors[i]
       let replay: BusEvent[] | null
       try {
-        replay = since === undefined ? [] : await this.core.history(topic, since)
-        if (since === undefined || replay === null) this.cursors[i] = await this.core.latest(topic)
-        // Events published before the history read may still be queued for
-        // delivery: let them reach `held`, where they are deduplicated
-        // against the replay (as the WebSocket's subscribe does).
-        await this.core.drained()
+        const caught = await catchUp(this.core, topic, since)
+        replay = caught.replay
+        if (caught.cursor !== undefined) this.cursors[i] = caught.cursor
       } catch (err) {
         log('SSE history for %s failed: %O', topic, err)
         return this.end()
@@ -359,20 +297,13 @@ class SseStream implements Subscriber, Session {
   }
 }
 
+/** The stream's heartbeat, also its first frame: a message without `id`, so the browser's Last-Event-ID stays. */
+const BEAT = 'data: {"op":"pong"}\n\n'
+
 /** `data: <event JSON>\n\n`, made once per event for every stream (the frame is shared by all subscribers). */
 const dataText = new WeakMap<Buffer, string>()
 function dataOf(frame: Buffer): string {
   let text = dataText.get(frame)
   if (text === undefined) dataText.set(frame, (text = `data: ${frame.toString()}\n\n`))
   return text
-}
-
-/** The session ended (a logout) while the stream was being admitted: what a signed-out client gets. */
-function ended(res: ServerResponse, options: SseOptions): void {
-  options.refused('unauthenticated')
-  fail(res, 401, 'unauthenticated', 'the session ended')
-}
-
-function fail(res: ServerResponse, status: number, error: string, reason: string, headers: Record<string, string> = {}): void {
-  sendJson(res, status, { error, reason }, headers)
 }

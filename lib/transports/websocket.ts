@@ -12,12 +12,11 @@ import type { Subscriber } from '../delivery/hub'
 import type { Collab, Participant } from '../collab/collab'
 import type { Session, Sessions } from '../sessions/sessions'
 import type { Core } from './transport'
+import { boundedReplay, catchUp, heldAfter } from '../delivery/recovery'
 export type { Core } from './transport'
 import type { BusEvent, User } from '../types'
 
 const log = debug('cms-realtime')
-
-
 
 /** Shared by every connection without subscriptions; never mutated. */
 const NO_TOPICS: string[] = []
@@ -230,11 +229,9 @@ export class Connection implements Subscriber, Session, Participant {
     // held and in history, and is sent once (deduplicated by id below).
     this.topics = this.topics === NO_TOPICS ? [topic] : [...this.topics, topic]
     this.core.join(this, topic)
-    let replay: BusEvent[] | null = since === undefined ? [] : await this.core.history(topic, since)
-    const cursor = since === undefined || replay === null ? await this.core.latest(topic) : undefined
-    // Events published before the history read may still be queued for
-    // delivery: let them reach `held` first, where they are deduplicated.
-    await this.core.drained()
+    const caught = await catchUp(this.core, topic, since)
+    let replay = caught.replay
+    const cursor = caught.cursor
     if (this.pending?.get(topic) !== held) return
     this.pending.delete(topic)
     if (this.pending.size === 0) this.pending = undefined // an idle connection keeps no empty map
@@ -290,33 +287,4 @@ export class Connection implements Subscriber, Session, Participant {
     this.core.sessions.remove(this)
     this.core.closed(this)
   }
-}
-
-/** Held live events that the replay did not already contain. */
-export function heldAfter(replay: readonly BusEvent[], held: readonly BusEvent[]): BusEvent[] {
-  if (held.length === 0) return []
-  const sent = new Set(replay.map((e) => e.id))
-  return held.filter((e) => !sent.has(e.id))
-}
-
-/**
- * The encoded replay plus the held events it lacks, or `null` when they would
- * take more than `budget` bytes (then the client is told to resync instead).
- */
-export function boundedReplay(
-  replay: readonly BusEvent[],
-  held: readonly BusEvent[],
-  budget: number,
-): { events: BusEvent[]; frames: Buffer[] } | null {
-  const frames: Buffer[] = []
-  let bytes = 0
-  for (const event of replay) {
-    const frame = encodeEvent(event)
-    bytes += frame.length
-    if (bytes > budget) return null
-    frames.push(frame)
-  }
-  const events = [...replay, ...heldAfter(replay, held)]
-  for (let i = replay.length; i < events.length; i++) frames.push(encodeEvent(events[i]!))
-  return { events, frames }
 }

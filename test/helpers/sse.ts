@@ -3,6 +3,8 @@ import { get, type IncomingMessage } from 'node:http'
 
 export interface Message { id?: string; data?: string; comment?: string; retry?: string }
 
+const BEAT = '{"op":"pong"}'
+
 export class Stream {
   readonly messages: Message[] = []
   ended = false
@@ -28,8 +30,13 @@ export class Stream {
     })
     res.on('close', () => { this.ended = true })
   }
+  /** Protocol frames, without the heartbeat (see beats()). */
   frames(): Array<Record<string, unknown>> {
-    return this.messages.filter((m) => m.data !== undefined).map((m) => JSON.parse(m.data!) as Record<string, unknown>)
+    return this.messages.filter((m) => m.data !== undefined && m.data !== BEAT).map((m) => JSON.parse(m.data!) as Record<string, unknown>)
+  }
+  /** Heartbeat messages (`{"op":"pong"}`, without an id), the first of them sent at once. */
+  beats(): Message[] {
+    return this.messages.filter((m) => m.data === BEAT)
   }
   async until(pred: (s: Stream) => boolean, what: string, timeoutMs = 3000): Promise<void> {
     const deadline = Date.now() + timeoutMs
