@@ -6,7 +6,7 @@
 import type { CollabSettings } from './collab/settings'
 import { defaultAuthorize } from './users'
 import { hostPolicy, type HostPolicy, type OriginPolicy } from './server/origin'
-import type { RealtimeOptions, User, MaybePromise, Bus } from './types'
+import type { RealtimeOptions, User, MaybePromise, Bus, FallbackTransport } from './types'
 
 export { defaultAuthorize, userId } from './users'
 
@@ -28,7 +28,8 @@ export const DEFAULTS = {
   heartbeatMs: 25_000,
   unclaimedUpgradeTimeoutMs: 10_000,
   handshakeTimeoutMs: 10_000,
-  fallback: 'sse',
+  fallback: ['sse', 'poll'] as readonly FallbackTransport[],
+  pollHoldMs: 25_000,
   fallbackWhenDisabled: false,
   ticketTtlMs: 30_000,
 } as const
@@ -59,7 +60,9 @@ export interface ResolvedOptions<Ctx> {
   unclaimedUpgradeTimeoutMs: number
   handshakeTimeoutMs: number
   bus: Bus | undefined
-  fallback: 'sse' | 'none'
+  /** The HTTP transports on offer, in the order the client steps down through them. */
+  fallback: readonly FallbackTransport[]
+  pollHoldMs: number
   fallbackWhenDisabled: boolean
   ticketSecret: string | Uint8Array | undefined
   ticketTtlMs: number
@@ -91,7 +94,7 @@ export function resolveOptions<Ctx>(
     throw new TypeError('cms-realtime: option "webSocketEnabled" must be a boolean')
   }
   for (const key of ['maxPayload', 'maxConnectionsPerUser', 'maxConnections', 'revalidateMs', 'maxTopicsPerConnection', 'maxTopicLength', 'maxBufferedBytes',
-    'maxMessagesPerSecond', 'maxProtocolErrors', 'heartbeatMs', 'unclaimedUpgradeTimeoutMs', 'handshakeTimeoutMs', 'ticketTtlMs'] as const) {
+    'maxMessagesPerSecond', 'maxProtocolErrors', 'heartbeatMs', 'unclaimedUpgradeTimeoutMs', 'handshakeTimeoutMs', 'ticketTtlMs', 'pollHoldMs'] as const) {
     const v = o[key]
     if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
       throw new TypeError(`cms-realtime: option "${key}" must be a positive number (got ${String(v)})`)
@@ -100,9 +103,7 @@ export function resolveOptions<Ctx>(
   if (typeof o.fallbackWhenDisabled !== 'boolean') {
     throw new TypeError('cms-realtime: option "fallbackWhenDisabled" must be a boolean')
   }
-  if (o.fallback !== 'sse' && o.fallback !== 'none') {
-    throw new TypeError(`cms-realtime: option "fallback" must be "sse" or "none" (got ${JSON.stringify(o.fallback)})`)
-  }
+  const fallback = fallbackList(o.fallback)
   if (o.trustProxy !== undefined && typeof o.trustProxy !== 'boolean') {
     throw new TypeError('cms-realtime: option "trustProxy" must be a boolean')
   }
@@ -144,12 +145,24 @@ export function resolveOptions<Ctx>(
     unclaimedUpgradeTimeoutMs: o.unclaimedUpgradeTimeoutMs,
     handshakeTimeoutMs: o.handshakeTimeoutMs,
     bus: o.bus,
-    fallback: o.fallback,
+    fallback,
+    pollHoldMs: o.pollHoldMs,
     fallbackWhenDisabled: o.fallbackWhenDisabled,
     ticketSecret: o.ticketSecret,
     ticketTtlMs: o.ticketTtlMs,
     collab: collabSettings(o.collab as RealtimeOptions['collab']),
   }
+}
+
+/**
+ * `fallback`: a list of `'sse'` and `'poll'` in the order to step down
+ * through, or the older single values (`'sse'` alone, `'none'`).
+ */
+function fallbackList(v: unknown): readonly FallbackTransport[] {
+  if (v === 'none') return []
+  if (v === 'sse' || v === 'poll') return [v]
+  if (Array.isArray(v) && v.every((t) => t === 'sse' || t === 'poll') && new Set(v).size === v.length) return [...v] as FallbackTransport[]
+  throw new TypeError(`cms-realtime: option "fallback" must be a list of "sse" and "poll" (each once), or "none" (got ${JSON.stringify(v)})`)
 }
 
 const COLLAB_DEFAULTS = { leaveGraceMs: 3000, lockGraceMs: 15_000, leaseMs: 30_000 }

@@ -6,10 +6,10 @@ import type { CollabStore } from './collab/store'
 import type { LockHolder } from './client/wire'
 import type { IncomingMessage, Server as HttpServer } from 'node:http'
 import type { Server as HttpsServer } from 'node:https'
-import { PROTOCOL, type DiagnosisCause } from './client/wire'
+import { PROTOCOL, type DiagnosisCause, type StepDownCause } from './client/wire'
 
 /** `PROTOCOL`: the subprotocol name, also the wire-format version. */
-export { PROTOCOL, type DiagnosisCause }
+export { PROTOCOL, type DiagnosisCause, type StepDownCause }
 
 export type MaybePromise<T> = T | Promise<T>
 
@@ -29,7 +29,10 @@ export type ClientConfig =
       url: string
       protocol: typeof PROTOCOL
       heartbeatMs: number
+      /** The SSE fallback, for clients before `transports`; `null` when SSE is not on offer. */
       fallback: FallbackInfo | null
+      /** Every transport on offer, in order: the WebSocket, then the fallbacks. */
+      transports: TransportInfo[]
       /** The upgrade URL may name the first subscriptions: `?topics=a,b&since=<cursors>` (no round trip after connecting). */
       handshakeTopics: true
     }
@@ -39,12 +42,24 @@ export type ClientConfig =
       mode: 'manual-refresh' | 'fallback'
       protocol: typeof PROTOCOL
       fallback: FallbackInfo | null
+      transports: TransportInfo[]
     }
 
 export interface FallbackInfo {
   transport: 'sse' | 'poll'
   url: string
 }
+
+/** The HTTP transports a browser steps down to when the WebSocket does not get through. */
+export type FallbackTransport = 'sse' | 'poll'
+
+/** One transport on offer, in `GET <path>/config`'s `transports`, in the order the client tries them. */
+export type TransportInfo =
+  | { transport: 'websocket'; url: string; heartbeatMs: number }
+  /** `heartbeatMs`: the stream's heartbeat; a stream that misses it is held by the network. */
+  | { transport: 'sse'; url: string; heartbeatMs: number }
+  /** `holdMs`: the longest a poll is held; one not answered well after it cannot complete. */
+  | { transport: 'poll'; url: string; holdMs: number }
 
 /**
  * `U` is the type of your users: inferred from what `authenticate` returns,
@@ -150,11 +165,14 @@ export interface RealtimeOptions<Ctx = IncomingMessage, U = User> {
   /** Where the event bus lives. Default: in-memory (one process). */
   bus?: Bus
   /**
-   * Transport offered to browsers whose WebSocket fails (a proxy strips the
-   * upgrade): `'sse'` serves Server-Sent Events at `<path>/events`; `'none'`
-   * offers nothing. Default `'sse'`.
+   * Transports offered to browsers whose WebSocket fails (a proxy strips the
+   * upgrade), in the order they step down: `'sse'` serves Server-Sent
+   * Events at `<path>/events`, `'poll'` long polling at `<path>/poll`.
+   * Default `['sse', 'poll']`. `'sse'` alone is `['sse']`; `'none'` offers nothing.
    */
-  fallback?: 'sse' | 'none'
+  fallback?: readonly FallbackTransport[] | 'sse' | 'poll' | 'none'
+  /** Longest a long poll is held before it is answered empty. Default 25000 (under common proxy read timeouts). */
+  pollHoldMs?: number
   /**
    * Keep the fallback transport when `webSocketEnabled` is false. Default
    * `false`: switching the channel off means manual refresh, as with
@@ -301,6 +319,15 @@ export interface RealtimeStats {
   webSocketEnabled: boolean
   /** Open fallback (SSE) streams: editors whose WebSocket does not get through. */
   fallbackStreams: number
+  /** Clients on each transport now: WebSocket connections, SSE streams, long polls held (a poller between two polls is not counted for those milliseconds). */
+  transports: { websocket: number; sse: number; poll: number }
+  /**
+   * Why browsers stepped down from one HTTP transport to the next (a held
+   * stream: `buffering_proxy`), as they reported it. The server cannot
+   * vouch for these (it saw its frames leave, not whether they arrived);
+   * they share the unconfirmed reports' rate limit per address.
+   */
+  stepDowns: Partial<Record<StepDownCause, number>>
   /**
    * Diagnoses browsers reported (`POST <path>/diagnostics`) that the server's
    * own record of the failed handshake confirms, by the cause it saw: one per

@@ -13,13 +13,18 @@ describe('GET <path>/config', () => {
     expect(res.body).toEqual({
       webSocketEnabled: true, url: '/realtime', protocol: 'cms-realtime.v1', heartbeatMs: 5000,
       fallback: { transport: 'sse', url: '/realtime/events' }, handshakeTopics: true,
+      transports: [
+        { transport: 'websocket', url: '/realtime', heartbeatMs: 5000 },
+        { transport: 'sse', url: '/realtime/events', heartbeatMs: 5000 },
+        { transport: 'poll', url: '/realtime/poll', holdMs: 25_000 },
+      ],
     })
   })
 
   test('says manual-refresh when the channel is off', async () => {
     f = await fixture({ webSocketEnabled: false })
     const res = await request(f.srv.server).get('/realtime/config').expect(200)
-    expect(res.body).toEqual({ webSocketEnabled: false, mode: 'manual-refresh', protocol: 'cms-realtime.v1', fallback: null })
+    expect(res.body).toEqual({ webSocketEnabled: false, mode: 'manual-refresh', protocol: 'cms-realtime.v1', fallback: null, transports: [] })
   })
 
   test('with fallbackWhenDisabled the off channel still offers SSE; fallback "none" offers nothing', async () => {
@@ -28,7 +33,7 @@ describe('GET <path>/config', () => {
       .toMatchObject({ webSocketEnabled: false, mode: 'fallback', fallback: { transport: 'sse', url: '/realtime/events' } })
     await f.close()
     f = await fixture({ fallback: 'none' })
-    expect((await request(f.srv.server).get('/realtime/config')).body).toMatchObject({ webSocketEnabled: true, fallback: null })
+    expect((await request(f.srv.server).get('/realtime/config')).body).toMatchObject({ webSocketEnabled: true, fallback: null, transports: [{ transport: 'websocket' }] })
   })
 
   test('the SSE endpoint of a switched-off channel answers 503, and open streams end', async () => {

@@ -17,8 +17,28 @@ export interface WireConfig {
   /** The server subscribes the topics named on the upgrade URL (`?topics=&since=`). */
   handshakeTopics?: boolean
   mode?: 'manual-refresh' | 'fallback'
+  /** The SSE fallback, for clients before `transports`. */
   fallback: { transport: 'sse' | 'poll'; url: string } | null
+  /** Every transport on offer, in order (servers before this field: only `fallback`). */
+  transports?: WireTransport[]
 }
+
+export type WireTransport =
+  | { transport: 'websocket'; url: string; heartbeatMs: number }
+  | { transport: 'sse'; url: string; heartbeatMs: number }
+  | { transport: 'poll'; url: string; holdMs: number }
+
+/**
+ * Why a client stepped down from an HTTP transport to the next one:
+ * - `buffering_proxy`: the event stream opened no first frame, or lost its
+ *   heartbeat, within its time: something on the way holds streamed
+ *   responses (a compressing or buffering proxy, an antivirus HTTPS scanner);
+ * - `stream_failed`: the stream kept failing without ever delivering;
+ * - `poll_failed`: long polls do not complete either (then: manual refresh).
+ */
+export type StepDownCause = 'buffering_proxy' | 'stream_failed' | 'poll_failed'
+
+export const STEP_DOWN_CAUSES: readonly StepDownCause[] = ['buffering_proxy', 'stream_failed', 'poll_failed']
 
 /** Frames a client sends. */
 export type ClientFrame =

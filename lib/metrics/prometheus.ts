@@ -70,9 +70,9 @@ export function registerMetrics(rt: HasStats, options: MetricsOptions = {}): () 
   const gauge = (name: string, help: string, read: Read, label?: string): void => metric(Gauge, name, help, read, label)
   const counter = (name: string, help: string, read: Read, label?: string): void => metric(Counter, name, help, read, label)
 
-  gauge('node_num_clients', 'Open client connections on this node, every transport.', (s) => s.connections + s.fallbackStreams)
+  gauge('node_num_clients', 'Open client connections on this node, every transport.', (s) => s.transports.websocket + s.transports.sse + s.transports.poll)
   gauge('client_connections_inflight', 'Open client connections on this node, by transport.',
-    (s) => ({ websocket: s.connections, sse: s.fallbackStreams }), 'transport')
+    (s) => ({ ...s.transports }), 'transport')
   gauge('node_num_subscriptions', 'Subscriptions held by this node\'s WebSocket connections.', (s) => s.subscriptions)
   gauge('node_num_topics', 'Topics with at least one subscriber on this node.', (s) => s.topics)
   gauge('websocket_enabled', '1 while WebSocket upgrades are accepted.', (s) => (s.webSocketEnabled ? 1 : 0))

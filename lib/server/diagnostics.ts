@@ -19,10 +19,11 @@
  * client) goes to `diagnosesUnconfirmed`, rate-limited per client address.
  * A POST without `Origin` is refused: browsers always send it on a POST.
  */
+import debug from 'debug'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Duplex } from 'node:stream'
 import { sendJson } from './http'
-import { causeOf, DIAGNOSIS_CAUSES, NONCE, type DiagnosisCause, type HandshakeSeen } from '../client/wire'
+import { causeOf, DIAGNOSIS_CAUSES, NONCE, STEP_DOWN_CAUSES, type DiagnosisCause, type HandshakeSeen, type StepDownCause } from '../client/wire'
 
 export interface DiagnosticsOptions {
   /** Nonces remembered at once; the oldest is forgotten first. Default 10000. */
@@ -42,7 +43,9 @@ export interface DiagnosticsOptions {
 /** Largest report body, in bytes. */
 const MAX_BODY = 1024
 const TRANSPORTS = new Set(['sse', 'poll', 'none'])
+const log = debug('cms-realtime')
 const CAUSES = new Set<string>(DIAGNOSIS_CAUSES)
+const STEP_DOWNS = new Set<string>(STEP_DOWN_CAUSES)
 
 interface Entry {
   seen: HandshakeSeen
@@ -63,6 +66,8 @@ export class Diagnostics {
   readonly reports: Partial<Record<DiagnosisCause, number>> = {}
   /** Reports the server cannot vouch for (no nonce, or one it has no record of), by the cause they claim. */
   readonly unconfirmed: Partial<Record<DiagnosisCause, number>> = {}
+  /** Step-down reports (a held stream: `buffering_proxy`), by cause: the browser's word, rate-limited like `unconfirmed`. */
+  readonly stepDowns: Partial<Record<StepDownCause, number>> = {}
   /** Records already read by the client, kept until its report names them (or they expire). */
   private readonly read = new Map<string, Entry>()
   /** Reports refused as malformed or over the rate limit. */
@@ -135,8 +140,19 @@ export class Diagnostics {
       this.rejected++
       return sendJson(res, 400, {
         error: 'bad_report',
-        reason: `expected {"cause": one of ${DIAGNOSIS_CAUSES.join(', ')}, "transport": "sse" | "poll" | "none"}`,
+        reason: `expected {"cause": one of ${[...DIAGNOSIS_CAUSES, ...STEP_DOWN_CAUSES].join(', ')}, "transport": "sse" | "poll" | "none"}`,
       })
+    }
+    if (STEP_DOWNS.has(report.cause)) {
+      // Nothing on the server's side can confirm a stream that did not arrive.
+      if (!this.reportLimit.take(client)) {
+        this.rejected++
+        return sendJson(res, 429, { error: 'rate_limited', reason: 'too many reports; try again later' }, { 'Retry-After': '60' })
+      }
+      const cause = report.cause as StepDownCause
+      this.stepDowns[cause] = (this.stepDowns[cause] ?? 0) + 1
+      log('a browser stepped down from its event stream: %s (now on %s)', cause, report.transport)
+      return void res.writeHead(204, { 'Cache-Control': 'no-store' }).end()
     }
     const record = report.nonce === undefined ? undefined : this.take(report.nonce)
     if (record !== undefined) {
@@ -147,7 +163,8 @@ export class Diagnostics {
         this.rejected++
         return sendJson(res, 429, { error: 'rate_limited', reason: 'too many reports; try again later' }, { 'Retry-After': '60' })
       }
-      this.unconfirmed[report.cause] = (this.unconfirmed[report.cause] ?? 0) + 1
+      const cause = report.cause as DiagnosisCause
+      this.unconfirmed[cause] = (this.unconfirmed[cause] ?? 0) + 1
     }
     res.writeHead(204, { 'Cache-Control': 'no-store' }).end()
   }
@@ -219,7 +236,7 @@ function nonceOf(url: string | undefined): string | undefined {
 }
 
 /** A report from the raw body text, or from what a body parser made of it. */
-function parseReport(body: unknown): { cause: DiagnosisCause; transport: string; nonce?: string } | null {
+function parseReport(body: unknown): { cause: DiagnosisCause | StepDownCause; transport: string; nonce?: string } | null {
   let v: unknown = body
   if (typeof body === 'string') {
     try {
@@ -230,11 +247,12 @@ function parseReport(body: unknown): { cause: DiagnosisCause; transport: string;
   }
   if (typeof v !== 'object' || v === null) return null
   const { cause, transport } = v as Record<string, unknown>
-  if (typeof cause !== 'string' || !CAUSES.has(cause)) return null
+  if (typeof cause !== 'string' || !(CAUSES.has(cause) || STEP_DOWNS.has(cause))) return null
   if (typeof transport !== 'string' || !TRANSPORTS.has(transport)) return null
   const nonce = (v as Record<string, unknown>).nonce
   if (nonce !== undefined && (typeof nonce !== 'string' || !NONCE.test(nonce))) return null
-  return nonce === undefined ? { cause: cause as DiagnosisCause, transport } : { cause: cause as DiagnosisCause, transport, nonce }
+  const c = cause as DiagnosisCause | StepDownCause
+  return nonce === undefined ? { cause: c, transport } : { cause: c, transport, nonce }
 }
 
 /** The body as text, or `null` once it passes `max` bytes (the rest is not read). */

@@ -8,7 +8,7 @@ import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:ht
 import debug from 'debug'
 import { hasToken } from './handshake'
 import type { HandshakeSeen } from '../client/wire'
-import { PROTOCOL, type ClientConfig } from '../types'
+import { PROTOCOL, type ClientConfig, type FallbackTransport, type TransportInfo } from '../types'
 
 const log = debug('cms-realtime')
 
@@ -22,8 +22,9 @@ export interface RouteState {
   path: string
   webSocketEnabled: boolean
   heartbeatMs: number
-  /** Transport offered when the WebSocket fails or is disabled. */
-  fallback?: 'sse' | 'none'
+  /** Transports offered when the WebSocket fails or is disabled, in order. */
+  fallback: readonly FallbackTransport[]
+  pollHoldMs: number
   /**
    * A GET on the WebSocket path that should have been an upgrade, and what it
    * was (for the nonce diagnosis); `client` keys per-client limits.
@@ -66,11 +67,17 @@ export function route(req: IncomingMessage, pathname: string, state: RouteState,
   return json(404, { error: 'not_found', reason: `no such cms-realtime route: ${pathname}` }, NO_STORE)
 }
 
-export function config(state: Pick<RouteState, 'path' | 'webSocketEnabled' | 'heartbeatMs' | 'fallback'>): ClientConfig {
-  const fallback = state.fallback === 'sse' ? { transport: 'sse' as const, url: `${state.path}/events` } : null
-  return state.webSocketEnabled
-    ? { webSocketEnabled: true, url: state.path, protocol: PROTOCOL, heartbeatMs: state.heartbeatMs, fallback, handshakeTopics: true }
-    : { webSocketEnabled: false, mode: fallback === null ? 'manual-refresh' : 'fallback', protocol: PROTOCOL, fallback }
+export function config(state: Pick<RouteState, 'path' | 'webSocketEnabled' | 'heartbeatMs' | 'fallback' | 'pollHoldMs'>): ClientConfig {
+  // `fallback` stays for clients that read only it: the SSE stream, or nothing (they know no long polling).
+  const fallback = state.fallback.includes('sse') ? { transport: 'sse' as const, url: `${state.path}/events` } : null
+  const transports: TransportInfo[] = state.fallback.map((t): TransportInfo => t === 'sse'
+    ? { transport: 'sse', url: `${state.path}/events`, heartbeatMs: state.heartbeatMs }
+    : { transport: 'poll', url: `${state.path}/poll`, holdMs: state.pollHoldMs })
+  if (!state.webSocketEnabled) {
+    return { webSocketEnabled: false, mode: transports.length === 0 ? 'manual-refresh' : 'fallback', protocol: PROTOCOL, fallback, transports }
+  }
+  transports.unshift({ transport: 'websocket', url: state.path, heartbeatMs: state.heartbeatMs })
+  return { webSocketEnabled: true, url: state.path, protocol: PROTOCOL, heartbeatMs: state.heartbeatMs, fallback, transports, handshakeTopics: true }
 }
 
 /**

@@ -129,7 +129,7 @@ export class Realtime<Ctx = IncomingMessage> {
     for (const conn of this.ws.connections) conn.close(CloseCode.DISABLED, 'disabled by server')
     // Fallback streams end too unless they outlive the switch; their clients
     // re-read config and settle in manual-refresh.
-    if (!this.opts.fallbackWhenDisabled) this.http.sse.closeAll()
+    if (!this.opts.fallbackWhenDisabled) this.http.closeAll(false)
   }
 
   /** Listen to `server`'s `upgrade` event (idempotent). Upgrades for other paths are left to their own listeners. */
@@ -245,7 +245,7 @@ export class Realtime<Ctx = IncomingMessage> {
 
   stats(): RealtimeStats {
     return statsOf(this.counters, this.hub, this.diagnostics, this.bus, {
-      connections: this.ws.connections.size, fallbackStreams: this.http.sse.streams.size, webSocketEnabled: this.enabled,
+      connections: this.ws.connections.size, streams: this.http.sse.streams.size, polls: this.http.polls.held.size, webSocketEnabled: this.enabled,
     })
   }
 
@@ -264,7 +264,7 @@ export class Realtime<Ctx = IncomingMessage> {
       server.off('request', this.http.onRequest)
     }
     this.servers.clear()
-    this.http.sse.closeAll()
+    this.http.closeAll(true)
     await this.ws.closeAll(CloseCode.GOING_AWAY, 'server shutting down', timeoutMs)
     await this.collab.close().catch((err: unknown) => this.error('collab close', err))
     if (this.ownsBus) await this.bus.close()

@@ -1,15 +1,18 @@
 /**
  * The plain-HTTP door: every request under `path` that is not an upgrade
  * (config, the 426 for a stripped upgrade, tickets, diagnostics, the client
- * bundle) and the HTTP transports (the SSE stream). Host and Origin are
+ * bundle) and the HTTP transports (the SSE stream, the long poll). Host and Origin are
  * checked here once, for every route, before anything is served.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Duplex } from 'node:stream'
 import type { ResolvedOptions } from '../options'
 import type { Core } from '../transports/websocket'
+import { CloseCode } from '../protocol/protocol'
+import { Polls } from '../transports/poll'
 import { SseStreams } from '../transports/sse'
-import type { RefusalReason } from '../types'
+import { ticketOf } from '../sessions/tickets'
+import type { FallbackTransport, RefusalReason } from '../types'
 import { closing, type Access } from './access'
 import { serveClient } from './client-asset'
 import type { Diagnostics } from './diagnostics'
@@ -30,6 +33,7 @@ export interface HttpHost<Ctx> {
 
 export class HttpDoor<Ctx> {
   readonly sse: SseStreams
+  readonly polls: Polls
   /** The newest request seen on each connection: an SSE stream must be the last (see SseStreams.pipelined). */
   private readonly newest = new WeakMap<object, IncomingMessage>()
   /** Connections with an upgrade pipelined behind a response: no stream may open on them. */
@@ -47,18 +51,25 @@ export class HttpDoor<Ctx> {
         return host.enabled
       },
       get fallback() {
-        return self.fallbackOffered() ? 'sse' : 'none'
+        return self.fallbackOffered()
       },
+      pollHoldMs: this.opts.pollHoldMs,
       sawPlainGet: (req, client, seen) => host.diagnostics.stripped(req, client, seen),
       refuse: (reason) => host.refused(reason),
     }
-    this.sse = new SseStreams(host.core, {
-      heartbeatMs: this.opts.heartbeatMs,
-      authenticate: async (ctx) => {
+    const admission = {
+      authenticate: async (ctx: unknown) => {
         const user = await access.identify(ctx as Ctx)
-        return user === undefined ? { status: 401 } : { user }
+        return user === undefined ? { status: 401 as const } : { user }
       },
-      refused: (reason) => host.refused(reason),
+      refused: (reason: RefusalReason) => host.refused(reason),
+      admission: (req: IncomingMessage) => access.arrival(req),
+      settle: (req: IncomingMessage) => access.settle(req),
+      closing: () => host.closed,
+    }
+    this.sse = new SseStreams(host.core, {
+      ...admission,
+      heartbeatMs: this.opts.heartbeatMs,
       // Node parses pipelined requests at once: a request may already wait
       // behind this stream, or an upgrade (which counts its own refusal).
       behind: (req) => {
@@ -66,9 +77,15 @@ export class HttpDoor<Ctx> {
         const n = this.newest.get(req.socket)
         return n !== undefined && n !== req ? 'request' : null
       },
-      admission: (req) => access.arrival(req),
-      settle: (req) => access.settle(req),
-      closing: () => host.closed,
+    })
+    this.polls = new Polls(host.core, {
+      ...admission,
+      holdMs: this.opts.pollHoldMs,
+      // The header the ticket was turned back into (see Access.exchange), sealed again for the next poll.
+      nextTicket: (req) => {
+        const authorization = req.headers.authorization
+        return ticketOf(req.url) === undefined || authorization === undefined ? undefined : () => access.tickets.mint(authorization)
+      },
     })
   }
 
@@ -81,7 +98,7 @@ export class HttpDoor<Ctx> {
     try {
       this.newest.set(req.socket, req)
       if (this.sse.pipelined(req)) this.host.refused('pipelined_request')
-      else if (pathnameOf(req.url) === `${this.opts.path}/events`) {
+      else if (this.transportOf(pathnameOf(req.url)) !== undefined) {
         // Before the app's middleware, so its own auth sees the bearer token,
         // and a logout while it looks the session up reaches this stream.
         this.access.exchange(req)
@@ -91,6 +108,12 @@ export class HttpDoor<Ctx> {
     } catch (err) {
       this.host.error('request', err)
     }
+  }
+
+  /** End every stream and answer every poll: the server shuts down (`going`) or the channel was switched off. */
+  closeAll(going: boolean): void {
+    this.sse.closeAll()
+    this.polls.closeAll(going ? CloseCode.GOING_AWAY : CloseCode.DISABLED, going ? 'server shutting down' : 'disabled by server')
   }
 
   /** An upgrade was pipelined behind a response on `socket`: true when that response is an open stream (cut it). */
@@ -129,9 +152,15 @@ export class HttpDoor<Ctx> {
     return true
   }
 
-  /** Is the SSE fallback on offer right now? Not when the channel is off, unless `fallbackWhenDisabled`. */
-  fallbackOffered(): boolean {
-    return this.opts.fallback === 'sse' && (this.host.enabled || this.opts.fallbackWhenDisabled)
+  /** The fallbacks on offer right now: none when the channel is off, unless `fallbackWhenDisabled`. */
+  fallbackOffered(): readonly FallbackTransport[] {
+    return this.host.enabled || this.opts.fallbackWhenDisabled ? this.opts.fallback : []
+  }
+
+  /** The HTTP transport served at `pathname`, if it is configured. */
+  private transportOf(pathname: string): FallbackTransport | undefined {
+    const t = pathname === `${this.opts.path}/events` ? 'sse' : pathname === `${this.opts.path}/poll` ? 'poll' : undefined
+    return t !== undefined && this.opts.fallback.includes(t) ? t : undefined
   }
 
   /**
@@ -147,10 +176,11 @@ export class HttpDoor<Ctx> {
       sendJson(res, 403, { error: 'origin', reason: originRefusal!.message })
       return true
     }
-    if (pathname === `${this.opts.path}/events` && this.opts.fallback === 'sse' && !this.host.closed) {
+    const transport = this.transportOf(pathname)
+    if (transport !== undefined && !this.host.closed) {
       // The same door as the upgrade: a cross-site page must not read the stream.
       if (originRefusal !== null) return forbidden()
-      if (!this.fallbackOffered()) {
+      if (!this.fallbackOffered().includes(transport)) {
         sendJson(res, 503, { error: 'disabled', reason: 'no fallback transport is offered now; see GET <path>/config' })
         return true
       }
@@ -160,7 +190,7 @@ export class HttpDoor<Ctx> {
         sendJson(res, badTicket.status, { error: badTicket.reason, reason: badTicket.message })
         return true
       }
-      await this.sse.handle(req, res, ctx, url ?? '/')
+      await (transport === 'sse' ? this.sse : this.polls).handle(req, res, ctx, url ?? '/')
       return true
     }
     if (pathname === `${this.opts.path}/diagnostics`) {

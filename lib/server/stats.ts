@@ -5,7 +5,7 @@ import type { Bus, RealtimeStats } from '../types'
 import type { Diagnostics } from './diagnostics'
 
 export function statsOf(
-  c: Counters, hub: Hub, d: Diagnostics, bus: Bus, now: { connections: number; fallbackStreams: number; webSocketEnabled: boolean },
+  c: Counters, hub: Hub, d: Diagnostics, bus: Bus, now: { connections: number; streams: number; polls: number; webSocketEnabled: boolean },
 ): RealtimeStats {
   return {
     connections: now.connections,
@@ -19,7 +19,9 @@ export function statsOf(
     refusals: { ...c.refusals },
     strippedUpgrades: c.strippedUpgrades,
     webSocketEnabled: now.webSocketEnabled,
-    fallbackStreams: now.fallbackStreams,
+    fallbackStreams: now.streams,
+    transports: { websocket: now.connections, sse: now.streams, poll: now.polls },
+    stepDowns: { ...d.stepDowns },
     diagnoses: { ...d.reports },
     diagnosesUnconfirmed: { ...d.unconfirmed },
     diagnosesRejected: d.rejected,
