@@ -138,13 +138,13 @@ test('a poller that keeps polling while events are published at random gets each
   await start({ pollHoldMs: 2000 })
   const N = 400
   let stop = false
-  const seen: Record<string, number[]> = { a: [], b: [] }
+  const seen = { a: [] as number[], b: [] as number[] }
   let cursor = (await poll('/realtime/poll?topics=a,b')).body.cursor
   const loop = (async () => {
     while (!stop || seen.a.length + seen.b.length < N) {
       const r = await poll(`/realtime/poll?topics=a,b&since=${cursor}`)
       expect(r.body.frames.filter((f) => f.op === 'resync')).toEqual([])
-      for (const e of events(r)) seen[e.topic as string]!.push((e.data as { n: number }).n)
+      for (const e of events(r)) seen[e.topic as 'a' | 'b'].push((e.data as { n: number }).n)
       cursor = r.body.cursor
     }
   })()

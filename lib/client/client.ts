@@ -8,8 +8,8 @@
  */
 import { Attempts, BACKOFF } from './backoff'
 import { TabCollab } from './collab'
-import { askHandshake, fetchTicket, refusal, reportDiagnosis } from './http'
-import { SseTransport } from './transports/sse'
+import { askHandshake, fetchTicket, reportDiagnosis } from './http'
+import { Ladder } from './fallback'
 import { handshakeTopics, Socket } from './transports/websocket'
 import { call, Observable, randomId, tabId } from './observable'
 import type { ClientOptions, Diagnosis, FetchLike, Globals, HeldLock, Presence, RealtimeClient, RealtimeEvent, RefusedLock, Tap, WebSocketCtor } from './types'
@@ -38,7 +38,8 @@ export class Client extends Observable implements RealtimeClient {
   private get open(): boolean {
     return this.ws?.opened === true
   }
-  private readonly sse: SseTransport | undefined
+  /** The HTTP transports below the WebSocket (SSE, long polling) and the steps between them. */
+  private readonly ladder: Ladder
   private timer: ReturnType<typeof setTimeout> | undefined
   private readonly attempts: Attempts
   private closed = false
@@ -54,20 +55,30 @@ export class Client extends Observable implements RealtimeClient {
     const g = globalThis as Globals
     this.WS = o.WebSocket ?? g.WebSocket
     const ES = o.EventSource === null ? undefined : o.EventSource ?? g.EventSource
-    this.sse = ES === undefined ? undefined : new SseTransport({
+    this.fetch = o.fetch ?? ((url, init) => g.fetch!(url, init))
+    this.base = new URL(o.configUrl, g.location?.href).href
+    this.ladder = new Ladder({
       ES,
+      fetch: this.fetch,
+      base: this.base,
+      firstFrameMs: o.firstFrameTimeoutMs ?? 5000,
       topics: () => [...this.handlers.keys()],
       cursorOf: (topic) => this.cursors.get(topic),
       ticket: o.token === undefined ? undefined : () => this.ticket().then((t) => (this.closed ? null : t)),
-      opened: () => this.set('fallback'),
+      carrying: (t) => this.set('fallback', t),
       frame: (data) => this.frame(data),
-      failed: (how, url) => {
-        if (how === 'refused') void this.whyNot(url)
-        this.set('offline')
+      lost: () => this.set('offline'),
+      holdOff: (ms) => this.holdOff(ms),
+      // The page sees why the ladder stepped down, and which way (the ladder tells the server).
+      stepped: (stepDown) => {
+        if (stepDown.to === null) this.set('manual-refresh')
+        this.diagnosed({ ...(this.diagnosis ?? { cause: 'unreachable' }), stepDown })
       },
+      report: (cause, transport) => {
+        if (this.o.report !== false && this.cfg?.url !== undefined) reportDiagnosis(this.fetch, new URL(`${this.cfg.url}/diagnostics`, this.base).href, { cause }, transport)
+      },
+      signedOut: (reason) => this.signOut(reason),
     })
-    this.fetch = o.fetch ?? ((url, init) => g.fetch!(url, init))
-    this.base = new URL(o.configUrl, g.location?.href).href
     this.attempts = new Attempts({ ...BACKOFF, ...o.backoff })
     this.tab = tabId(g)
     this.collab = new TabCollab(this.tab, (f) => this.send(f), () => this.open)
@@ -78,9 +89,9 @@ export class Client extends Observable implements RealtimeClient {
     void this.start()
   }
 
-  /** An event stream exists (opening or open). */
+  /** An HTTP transport exists (opening or open). */
   private get streaming(): boolean {
-    return this.sse?.active === true
+    return this.ladder.active
   }
 
   private readonly onPagehide = (): void => this.collab.farewell()
@@ -168,9 +179,10 @@ export class Client extends Observable implements RealtimeClient {
     }
     if (this.closed || this.ws !== undefined || this.state === 'signed-out' || gen !== this.gen) return
     this.cfg = cfg
+    const fallback = this.ladder.offer(cfg)
     if (cfg.webSocketEnabled && cfg.url !== undefined && this.WS !== undefined) return this.connect(cfg.url, gen)
     if (!cfg.webSocketEnabled) this.diagnose({ cause: 'disabled' }, false)
-    if (cfg.fallback !== null && this.sse !== undefined) {
+    if (fallback) {
       if (!this.streaming) this.stream()
       return this.retry() // the channel may come back: re-read config later
     }
@@ -199,7 +211,7 @@ export class Client extends Observable implements RealtimeClient {
         // Close the stream before reading cursors: nothing arrives from it
         // after this, and the socket resumes every topic from there.
         this.closeStream()
-        this.set('live')
+        this.set('live', 'websocket')
         this.diagnose(null, false)
         for (const topic of this.handlers.keys()) if (!early.has(topic)) this.sub(topic)
         // Dropped while the handshake was on its way: the server subscribed it anyway.
@@ -224,7 +236,7 @@ export class Client extends Observable implements RealtimeClient {
 
   /** The WebSocket did not open: fall back at once, ask the server why, probe again later. */
   private failed(nonce: string): void {
-    if (this.cfg?.fallback == null || this.sse === undefined) this.set('offline')
+    if (!this.ladder.offered) this.set('offline')
     else if (!this.streaming) this.stream()
     void this.ask(nonce)
     this.retry()
@@ -246,22 +258,11 @@ export class Client extends Observable implements RealtimeClient {
     this.ws = undefined
   }
 
-  // ---- fallback stream ----
+  // ---- HTTP transports (fallback.ts) ----
 
-  /** (Re)open the event stream for the current topics, resuming each from its cursor. */
+  /** (Re)open the HTTP transport for the current topics, resuming each from its cursor. */
   private stream(): void {
-    const fb = this.cfg?.fallback
-    this.closeStream()
-    if (fb == null || this.sse === undefined) return
-    void this.sse.start(fb.url, this.base).then((any) => { if (!any && !this.closed) this.set('fallback') })
-  }
-
-  /** EventSource hides the status of a refused stream: ask once, so a 401 means signed out rather than endless retries. */
-  private async whyNot(url: string): Promise<void> {
-    const r = await refusal(this.fetch, url)
-    if (r === null || this.closed || this.open) return
-    if (r.status === 401) this.signOut('unauthenticated')
-    else if (r.status === 503) this.holdOff(r.retryAfterMs)
+    if (!this.closed) this.ladder.start()
   }
 
   /** The session is over: stop every transport and timer until `reconnect()`. */
@@ -275,9 +276,7 @@ export class Client extends Observable implements RealtimeClient {
     if (was !== 'signed-out') this.emit('signed-out', { reason })
   }
 
-  private closeStream(): void {
-    this.sse?.close()
-  }
+  private closeStream(): void { this.ladder.close() }
 
   /**
    * Trade the app's token for a one-time ticket. `null` when there is none:
@@ -293,7 +292,6 @@ export class Client extends Observable implements RealtimeClient {
     }
     return null
   }
-
 
   /** Topics changed while streaming: reopen once, after the caller's loop of subscribes. */
   private restream(): void {
@@ -319,7 +317,8 @@ export class Client extends Observable implements RealtimeClient {
   private frame(text: unknown): void {
     let f: WireFrame
     try {
-      f = JSON.parse(String(text)) as WireFrame
+      // Long polling hands over parsed frames; the WebSocket and SSE, text.
+      f = (typeof text === 'object' && text !== null ? text : JSON.parse(String(text))) as WireFrame
     } catch {
       return
     }
@@ -378,7 +377,7 @@ export class Client extends Observable implements RealtimeClient {
     if (this.closed || this.open) return
     if (retryAfterMs !== undefined) {
       // A stream not yet open would be refused the same way: wait it out. One that carries events stays.
-      if (this.sse?.open !== true) {
+      if (!this.ladder.open) {
         this.closeStream()
         this.set('offline')
       }
@@ -394,7 +393,7 @@ export class Client extends Observable implements RealtimeClient {
     this.diagnosed(d)
     if (!report || d === null || this.reported || this.o.report === false || d.cause === 'offline') return
     this.reported = true
-    reportDiagnosis(this.fetch, new URL(`${this.cfg!.url!}/diagnostics`, this.base).href, d, this.cfg?.fallback?.transport ?? 'none', nonce)
+    reportDiagnosis(this.fetch, new URL(`${this.cfg!.url!}/diagnostics`, this.base).href, d, this.ladder.transport ?? 'none', nonce)
   }
 }
 

@@ -5,7 +5,7 @@
  * with what it learnt; what to do about it is the client's.
  */
 import type { Diagnosis, FetchLike } from './types'
-import { causeOf, type HandshakeSeen } from './wire'
+import { causeOf, type HandshakeSeen, type StepDownCause } from './wire'
 
 export type TicketResult = { ticket: string } | { signedOut: string } | { failed: true }
 
@@ -41,7 +41,7 @@ export async function askHandshake(fetch: FetchLike, url: string): Promise<{ dia
 }
 
 /** `POST <path>/diagnostics`, once; `nonce` lets the server count what it saw itself. Fire and forget. */
-export function reportDiagnosis(fetch: FetchLike, url: string, d: Diagnosis, transport: string, nonce: string | undefined): void {
+export function reportDiagnosis(fetch: FetchLike, url: string, d: { cause: Diagnosis['cause'] | StepDownCause }, transport: string, nonce?: string): void {
   fetch(url, {
     method: 'POST',
     body: JSON.stringify({ cause: d.cause, transport, ...(nonce === undefined ? {} : { nonce }) }),

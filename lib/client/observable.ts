@@ -1,5 +1,5 @@
 /** What every client shows the page (state, diagnosis, listeners), the tab's id, and handlers that may throw. */
-import type { ClientEvents, ClientState, Diagnosis, Globals } from './types'
+import type { ClientEvents, ClientState, Diagnosis, Globals, Transport } from './types'
 
 /** URL-safe characters for the random ids the client makes (tab ids, handshake nonces). */
 export const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
@@ -12,6 +12,7 @@ export function randomId(g: Globals, n: number): string {
 /** What every client shows the page: its state and diagnosis, and the listeners to tell of changes. */
 export abstract class Observable {
   state: ClientState = 'connecting'
+  transport: Transport | null = null
   diagnosis: Diagnosis | null = null
   private readonly listeners = new Map<string, Set<(v: never) => void>>()
 
@@ -22,7 +23,13 @@ export abstract class Observable {
     return () => void set.delete(listener)
   }
 
-  protected set(state: ClientState): void {
+  /** `transport`: what carries the events in `live` and `fallback`; no state but those two has one. */
+  protected set(state: ClientState, transport: Transport | null = null): void {
+    const t = state === 'live' || state === 'fallback' ? transport ?? this.transport : null
+    if (t !== this.transport) {
+      this.transport = t
+      this.emit('transport', t)
+    }
     if (state === this.state) return
     this.state = state
     this.emit('state', state)
@@ -30,7 +37,8 @@ export abstract class Observable {
 
   /** A new diagnosis (told once per change). */
   protected diagnosed(d: Diagnosis | null): void {
-    if (d?.cause === this.diagnosis?.cause && d?.detail === this.diagnosis?.detail) return
+    const same = (a: Diagnosis | null | undefined): string => `${a?.cause} ${a?.detail} ${a?.stepDown?.from} ${a?.stepDown?.cause}`
+    if (same(d) === same(this.diagnosis)) return
     this.diagnosis = d
     this.emit('diagnosis', d)
   }

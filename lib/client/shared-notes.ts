@@ -1,6 +1,6 @@
 /** What the tabs sharing one connection say to each other, and the browser APIs they say it with (structural, for tests). */
 import type { Client } from './client'
-import type { ClientEvents, ClientState, Diagnosis, RealtimeEvent } from './types'
+import type { ClientEvents, ClientState, Diagnosis, RealtimeEvent, Transport } from './types'
 
 /** The part of `navigator.locks` used here. */
 export interface LockManagerLike {
@@ -26,7 +26,7 @@ export type Note =
   | { t: 'leader' }
   | { t: 'event'; e: RealtimeEvent }
   | { t: 'cursor'; topic: string; cursor: string }
-  | { t: 'state'; state: ClientState; diagnosis: Diagnosis | null }
+  | { t: 'state'; state: ClientState; diagnosis: Diagnosis | null; transport?: Transport | null }
   | { t: 'resync'; topic: string }
   | { t: 'error'; error: ClientEvents['error'] }
   | { t: 'withdrawn'; topic: string }

@@ -24,7 +24,7 @@
 import {
   Client, Observable, call, tabId,
   type ClientEvents, type ClientOptions, type ClientState, type Diagnosis, type Globals, type HeldLock,
-  type Presence, type RealtimeClient, type RealtimeEvent, type RefusedLock,
+  type Presence, type RealtimeClient, type RealtimeEvent, type RefusedLock, type Transport,
 } from './client'
 import { PROTOCOL } from './wire'
 import { SEEN, type ChannelCtor, type ChannelLike, type Lead, type LockManagerLike, type Note } from './shared-notes'
@@ -170,12 +170,13 @@ export class SharedClient extends Observable implements RealtimeClient {
     const lead: Lead = { engine, interest: new Map(), unsubscribe: new Map(), watching: new Map(), stop: [] }
     this.lead = lead
     const state = (): void => {
-      this.mirror(engine.state, engine.diagnosis)
-      this.post({ t: 'state', state: engine.state, diagnosis: engine.diagnosis })
+      this.mirror(engine.state, engine.diagnosis, engine.transport)
+      this.post({ t: 'state', state: engine.state, diagnosis: engine.diagnosis, transport: engine.transport })
     }
     lead.stop.push(
       engine.on('state', state),
       engine.on('diagnosis', state),
+      engine.on('transport', state),
       engine.on('resync', (topic) => {
         this.post({ t: 'resync', topic })
         this.emit('resync', topic)
@@ -267,7 +268,7 @@ export class SharedClient extends Observable implements RealtimeClient {
         if (lead === undefined) return
         for (const [topic, cursor] of n.topics) this.want(lead, n.peer, topic, cursor)
         this.watch(lead, n.peer)
-        return this.post({ t: 'state', state: lead.engine.state, diagnosis: lead.engine.diagnosis })
+        return this.post({ t: 'state', state: lead.engine.state, diagnosis: lead.engine.diagnosis, transport: lead.engine.transport })
       case 'sub':
         return lead && this.want(lead, n.peer, n.topic)
       case 'unsub':
@@ -286,7 +287,7 @@ export class SharedClient extends Observable implements RealtimeClient {
         if (this.handlers.has(n.topic)) this.cursors.set(n.topic, n.cursor)
         return
       case 'state':
-        return lead === undefined ? this.mirror(n.state, n.diagnosis) : undefined
+        return lead === undefined ? this.mirror(n.state, n.diagnosis, n.transport ?? null) : undefined
       case 'resync':
         return this.emit('resync', n.topic)
       case 'error':
@@ -347,8 +348,8 @@ export class SharedClient extends Observable implements RealtimeClient {
     return this.own
   }
 
-  private mirror(state: ClientState, diagnosis: Diagnosis | null): void {
+  private mirror(state: ClientState, diagnosis: Diagnosis | null, transport: Transport | null): void {
     this.diagnosed(diagnosis)
-    this.set(state)
+    this.set(state, transport)
   }
 }

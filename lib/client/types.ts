@@ -4,9 +4,9 @@
  * `eventsource`, `fetch`). No DOM types, so the client builds anywhere.
  */
 import type { BackoffOptions } from './backoff'
-import type { DiagnosisCause, LockHolder, PresenceMember } from './wire'
+import type { DiagnosisCause, LockHolder, PresenceMember, StepDownCause } from './wire'
 
-export type { LockHolder, PresenceMember } from './wire'
+export type { LockHolder, PresenceMember, StepDownCause } from './wire'
 
 /** Presence on one topic, from `rt.presence(topic, meta)`. */
 export interface Presence {
@@ -77,13 +77,15 @@ export type FetchLike = (url: string, init?: {
   cache?: 'no-store'
   credentials?: 'same-origin'
   keepalive?: boolean
+  /** An `AbortSignal`: a long poll abandoned past its hold. */
+  signal?: AbortSignal
 }) => Promise<{ ok: boolean; status: number; json(): Promise<unknown>; headers?: { get(name: string): string | null } }>
 
 /**
  * - `connecting`: reading config or opening the WebSocket;
  * - `live`: the WebSocket is open;
- * - `fallback`: events come over Server-Sent Events (the WebSocket is retried in the background);
- * - `manual-refresh`: the server pushes nothing; the UI should offer a refresh button. Nothing is retried;
+ * - `fallback`: events come over Server-Sent Events or long polling (`transport` says which; the transports above are retried in the background);
+ * - `manual-refresh`: nothing pushes (the server says so, or not even long polls complete: `diagnosis.stepDown`); the UI should offer a refresh button;
  * - `offline`: nothing gets through; retrying with backoff;
  * - `signed-out`: the server refused the credentials (401) or ended the
  *   session (`rt.disconnect`, an expired session: close 4401). Nothing is
@@ -103,7 +105,16 @@ export interface Diagnosis {
   cause: DiagnosisCause
   /** The server's refusal reason, for `refused`. */
   detail?: string
+  /**
+   * Below the WebSocket, the ladder stepped down from `from` to `to`
+   * (`null`: nothing is left, state `manual-refresh`) because of `cause`;
+   * see `StepDownCause` and docs/proxies.md for what to change on the way.
+   */
+  stepDown?: { from: 'sse' | 'poll'; to: 'sse' | 'poll' | null; cause: StepDownCause }
 }
+
+/** What carries the events now. */
+export type Transport = 'websocket' | 'sse' | 'poll'
 
 export interface ClientEvents {
   state: ClientState
@@ -111,6 +122,8 @@ export interface ClientEvents {
   resync: string
   /** Why the WebSocket is not in use (`null` once it is live again). */
   diagnosis: Diagnosis | null
+  /** What carries the events changed (`null`: nothing does now). */
+  transport: Transport | null
   /**
    * The server refused something: a subscription (`forbidden`), or took one
    * away (`forbidden` with the topic: access was withdrawn, and the topic's
@@ -132,6 +145,8 @@ export interface ClientOptions {
   fetch?: FetchLike
   /** Reconnection delays; see `BackoffOptions`. */
   backoff?: Partial<BackoffOptions>
+  /** An event stream that shows no first frame after this long is held by the network: step down to long polling. Default 5000. */
+  firstFrameTimeoutMs?: number
   /** A WebSocket not open after this long has failed. Default 10000. */
   openTimeoutMs?: number
   /** After a quiet heartbeat period the client pings; no answer within this long means a dead link. Default 10000. */
@@ -164,6 +179,8 @@ export interface ClientOptions {
 
 export interface RealtimeClient {
   readonly state: ClientState
+  /** What carries the events: the WebSocket when `live`, SSE or long polling when `fallback`, else `null`. */
+  readonly transport: Transport | null
   /** This tab's own id (kept in sessionStorage, so a reload is the same tab and takes its locks back); others see a hash of it. */
   readonly tab: string
   /**

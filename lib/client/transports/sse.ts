@@ -23,15 +23,26 @@ export interface SseHost {
   /**
    * The stream failed: `spent` (its ticket cannot be presented again, the
    * probe loop reopens), `refused` (an HTTP error: ask why at `url`), or
-   * `retrying` (the browser reconnects by itself).
+   * `retrying` (the browser reconnects by itself), or `held`: no first
+   * frame, or no heartbeat, within its time (something on the way holds
+   * the streamed response; `errored`: the stream also failed meanwhile).
    */
-  failed(how: 'spent' | 'refused' | 'retrying', url: string): void
+  failed(how: 'spent' | 'refused' | 'retrying' | 'held', url: string, errored?: boolean): void
+}
+
+/** How long a stream may stay silent: `firstFrameMs` for its first frame, then `heartbeatMs` plus slack between frames. */
+export interface Watch {
+  firstFrameMs: number
+  heartbeatMs: number
 }
 
 export class SseTransport {
   private es: EventSourceLike | undefined
   /** Bumped by each open and close: an await that comes back to a newer one gives up. */
   private gen = 0
+  private quiet: ReturnType<typeof setTimeout> | undefined
+  /** A frame came on this stream: the network passes it. */
+  delivered = false
 
   constructor(private readonly host: SseHost) {}
 
@@ -46,7 +57,7 @@ export class SseTransport {
   }
 
   /** (Re)open the stream at `endpoint` for the current topics; false when there is nothing to carry. */
-  async start(endpoint: string, base: string): Promise<boolean> {
+  async start(endpoint: string, base: string, watch?: Watch): Promise<boolean> {
     this.close()
     const gen = this.gen
     let ticket: string | null = null
@@ -63,12 +74,33 @@ export class SseTransport {
     if (ticket !== null) url.searchParams.set('ticket', ticket)
     const es = new this.host.ES(url.href)
     this.es = es
+    this.delivered = false
+    let errored = false
+    // A stream that opens and then delivers nothing cannot be told from a
+    // quiet one but by time: the server sends a frame at once and a
+    // heartbeat every interval (data, which EventSource shows).
+    const silent = (ms: number): void => {
+      if (watch === undefined) return
+      clearTimeout(this.quiet)
+      this.quiet = setTimeout(() => {
+        if (this.es !== es) return
+        this.close()
+        this.host.failed('held', url.href, errored)
+      }, ms)
+    }
+    silent(watch?.firstFrameMs ?? 0)
     es.onopen = () => this.es === es && this.host.opened()
-    es.onmessage = (e) => this.es === es && this.host.frame(e.data)
+    es.onmessage = (e) => {
+      if (this.es !== es) return
+      this.delivered = true
+      silent(watch!.heartbeatMs + Math.max(5000, watch!.heartbeatMs / 2))
+      this.host.frame(e.data)
+    }
     // EventSource retries by itself (with Last-Event-ID) unless the answer
     // was an HTTP error; the WebSocket probe retries the rest.
     es.onerror = () => {
       if (this.es !== es) return
+      errored = true
       // A ticket is spent: EventSource's own retry would present it again.
       if (ticket !== null) {
         this.close()
@@ -84,6 +116,7 @@ export class SseTransport {
   }
 
   close(): void {
+    clearTimeout(this.quiet)
     this.gen++
     this.es?.close()
     this.es = undefined
