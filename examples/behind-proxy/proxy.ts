@@ -4,8 +4,11 @@
  * an ordinary GET without Upgrade/Connection (hop-by-hop headers a
  * WebSocket-unaware proxy drops) but with Sec-WebSocket-Key/-Version, and the
  * answer goes back as an ordinary response. With `strip: false` it forwards
- * upgrades (`ws: true`); the switch may flip while running. Shared by
- * examples/behind-proxy and the client tests.
+ * upgrades (`ws: true`); the switch may flip while running. With `hold`, it
+ * holds every streamed response (`text/event-stream`) until it ends, as a
+ * compressing or buffering proxy does (nginx `gzip_types text/event-stream`,
+ * an antivirus HTTPS scanner); `fail` answers the paths it matches with 502.
+ * Shared by examples/behind-proxy and the client tests.
  */
 import { createServer, type IncomingMessage, type Server } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
@@ -18,11 +21,16 @@ export interface UpgradeProxy {
   base: string
   /** Strip the upgrade (true) or forward it (false). */
   strip: boolean
+  /** Hold event streams until they end (may change while running; streams already held stay held). */
+  hold: boolean
+  /** Answer requests whose path matches with 502 (a route the proxy blocks). */
+  fail: RegExp | null
   close(): Promise<void>
 }
 
 export interface UpgradeProxyOptions {
   strip?: boolean
+  hold?: boolean
   /** Default 0: any free port. */
   port?: number
   /** Default 127.0.0.1. */
@@ -31,7 +39,16 @@ export interface UpgradeProxyOptions {
 
 export async function startUpgradeProxy(targetPort: number, options: UpgradeProxyOptions = {}): Promise<UpgradeProxy> {
   const host = options.host ?? '127.0.0.1'
-  const proxy = httpProxy.createProxyServer({ target: `http://127.0.0.1:${targetPort}`, ws: true })
+  const proxy = httpProxy.createProxyServer({ target: `http://127.0.0.1:${targetPort}`, ws: true, selfHandleResponse: true })
+  proxy.on('proxyRes', (proxyRes, _req, res) => {
+    res.writeHead(proxyRes.statusCode ?? 502, proxyRes.headers)
+    if (!(p.hold && /^text\/event-stream/.test(proxyRes.headers['content-type'] ?? ''))) return void proxyRes.pipe(res)
+    // Held: nothing reaches the browser until the stream ends (headers and body alike, as nginx's gzip does).
+    const chunks: Buffer[] = []
+    res.flushHeaders = () => undefined
+    proxyRes.on('data', (c: Buffer) => chunks.push(c))
+    proxyRes.on('end', () => res.end(Buffer.concat(chunks)))
+  })
   proxy.on('error', (_err, _req, res) => {
     if ('writeHead' in res && !res.headersSent) res.writeHead(502).end()
     else res.destroy()
@@ -43,7 +60,10 @@ export async function startUpgradeProxy(targetPort: number, options: UpgradeProx
     // leaving a stream must close the upstream request too, as nginx does.
     res.once('close', () => { if (!res.writableFinished) proxyReq.destroy() })
   })
-  const server = createServer((req, res) => proxy.web(req, res))
+  const server = createServer((req, res) => {
+    if (p.fail?.test(req.url ?? '') === true) return void res.writeHead(502).end('bad gateway')
+    proxy.web(req, res)
+  })
   // Without an 'upgrade' listener Node hands an upgrade request to the
   // 'request' listeners like any GET: exactly a WebSocket-unaware proxy.
   const forward = (req: IncomingMessage, socket: Socket, head: Buffer) => proxy.ws(req, socket, head)
@@ -60,6 +80,8 @@ export async function startUpgradeProxy(targetPort: number, options: UpgradeProx
     server,
     port,
     base: `http://${host}:${port}`,
+    hold: options.hold ?? false,
+    fail: null,
     get strip() { return stripping },
     set strip(v: boolean) {
       if (v === stripping) return

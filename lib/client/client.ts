@@ -62,6 +62,7 @@ export class Client extends Observable implements RealtimeClient {
       fetch: this.fetch,
       base: this.base,
       firstFrameMs: o.firstFrameTimeoutMs ?? 5000,
+      probeMs: o.streamProbeMs ?? 15_000,
       topics: () => [...this.handlers.keys()],
       cursorOf: (topic) => this.cursors.get(topic),
       ticket: o.token === undefined ? undefined : () => this.ticket().then((t) => (this.closed ? null : t)),

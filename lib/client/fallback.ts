@@ -33,6 +33,8 @@ export interface LadderHost {
   readonly base: string
   /** How long a new stream may take to show its first frame. */
   readonly firstFrameMs: number
+  /** The first wait before a held stream is probed again; it doubles up to MAX_PROBE_MS. */
+  readonly probeMs: number
   topics(): string[]
   cursorOf(topic: string): string | undefined
   ticket: (() => Promise<string | null>) | undefined
@@ -50,8 +52,6 @@ export interface LadderHost {
   signedOut(reason: string): void
 }
 
-/** The first wait before a held stream is probed again; it doubles up to MAX_PROBE_MS. */
-const PROBE_MS = 15_000
 const MAX_PROBE_MS = 5 * 60_000
 /** Polls failed in a row, without an answer, before the page is told to refresh. */
 const POLL_FAILURES = 2
@@ -187,7 +187,7 @@ export class Ladder {
   }
 
   private stepDown(cause: StepDownCause): void {
-    this.probeMs = Math.min(this.probeMs === 0 ? PROBE_MS : this.probeMs * 2, MAX_PROBE_MS)
+    this.probeMs = Math.min(this.probeMs === 0 ? this.host.probeMs : this.probeMs * 2, MAX_PROBE_MS)
     this.sseDownUntil = Date.now() + this.probeMs
     const next = this.rungs.find((r) => r.transport === 'poll')
     this.stepped('sse', next === undefined ? null : 'poll', cause)

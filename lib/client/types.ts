@@ -147,6 +147,8 @@ export interface ClientOptions {
   backoff?: Partial<BackoffOptions>
   /** An event stream that shows no first frame after this long is held by the network: step down to long polling. Default 5000. */
   firstFrameTimeoutMs?: number
+  /** First wait before a held event stream is tried again in the background (it doubles, up to 5 min). Default 15000. */
+  streamProbeMs?: number
   /** A WebSocket not open after this long has failed. Default 10000. */
   openTimeoutMs?: number
   /** After a quiet heartbeat period the client pings; no answer within this long means a dead link. Default 10000. */
