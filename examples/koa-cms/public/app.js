@@ -62,6 +62,7 @@ const rt = createClient({ configUrl: '/realtime/config' })
 window.rt = rt // for the console (and the demo's tests)
 
 rt.on('state', renderState)
+rt.on('transport', () => renderState())
 rt.on('diagnosis', renderDiagnosis)
 // Access to the open project was withdrawn (removed from its members): the
 // client already dropped the subscription; say so and clear what we showed.
@@ -129,11 +130,15 @@ function el(tag, props = {}, ...children) {
 function renderState(state = rt.state) {
   const badge = $('badge')
   badge.dataset.state = state
-  badge.textContent = state
+  // Which rung of the ladder carries the events: websocket, sse or poll.
+  badge.dataset.transport = rt.transport ?? ''
+  badge.textContent = state === 'fallback' ? `fallback · ${rt.transport === 'poll' ? 'long polling' : 'SSE'}` : state
   badge.title = {
     connecting: 'Connecting to the realtime channel…',
     live: 'Live over WebSocket',
-    fallback: 'Live over Server-Sent Events; the WebSocket is retried in the background',
+    fallback: rt.transport === 'poll'
+      ? 'Live over long polling (something on the way holds streamed responses); the transports above are retried in the background'
+      : 'Live over Server-Sent Events; the WebSocket is retried in the background',
     'manual-refresh': 'The server pushes nothing: refresh to see changes',
     offline: 'Nothing gets through; retrying',
     'signed-out': 'Your session ended: sign in again',
@@ -146,12 +151,17 @@ function renderState(state = rt.state) {
 
 function renderDiagnosis(d) {
   const p = $('diagnosis')
-  p.hidden = d === null || d.cause === 'disabled'
+  p.hidden = d === null || (d.cause === 'disabled' && d.stepDown === undefined)
   if (d === null) return
   const why = d.cause === 'stripped_upgrade'
     ? 'a proxy between you and the server dropped the WebSocket upgrade (nginx needs proxy_set_header Upgrade/Connection)'
     : d.cause
-  p.textContent = `WebSocket not in use: ${why}.`
+  const step = {
+    buffering_proxy: 'the event stream was held on the way (a proxy compressing or buffering text/event-stream, e.g. nginx gzip_types; or an antivirus HTTPS scanner): using long polling',
+    stream_failed: 'the event stream kept failing: using long polling',
+    poll_failed: 'long polls do not complete either: refresh to see changes',
+  }[d.stepDown?.cause]
+  p.textContent = `WebSocket not in use: ${why}.${step === undefined ? '' : ` ${step[0].toUpperCase()}${step.slice(1)}.`}`
 }
 
 function renderProjects(flashId) {
