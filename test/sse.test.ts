@@ -156,7 +156,8 @@ test('a stream breathes in data the browser sees: a first frame at once, then a 
   const s = await open('/realtime/events?topics=a')
   // Before anything else that needs a history read: a proxy that holds the stream holds this too.
   await s.until((x) => x.messages.length >= 2, 'the first frames')
-  expect(s.messages.slice(0, 2)).toEqual([{ retry: '2000' }, { data: '{"op":"pong"}' }])
+  expect(s.messages[0]).toEqual({ retry: '2000' })
+  expect(JSON.parse(s.messages[1]!.data!)).toEqual({ op: 'pong', session: expect.stringMatching(/^[\w-]{24}$/) })
   await s.until((x) => x.beats().length >= 3, 'two more heartbeats')
   // EventSource hides comments, so a heartbeat must be a message; with no id, the browser's Last-Event-ID stays.
   expect(s.beats().every((m) => m.id === undefined)).toBe(true)

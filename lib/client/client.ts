@@ -61,8 +61,7 @@ export class Client extends Observable implements RealtimeClient {
       ES,
       fetch: this.fetch,
       base: this.base,
-      firstFrameMs: o.firstFrameTimeoutMs ?? 5000,
-      probeMs: o.streamProbeMs ?? 15_000,
+      timing: o,
       topics: () => [...this.handlers.keys()],
       cursorOf: (topic) => this.cursors.get(topic),
       ticket: o.token === undefined ? undefined : () => this.ticket().then((t) => (this.closed ? null : t)),
@@ -75,14 +74,15 @@ export class Client extends Observable implements RealtimeClient {
         if (stepDown.to === null) this.set('manual-refresh')
         this.diagnosed({ ...(this.diagnosis ?? { cause: 'unreachable' }), stepDown })
       },
-      report: (cause, transport) => {
-        if (this.o.report !== false && this.cfg?.url !== undefined) reportDiagnosis(this.fetch, new URL(`${this.cfg.url}/diagnostics`, this.base).href, { cause }, transport)
-      },
+      report: o.report !== false,
       signedOut: (reason) => this.signOut(reason),
+      // A new HTTP session: presence and locks go there now (same tab: nothing flickers within the grace).
+      session: (id) => (id === undefined ? this.collab.dropAsking('the connection changed') : !this.open && this.collab.rejoin()),
     })
     this.attempts = new Attempts({ ...BACKOFF, ...o.backoff })
     this.tab = tabId(g)
-    this.collab = new TabCollab(this.tab, (f) => this.send(f), () => this.open)
+    // Presence and locks ride the WebSocket, or POST <path>/collab beside an HTTP transport.
+    this.collab = new TabCollab(this.tab, (f, keepalive) => (this.open ? this.send(f) : this.ladder.post(f, keepalive)), () => this.open || this.ladder.session !== undefined)
     // Leaving the page: out of presence and locks at once, not after the grace.
     g.addEventListener?.('pagehide', this.onPagehide)
     // Back online: try now rather than at the end of a long backoff.
@@ -278,7 +278,6 @@ export class Client extends Observable implements RealtimeClient {
   }
 
   private closeStream(): void { this.ladder.close() }
-
   /**
    * Trade the app's token for a one-time ticket. `null` when there is none:
    * signed out (no token, or a 401), or a failure that was left to the retry loop.

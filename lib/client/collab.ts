@@ -31,8 +31,8 @@ export class TabCollab {
 
   constructor(
     private readonly tab: string,
-    /** Send a frame if the connection is live (dropped otherwise: `rejoin` resends on the next one). */
-    private readonly send: (frame: object) => void,
+    /** Send a frame if the connection is live (dropped otherwise: `rejoin` resends on the next one); `keepalive`: the page is going. */
+    private readonly send: (frame: object, keepalive?: boolean) => void,
     private readonly live: () => boolean,
   ) {}
 
@@ -70,7 +70,7 @@ export class TabCollab {
   }
 
   lock(key: string, options: { takeover?: boolean } = {}): Promise<HeldLock | RefusedLock> {
-    if (!this.live()) return Promise.reject(new Error('cms-realtime: locks need the live WebSocket'))
+    if (!this.live()) return Promise.reject(new Error('cms-realtime: locks need a connection (not yet, or not now)'))
     const held = this.locks.get(key)
     if (held !== undefined && !options.takeover) return Promise.resolve(held.handle)
     return new Promise((resolve, reject) => {
@@ -96,8 +96,8 @@ export class TabCollab {
 
   /** Leaving the page: out of presence and locks at once, not after the server's grace. */
   farewell(): void {
-    for (const topic of this.presences.keys()) this.send({ op: 'leave', topic })
-    for (const key of this.locks.keys()) this.send({ op: 'unlock', key })
+    for (const topic of this.presences.keys()) this.send({ op: 'leave', topic }, true)
+    for (const key of this.locks.keys()) this.send({ op: 'unlock', key }, true)
   }
 
   /** The server took this tab out of `topic`'s presence: no members, no lock, not rejoined; listeners hear it once. */

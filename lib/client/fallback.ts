@@ -19,7 +19,7 @@
  * own retry loop. Only one transport ever carries events, so none is seen
  * twice.
  */
-import { refusal } from './http'
+import { refusal, reportDiagnosis } from './http'
 import { PollTransport } from './transports/poll'
 import { SseTransport, type Watch } from './transports/sse'
 import type { EventSourceCtor, FetchLike } from './types'
@@ -31,10 +31,8 @@ export interface LadderHost {
   readonly ES: EventSourceCtor | undefined
   readonly fetch: FetchLike
   readonly base: string
-  /** How long a new stream may take to show its first frame. */
-  readonly firstFrameMs: number
-  /** The first wait before a held stream is probed again; it doubles up to MAX_PROBE_MS. */
-  readonly probeMs: number
+  /** How long a new stream may take to show its first frame (default 5 s), and the first wait before a held one is probed again (15 s, doubling up to MAX_PROBE_MS). */
+  readonly timing: { firstFrameTimeoutMs?: number; streamProbeMs?: number }
   topics(): string[]
   cursorOf(topic: string): string | undefined
   ticket: (() => Promise<string | null>) | undefined
@@ -47,15 +45,17 @@ export interface LadderHost {
   holdOff(ms: number): void
   /** Stepped down from `from` to `to` (`null`: nothing is left, manual refresh) because of `cause`. */
   stepped(s: { from: HttpTransport; to: HttpTransport | null; cause: StepDownCause }): void
-  /** Tell the server's diagnostics (once per cause and client). */
-  report(cause: StepDownCause, transport: HttpTransport | 'none'): void
+  /** Tell the server's diagnostics why (once per cause and client). */
+  readonly report: boolean
   signedOut(reason: string): void
+  /** The transport announced a new session for presence and locks (`undefined`: none now). */
+  session(id: string | undefined): void
 }
 
 const MAX_PROBE_MS = 5 * 60_000
 /** Polls failed in a row, without an answer, before the page is told to refresh. */
 const POLL_FAILURES = 2
-const PONG = '{"op":"pong"}'
+const PONG = '{"op":"pong"'
 
 export class Ladder {
   private readonly sse: SseTransport | undefined
@@ -70,6 +70,8 @@ export class Ladder {
   private probe: SseTransport | undefined
   private told = false
   private readonly reported = new Set<StepDownCause>()
+  /** Where this tab's presence and lock requests go while an HTTP transport carries (see server transports/http-collab.ts). */
+  private sessionId: string | undefined
 
   constructor(private readonly host: LadderHost) {
     const ES = host.ES
@@ -81,14 +83,21 @@ export class Ladder {
       opened: () => this.watch() === undefined && this.carry('sse'),
       frame: (data) => {
         this.carry('sse')
-        if (data !== PONG) host.frame(data)
+        if (typeof data === 'string' && data.startsWith(PONG)) {
+          // The stream's first frame names its session; a heartbeat names none.
+          const id = (JSON.parse(data) as { session?: unknown }).session
+          if (typeof id === 'string') this.announce(id)
+        } else host.frame(data)
       },
       failed: (how, url, errored) => void this.sseFailed(how, url, errored === true),
     })
     this.poll = new PollTransport({
       ...common,
       fetch: host.fetch,
-      opened: () => this.carry('poll'),
+      opened: (session) => {
+        this.carry('poll')
+        if (session !== undefined) this.announce(session)
+      },
       frame: (f) => host.frame(f),
       failed: (n) => {
         if (n < POLL_FAILURES || this.told) return
@@ -143,7 +152,38 @@ export class Ladder {
     this.probe = undefined
   }
 
+  /** Send a presence or lock frame for this tab (dropped when no session is known: `session()` makes the client rejoin). */
+  post(frame: object, keepalive = false): void {
+    const id = this.sessionId
+    if (id === undefined) return
+    void (async () => {
+      const ticket = this.host.ticket === undefined ? undefined : await this.host.ticket()
+      if (ticket === null) return
+      const url = new URL('collab', this.host.base)
+      url.searchParams.set('session', id)
+      if (ticket !== undefined) url.searchParams.set('ticket', ticket)
+      // text/plain: no CORS preflight, and app body parsers leave it alone.
+      await this.host.fetch(url.href, {
+        method: 'POST', body: JSON.stringify(frame), headers: { 'Content-Type': 'text/plain;charset=UTF-8' }, credentials: 'same-origin', keepalive,
+      })
+    })().catch(() => undefined) // a lost request is resent by the rejoin after the next session
+  }
+
+  get session(): string | undefined {
+    return this.sessionId
+  }
+
+  private announce(id: string): void {
+    if (id === this.sessionId) return
+    this.sessionId = id
+    this.host.session(id)
+  }
+
   private stopRungs(): void {
+    if (this.sessionId !== undefined) {
+      this.sessionId = undefined
+      this.host.session(undefined)
+    }
     this.sse?.close()
     this.poll.close()
     this.current = null
@@ -169,7 +209,7 @@ export class Ladder {
 
   private watch(): Watch | undefined {
     const r = this.rungs.find((t) => t.transport === 'sse')
-    return r === undefined || r.heartbeatMs === 0 ? undefined : { firstFrameMs: this.host.firstFrameMs, heartbeatMs: r.heartbeatMs }
+    return r === undefined || r.heartbeatMs === 0 ? undefined : { firstFrameMs: this.host.timing.firstFrameTimeoutMs ?? 5000, heartbeatMs: r.heartbeatMs }
   }
 
   private async sseFailed(how: 'spent' | 'refused' | 'retrying' | 'held', url: string, errored: boolean): Promise<void> {
@@ -187,7 +227,7 @@ export class Ladder {
   }
 
   private stepDown(cause: StepDownCause): void {
-    this.probeMs = Math.min(this.probeMs === 0 ? this.host.probeMs : this.probeMs * 2, MAX_PROBE_MS)
+    this.probeMs = Math.min(this.probeMs === 0 ? this.host.timing.streamProbeMs ?? 15_000 : this.probeMs * 2, MAX_PROBE_MS)
     this.sseDownUntil = Date.now() + this.probeMs
     const next = this.rungs.find((r) => r.transport === 'poll')
     this.stepped('sse', next === undefined ? null : 'poll', cause)
@@ -199,9 +239,10 @@ export class Ladder {
 
   private stepped(from: HttpTransport, to: HttpTransport | null, cause: StepDownCause): void {
     this.host.stepped({ from, to, cause })
-    if (this.reported.has(cause)) return
+    if (this.reported.has(cause) || !this.host.report) return
     this.reported.add(cause)
-    this.host.report(cause, to ?? 'none')
+    // `<path>/diagnostics`, beside the config URL the client was given.
+    reportDiagnosis(this.host.fetch, new URL('diagnostics', this.host.base).href, { cause }, to ?? 'none')
   }
 
   /** Try a throwaway stream once the backoff is over; its first frame means the way is clear again. */

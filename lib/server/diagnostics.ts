@@ -256,7 +256,7 @@ function parseReport(body: unknown): { cause: DiagnosisCause | StepDownCause; tr
 }
 
 /** The body as text, or `null` once it passes `max` bytes (the rest is not read). */
-function readBody(req: IncomingMessage, max: number): Promise<string | null> {
+export function readBody(req: IncomingMessage, max: number): Promise<string | null> {
   return new Promise((resolve) => {
     const chunks: Buffer[] = []
     let size = 0

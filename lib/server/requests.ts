@@ -9,6 +9,7 @@ import type { Duplex } from 'node:stream'
 import type { ResolvedOptions } from '../options'
 import type { Core } from '../transports/websocket'
 import { CloseCode } from '../protocol/protocol'
+import { HttpCollab } from '../transports/http-collab'
 import { Polls } from '../transports/poll'
 import { SseStreams } from '../transports/sse'
 import { ticketOf } from '../sessions/tickets'
@@ -34,6 +35,8 @@ export interface HttpHost<Ctx> {
 export class HttpDoor<Ctx> {
   readonly sse: SseStreams
   readonly polls: Polls
+  /** Presence and lock requests of tabs on SSE or long polling. */
+  readonly collab: HttpCollab
   /** The newest request seen on each connection: an SSE stream must be the last (see SseStreams.pipelined). */
   private readonly newest = new WeakMap<object, IncomingMessage>()
   /** Connections with an upgrade pipelined behind a response: no stream may open on them. */
@@ -67,6 +70,11 @@ export class HttpDoor<Ctx> {
       settle: (req: IncomingMessage) => access.settle(req),
       closing: () => host.closed,
     }
+    this.collab = new HttpCollab(host.core, {
+      authenticate: admission.authenticate,
+      refused: admission.refused,
+      parsedBody: (ctx) => host.bodyOf?.(ctx as Ctx),
+    })
     this.sse = new SseStreams(host.core, {
       ...admission,
       heartbeatMs: this.opts.heartbeatMs,
@@ -77,7 +85,7 @@ export class HttpDoor<Ctx> {
         const n = this.newest.get(req.socket)
         return n !== undefined && n !== req ? 'request' : null
       },
-    })
+    }, this.collab)
     this.polls = new Polls(host.core, {
       ...admission,
       holdMs: this.opts.pollHoldMs,
@@ -86,7 +94,7 @@ export class HttpDoor<Ctx> {
         const authorization = req.headers.authorization
         return ticketOf(req.url) === undefined || authorization === undefined ? undefined : () => access.tickets.mint(authorization)
       },
-    })
+    }, this.collab)
   }
 
   /**
@@ -104,7 +112,7 @@ export class HttpDoor<Ctx> {
         this.access.exchange(req)
         this.access.arrival(req)
         res.once('close', () => this.access.settle(req))
-      }
+      } else if (pathnameOf(req.url) === `${this.opts.path}/collab`) this.access.exchange(req)
     } catch (err) {
       this.host.error('request', err)
     }
@@ -191,6 +199,21 @@ export class HttpDoor<Ctx> {
         return true
       }
       await (transport === 'sse' ? this.sse : this.polls).handle(req, res, ctx, url ?? '/')
+      return true
+    }
+    if (pathname === `${this.opts.path}/collab` && this.opts.fallback.length > 0) {
+      if (originRefusal !== null) return forbidden()
+      if (this.host.closed) {
+        sendJson(res, 503, { error: 'shutting_down', reason: closing().message })
+        return true
+      }
+      const badTicket = this.access.exchange(req)
+      if (badTicket !== null) {
+        this.host.refused(badTicket.reason)
+        sendJson(res, badTicket.status, { error: badTicket.reason, reason: badTicket.message })
+        return true
+      }
+      await this.collab.handle(req, res, ctx, url ?? '/')
       return true
     }
     if (pathname === `${this.opts.path}/diagnostics`) {

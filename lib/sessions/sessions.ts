@@ -25,6 +25,12 @@ export interface Session {
   revoke(topic: string): void
   /** End the session: WebSocket close 4401, SSE `closed` frame; nothing is sent after this call. */
   endSession(reason: string): void
+  /**
+   * `false`: not a connection of its own, so not counted against
+   * `maxConnections` or `maxConnectionsPerUser` (a polling tab's presence,
+   * whose polls are counted), yet ended and revoked like one.
+   */
+  readonly counted?: false
 }
 
 /** setTimeout's limit; a later expiry re-arms. */
@@ -63,6 +69,8 @@ export class Sessions {
   /** Disconnects at or before this were forgotten while admissions were in flight. */
   private forgotten = 0
   private readonly perUser = new Map<string, number>()
+  /** Sessions that count (see Session.counted). */
+  private count = 0
   private readonly expiry = new Map<Session, NodeJS.Timeout>()
   private sweep: NodeJS.Timeout | undefined
   private sweeping = false
@@ -87,7 +95,7 @@ export class Sessions {
    * Checked after every await, right before the session is added.
    */
   full(user: User): Refusal | null {
-    if (this.all.size >= this.opts.maxConnections) {
+    if (this.count >= this.opts.maxConnections) {
       return {
         status: 503, reason: 'over_capacity', message: `this server holds its maximum of ${this.opts.maxConnections} connections; retry later`,
         headers: { 'Retry-After': String(RETRY_AFTER_S + Math.floor(Math.random() * (RETRY_AFTER_S + 1))) },
@@ -128,7 +136,8 @@ export class Sessions {
       }
     }
     this.all.add(session)
-    const id = userId(session.user)
+    const id = session.counted === false ? undefined : userId(session.user)
+    if (session.counted !== false) this.count++
     if (id !== undefined) this.perUser.set(id, (this.perUser.get(id) ?? 0) + 1)
     const at = expiryOf(session.user)
     if (at !== undefined) this.armExpiry(session, at)
@@ -143,7 +152,7 @@ export class Sessions {
 
   /** Open connections and streams, every transport together (for `maxConnections`). */
   get size(): number {
-    return this.all.size
+    return this.count
   }
 
   /** The reason of a `disconnect` issued while `admission` was in flight that selects this session, if any. */
@@ -155,7 +164,8 @@ export class Sessions {
 
   remove(session: Session): void {
     if (!this.all.delete(session)) return
-    const id = userId(session.user)
+    if (session.counted !== false) this.count--
+    const id = session.counted === false ? undefined : userId(session.user)
     if (id !== undefined) {
       const n = (this.perUser.get(id) ?? 1) - 1
       if (n > 0) this.perUser.set(id, n)
@@ -202,7 +212,8 @@ export class Sessions {
       this.ended.push({ seq: ++this.seq, selector, reason })
       if (this.ended.length > MAX_REMEMBERED) this.forgotten = this.ended.shift()!.seq
     }
-    return chosen.length
+    // Connections and streams; a polling tab's presence ends with its polls, not as one more.
+    return chosen.filter((c) => c.counted !== false).length
   }
 
   /**
@@ -218,6 +229,7 @@ export class Sessions {
         checks.push(this.allowed(s.user, topic).then((ok) => {
           if (ok || !s.heldTopics().includes(topic)) return 0
           s.revoke(topic)
+          if (s.counted === false) return 0 // the tab's presence there: its poll counts the topic
           this.counters.subscriptionsRevoked++
           return 1
         }))
@@ -248,7 +260,7 @@ export class Sessions {
 
   private end(session: Session, reason: string): void {
     if (!this.all.has(session)) return
-    this.counters.sessionsEnded++
+    if (session.counted !== false) this.counters.sessionsEnded++
     this.remove(session)
     session.endSession(reason)
   }

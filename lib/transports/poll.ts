@@ -5,7 +5,7 @@
  * complete response, so every intermediary passes it.
  *
  *   GET <path>/poll?topics=a,b[&since=V][&ticket=T]
- *   → 200 {"cursor": V', "frames": [ …the WebSocket's frames, in order… ]}
+ *   → 200 {"cursor": V', "session": S, "frames": [ …the WebSocket's frames, in order… ]}
  *
  * A poll is held until something is waiting for it (an event, a `resync`,
  * the end of the session), then answered at once; after `pollHoldMs` it is
@@ -29,7 +29,10 @@ import type { Subscriber } from '../delivery/hub'
 import { CloseCode, encodeEvent } from '../protocol/protocol'
 import { encodeCursors } from '../client/cursor-vector'
 import type { BusEvent, User } from '../types'
+import { userId } from '../users'
 import { admit, fail, topicsQuery, type HttpSession, type HttpTransportOptions } from './http-admission'
+import type { HttpCollab } from './http-collab'
+import { PollTab, type TabPoll } from './poll-tab'
 
 const log = debug('cms-realtime')
 
@@ -44,11 +47,16 @@ export interface PollOptions extends HttpTransportOptions {
   nextTicket(req: IncomingMessage): (() => string) | undefined
 }
 
+/** A polling tab that sends no poll for this long is gone (its presence and locks keep their graces). */
+const TAB_IDLE_MS = 15_000
+
 export class Polls {
   /** Polls held now. */
   readonly held = new Set<Poll>()
+  /** Polling tabs served here, by session id (see poll-tab.ts). */
+  private readonly tabs = new Map<string, PollTab>()
 
-  constructor(private readonly core: Core, private readonly options: PollOptions) {}
+  constructor(private readonly core: Core, private readonly options: PollOptions, private readonly collab: HttpCollab) {}
 
   /** Answer `GET <path>/poll`: a 4xx for bad input, otherwise one JSON answer once something waits or the hold ends. */
   async handle(req: IncomingMessage, res: ServerResponse, ctx: unknown, url: string): Promise<void> {
@@ -63,7 +71,21 @@ export class Polls {
     if (poll === null) return
     this.held.add(poll)
     poll.hold(this.options.holdMs)
-    await poll.start()
+    await poll.start(this.tabOf(poll.user, params.get('session')))
+  }
+
+  /** The tab this poll continues (same session, same user), or a new one: its presence and locks live across polls. */
+  private tabOf(user: User, session: string | null): PollTab {
+    const known = session === null ? undefined : this.tabs.get(session)
+    if (known !== undefined && known.open && userId(known.user) === userId(user)) return known
+    const tab = new PollTab(user, this.core, TAB_IDLE_MS, (t) => {
+      this.tabs.delete(t.id)
+      this.collab.forget(t.id)
+    })
+    tab.id = this.collab.register(tab)
+    this.tabs.set(tab.id, tab)
+    this.core.sessions.add(tab)
+    return tab
   }
 
   /**
@@ -77,7 +99,7 @@ export class Polls {
 }
 
 /** One held poll over several topics: a subscriber until it is answered. */
-class Poll implements Subscriber, HttpSession {
+class Poll implements Subscriber, HttpSession, TabPoll {
   /** The answer's frames, as JSON text, in order. */
   private readonly frames: string[] = []
   private bytes = 0
@@ -92,6 +114,7 @@ class Poll implements Subscriber, HttpSession {
   private full = false
   private timer: NodeJS.Timeout | undefined
   private soon: NodeJS.Immediate | undefined
+  private tab: PollTab | undefined
 
   constructor(
     private readonly res: ServerResponse,
@@ -123,8 +146,11 @@ class Poll implements Subscriber, HttpSession {
     this.timer.unref()
   }
 
-  /** Join each topic, then read its history since the cursor, in topic order; anything found is answered at once. */
-  async start(): Promise<void> {
+  /** Join each topic, then read its history since the cursor, in topic order; anything found (or waiting for the tab) is answered at once. */
+  async start(tab: PollTab): Promise<void> {
+    if (this.done) return
+    this.tab = tab
+    for (const json of tab.attach(this)) this.push(json)
     for (const topic of this.topics) {
       if (this.done) return
       if (this.revoked.has(topic)) continue
@@ -201,6 +227,14 @@ class Poll implements Subscriber, HttpSession {
     this.answer()
   }
 
+  /** A frame for the tab (presence, locks): into this answer, which goes soon. */
+  offer(json: string): boolean {
+    if (this.done) return false
+    this.push(json)
+    this.answerSoon()
+    return true
+  }
+
   /**
    * Take one event into the answer, or refuse it once the answer holds
    * `maxBufferedBytes`: the answer goes then, and the next poll reads the
@@ -234,7 +268,8 @@ class Poll implements Subscriber, HttpSession {
   /** One complete response: `Content-Length`, no chunking, never cached. */
   answer(): void {
     if (this.done) return
-    const body = `{"cursor":${JSON.stringify(encodeCursors(this.cursors))}${this.ticket === undefined ? '' : `,"ticket":${JSON.stringify(this.ticket())}`},"frames":[${this.frames.join(',')}]}`
+    const session = this.tab === undefined ? '' : `,"session":${JSON.stringify(this.tab.id)}`
+    const body = `{"cursor":${JSON.stringify(encodeCursors(this.cursors))}${session}${this.ticket === undefined ? '' : `,"ticket":${JSON.stringify(this.ticket())}`},"frames":[${this.frames.join(',')}]}`
     this.cleanup()
     const res = this.res
     if (res.destroyed || res.writableEnded) return
@@ -256,6 +291,7 @@ class Poll implements Subscriber, HttpSession {
     for (const topic of this.joined) this.core.leave(this, topic)
     this.joined.clear()
     this.core.sessions.remove(this)
+    this.tab?.detach(this)
     this.onDone()
   }
 }

@@ -19,6 +19,9 @@ import type { Subscriber } from '../delivery/hub'
 import { CloseCode, encodeEvent } from '../protocol/protocol'
 import { encodeCursors } from '../client/cursor-vector'
 import type { BusEvent, User } from '../types'
+import type { Participant } from '../collab/collab'
+import type { ServerFrame } from '../client/wire'
+import type { HttpCollab } from './http-collab'
 import { admit, fail, topicsQuery, type HttpSession, type HttpTransportOptions } from './http-admission'
 
 const log = debug('cms-realtime')
@@ -37,7 +40,7 @@ export class SseStreams {
   /** Sockets carrying an open stream: a stream owns its connection (see `pipelined`). */
   private readonly sockets = new WeakSet<object>()
 
-  constructor(private readonly core: Core, private readonly options: SseOptions) {}
+  constructor(private readonly core: Core, private readonly options: SseOptions, private readonly collab: HttpCollab) {}
 
   /** Answer `GET <path>/events`: a 4xx for bad input, otherwise a stream that lasts until either side closes it. */
   async handle(req: IncomingMessage, res: ServerResponse, ctx: unknown, url: string): Promise<void> {
@@ -52,6 +55,7 @@ export class SseStreams {
       const s: SseStream = new SseStream(res, user, query.topics, query.since, this.core, () => {
         clearInterval(beat)
         this.streams.delete(s)
+        this.collab.forget(s.session)
       })
       return s
     })
@@ -78,6 +82,7 @@ export class SseStreams {
       return void res.end()
     }
     stream.opened = true
+    stream.session = this.collab.register(stream)
     this.streams.add(stream)
     const socket = req.socket
     this.sockets.add(socket)
@@ -92,7 +97,8 @@ export class SseStreams {
     })
     // The first frame at once, before any history is read: a client that
     // does not see it within seconds knows the stream is held on the way.
-    stream.write(`retry: ${this.options.retryMs ?? 2000}\n\n${BEAT}`)
+    // It names the session the tab's presence and lock requests go to (http-collab.ts).
+    stream.write(`retry: ${this.options.retryMs ?? 2000}\n\ndata: {"op":"pong","session":"${stream.session}"}\n\n`)
     await stream.start()
   }
 
@@ -121,7 +127,7 @@ export class SseStreams {
 }
 
 /** One event stream over several topics. */
-class SseStream implements Subscriber, HttpSession {
+class SseStream implements Subscriber, HttpSession, Participant {
   /** Live events held while a topic's history is being replayed. */
   private readonly held = new Map<string, BusEvent[]>()
   private readonly index: Map<string, number>
@@ -132,6 +138,8 @@ class SseStream implements Subscriber, HttpSession {
   private cleaned = false
   /** The 200 is written; before that, nothing is (the stream is still being admitted). */
   opened = false
+  /** Where this tab's presence and lock requests go (`POST <path>/collab?session=`). */
+  session = ''
 
   constructor(
     private readonly res: ServerResponse,
@@ -154,10 +162,28 @@ class SseStream implements Subscriber, HttpSession {
   }
 
   heldTopics(): readonly string[] {
-    return this.revoked.size === 0 ? this.topics : this.topics.filter((t) => !this.revoked.has(t))
+    const own = this.revoked.size === 0 ? this.topics : this.topics.filter((t) => !this.revoked.has(t))
+    const collab = this.core.collab.topicsOf(this)
+    return collab.length === 0 ? own : [...new Set([...own, ...collab])]
+  }
+
+  /** Presence and locks answer on the stream, as on a socket. */
+  get open(): boolean {
+    return this.opened && !this.ended
+  }
+
+  send(frame: ServerFrame): void {
+    this.frame(JSON.stringify(frame))
+  }
+
+  sendEncoded(frame: Buffer): void {
+    this.frame(frame.toString())
   }
 
   revoke(topic: string): void {
+    const present = this.core.collab.topicsOf(this).includes(topic)
+    this.core.collab.revoked(this, topic)
+    if (present && !this.index.has(topic)) this.frame(JSON.stringify({ op: 'unsubscribed', topic, reason: 'forbidden' }))
     if (this.revoked.has(topic) || !this.index.has(topic)) return
     this.revoked.add(topic)
     this.held.delete(topic)
@@ -292,6 +318,7 @@ class SseStream implements Subscriber, HttpSession {
     this.held.clear()
     for (const topic of this.joined) this.core.leave(this, topic)
     this.joined.clear()
+    this.core.collab.gone(this)
     this.core.sessions.remove(this)
     this.onCleanup()
   }

@@ -10,6 +10,7 @@ import type { ResolvedOptions } from '../options'
 import { CloseCode, encode, encodeEvent, parseClientFrame, wsTextFrames, type ErrorCode, type ServerFrame } from '../protocol/protocol'
 import type { Subscriber } from '../delivery/hub'
 import type { Collab, Participant } from '../collab/collab'
+import { collabOp } from '../collab/ops'
 import type { Session, Sessions } from '../sessions/sessions'
 import type { Core } from './transport'
 import { boundedReplay, catchUp, heldAfter } from '../delivery/recovery'
@@ -169,18 +170,8 @@ export class Connection implements Subscriber, Session, Participant {
       case 'presence':
       case 'leave':
       case 'lock':
-      case 'unlock': {
-        const c = this.core.collab
-        const done = frame.op === 'presence' ? c.presence(this, frame.topic, frame.tab, frame.meta)
-          : frame.op === 'leave' ? c.leave(this, frame.topic)
-            : frame.op === 'lock' ? c.lock(this, frame.key, frame.tab, frame.takeover === true)
-              : c.unlock(this, frame.key)
-        done.catch((err: unknown) => {
-          log('%s failed: %O', frame.op, err)
-          this.send({ op: 'error', code: 'unavailable', message: `${frame.op} failed`, topic: 'topic' in frame ? frame.topic : frame.key })
-        })
-        return
-      }
+      case 'unlock':
+        return collabOp(this.core.collab, this, frame)
       case 'subscribe':
         this.subscribe(frame.topic, frame.since).catch((err: unknown) => {
           log('subscribe to %s failed: %O', frame.topic, err)

@@ -107,11 +107,11 @@ test('a reconnect takes presence and the lock back: nobody sees them go, no `los
   expect((await a.rt.presence('item:3')).map((m) => m.user).sort()).toEqual(['anna', 'ben'])
 })
 
-test('lock() while the WebSocket is not live rejects at once', async () => {
+test('lock() with no connection (the channel switched off: manual refresh) rejects at once', async () => {
   const a = await app()
   a.rt.webSocketEnabled = false
   const anna = editor(a, 'anna')
-  await expect(anna.lock('item:4')).rejects.toThrow(/live WebSocket/)
+  await expect(anna.lock('item:4')).rejects.toThrow(/locks need a connection/)
 })
 
 test('against a server that predates locks (unknown_op), lock() rejects instead of waiting forever', async () => {

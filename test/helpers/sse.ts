@@ -3,8 +3,6 @@ import { get, type IncomingMessage } from 'node:http'
 
 export interface Message { id?: string; data?: string; comment?: string; retry?: string }
 
-const BEAT = '{"op":"pong"}'
-
 export class Stream {
   readonly messages: Message[] = []
   ended = false
@@ -32,11 +30,15 @@ export class Stream {
   }
   /** Protocol frames, without the heartbeat (see beats()). */
   frames(): Array<Record<string, unknown>> {
-    return this.messages.filter((m) => m.data !== undefined && m.data !== BEAT).map((m) => JSON.parse(m.data!) as Record<string, unknown>)
+    return this.messages.filter((m) => m.data !== undefined).map((m) => JSON.parse(m.data!) as Record<string, unknown>).filter((f) => f.op !== 'pong')
   }
-  /** Heartbeat messages (`{"op":"pong"}`, without an id), the first of them sent at once. */
+  /** Heartbeat messages (`{"op":"pong"}`, without an id), the first of them sent at once and naming the session. */
   beats(): Message[] {
-    return this.messages.filter((m) => m.data === BEAT)
+    return this.messages.filter((m) => m.data !== undefined && (JSON.parse(m.data) as { op: string }).op === 'pong')
+  }
+  /** The session the stream's first frame names (for `POST <path>/collab`). */
+  session(): string | undefined {
+    return (this.beats()[0] === undefined ? undefined : (JSON.parse(this.beats()[0]!.data!) as { session?: string }).session)
   }
   async until(pred: (s: Stream) => boolean, what: string, timeoutMs = 3000): Promise<void> {
     const deadline = Date.now() + timeoutMs

@@ -15,8 +15,8 @@ export interface PollHost {
   cursorOf(topic: string): string | undefined
   /** A one-time ticket when the app signs in with a token; `null`: none could be had (the client took care of why). */
   ticket: (() => Promise<string | null>) | undefined
-  /** An answer came: the transport works. */
-  opened(): void
+  /** An answer came: the transport works; `session`: where this tab's presence and lock requests go. */
+  opened(session: string | undefined): void
   frame(frame: unknown): void
   /** A poll failed (`n` in a row, without an answer in between); `retryAfterMs` when the server asked for a wait. */
   failed(n: number, status: number | null, retryAfterMs: number | undefined): void
@@ -59,6 +59,7 @@ export class PollTransport {
   private async loop(gen: number, endpoint: string, holdMs: number): Promise<void> {
     let ticket: string | null | undefined
     let fresh = false
+    let session: string | undefined
     while (gen === this.gen) {
       const topics = this.host.topics()
       if (topics.length === 0) return this.close()
@@ -72,6 +73,8 @@ export class PollTransport {
       url.searchParams.set('topics', topics.join(','))
       if (topics.some((t) => this.host.cursorOf(t) !== undefined)) url.searchParams.set('since', encodeCursors(topics.map((t) => this.host.cursorOf(t))))
       if (ticket != null) url.searchParams.set('ticket', ticket)
+      // The same tab across polls: its presence and locks live on.
+      if (session !== undefined) url.searchParams.set('session', session)
       const ctrl = new AbortController()
       this.ctrl = ctrl
       const timer = setTimeout(() => ctrl.abort(), holdMs + SLACK_MS)
@@ -81,13 +84,14 @@ export class PollTransport {
         const r = await this.host.fetch(url.href, { cache: 'no-store', credentials: 'same-origin', signal: ctrl.signal })
         status = r.status
         if (r.status === 200) {
-          const body = (await r.json()) as { frames?: unknown; ticket?: unknown }
+          const body = (await r.json()) as { frames?: unknown; ticket?: unknown; session?: unknown }
           clearTimeout(timer)
           if (gen !== this.gen) return
           this.failures = 0
           ticket = typeof body.ticket === 'string' ? body.ticket : undefined
           fresh = false
-          this.host.opened()
+          session = typeof body.session === 'string' ? body.session : undefined
+          this.host.opened(session)
           for (const f of Array.isArray(body.frames) ? body.frames : []) {
             if (gen !== this.gen) return // a frame closed the transport (`closed`): the rest is not ours
             this.host.frame(f)
