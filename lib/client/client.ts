@@ -62,7 +62,7 @@ export class Client extends Observable implements RealtimeClient {
       fetch: this.fetch,
       base: this.base,
       timing: o,
-      topics: () => [...this.handlers.keys()],
+      topics: () => (this.handlers.size > 0 ? [...this.handlers.keys()] : this.collab.topics()),
       cursorOf: (topic) => this.cursors.get(topic),
       ticket: o.token === undefined ? undefined : () => this.ticket().then((t) => (this.closed ? null : t)),
       carrying: (t) => this.set('fallback', t),
@@ -120,9 +120,7 @@ export class Client extends Observable implements RealtimeClient {
   }
 
   /** Where `topic` resumes, or undefined (for a tab that joins a topic this connection already carries). */
-  cursorOf(topic: string): string | undefined {
-    return this.cursors.get(topic)
-  }
+  cursorOf(topic: string): string | undefined { return this.cursors.get(topic) }
 
   /** Resume `topic` from `cursor` when it is subscribed (a connection taking over from another tab's). */
   seed(topic: string, cursor: string): void {
@@ -130,6 +128,8 @@ export class Client extends Observable implements RealtimeClient {
   }
 
   presence(topic: string, meta: unknown = null): Presence {
+    // A tab with nothing subscribed (the shared client's own connection) has no HTTP transport yet: this topic opens one.
+    if (this.handlers.size === 0 && !this.open && !this.streaming) this.restream()
     return this.collab.presence(topic, meta)
   }
 

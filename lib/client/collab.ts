@@ -81,6 +81,11 @@ export class TabCollab {
     })
   }
 
+  /** The topics this tab is present on or holds a lock of: what an HTTP transport carries when nothing is subscribed (it needs a topic to open). */
+  topics(): string[] {
+    return [...new Set([...this.presences.keys(), ...this.locks.keys()])]
+  }
+
   /** Rejoin presence and reclaim locks on a new connection (same tab: within the grace, nothing flickers). */
   rejoin(): void {
     for (const [topic, p] of this.presences) this.send({ op: 'presence', topic, tab: this.tab, meta: p.meta })

@@ -105,8 +105,8 @@ export class SharedClient extends Observable implements RealtimeClient {
 
   async lock(key: string, options?: { takeover?: boolean }): Promise<HeldLock | RefusedLock> {
     const c = this.collab()
-    if (c.state !== 'live') {
-      // Opened on first use: wait for it as long as a WebSocket may take to open.
+    if (c.state === 'connecting') {
+      // Opened on first use: wait for it as long as a WebSocket may take to open (on any transport).
       await new Promise<void>((resolve) => {
         const done = (): void => {
           off()

@@ -10,6 +10,7 @@ import { type Browser, type BrowserContext, type Page } from 'playwright-core'
 import { createApp } from '../../examples/koa-cms/app'
 import { Cleanup, listen } from '../helpers/net'
 import { describeBrowser, launchChromium } from '../helpers/chromium'
+import { startUpgradeProxy } from '../../examples/behind-proxy/proxy'
 
 
 const GRACE = { leaveGraceMs: 1500, lockGraceMs: 2000, leaseMs: 30_000 }
@@ -53,10 +54,10 @@ describeBrowser('the collaboration tests in Chromium')('collaboration in the dem
     return c
   }
 
-  async function editorOf(ctx: BrowserContext, user: string): Promise<Page> {
+  async function editorOf(ctx: BrowserContext, user: string, via = base, transport = 'websocket'): Promise<Page> {
     const page = await ctx.newPage()
-    await page.goto(`${base}/?user=${user}&project=1`)
-    await page.waitForFunction(() => document.getElementById('badge')?.dataset.state === 'live', undefined, { timeout: 10_000 })
+    await page.goto(`${via}/?user=${user}&project=1`)
+    await page.waitForFunction((t) => document.getElementById('badge')?.dataset.transport === t, transport, { timeout: 15_000 })
     await page.click(`#items li[data-item="${itemId}"]`)
     await page.waitForSelector('#editor:not([hidden])')
     return page
@@ -170,4 +171,33 @@ describeBrowser('the collaboration tests in Chromium')('collaboration in the dem
     expect(stale.status).toBe(409)
     expect(await stale.json()).toMatchObject({ error: 'stale', updatedBy: 'anna', revision: 3 })
   })
+
+  test('presence and locks on every transport: anna behind a proxy that strips upgrades (SSE), ben behind one that also holds streams (long polling), carl direct', async () => {
+    const strip = await startUpgradeProxy(Number(new URL(base).port), { strip: true })
+    const hold = await startUpgradeProxy(Number(new URL(base).port), { strip: true, hold: true })
+    cleanup.add(() => strip.close())
+    cleanup.add(() => hold.close())
+    const anna = await editorOf(await context(), 'anna', strip.base, 'sse')
+    await until(anna, () => editable(anna), 'anna, on SSE, holds the lock')
+    const ben = await editorOf(await context(), 'ben', hold.base, 'poll')
+    // The tab's own connection for presence steps down by itself too (the first-frame timeout, 5 s).
+    await until(ben, async () => (await viewers(ben)).join() === 'anna(editing)', 'ben, polling, sees anna editing', 12_000)
+    expect(await editable(ben)).toBe(false)
+    expect(await lockText(ben)).toBe('anna is editing: read-only here.')
+    const carl = await editorOf(await context(), 'carl')
+    await until(carl, async () => (await viewers(carl)).join() === 'anna(editing),ben', 'carl, on the WebSocket, sees both')
+    await until(anna, async () => (await viewers(anna)).join() === 'ben,carl', 'anna sees ben and carl')
+    // The poller takes over: the SSE page turns read-only at once, and says who.
+    await ben.click('#take-over')
+    await until(ben, () => editable(ben), 'ben holds the lock')
+    const seen = await until(anna, async () => !(await editable(anna)), 'anna read-only', 2000)
+    console.log(`takeover by a polling tab → the SSE holder's page read-only in ${seen} ms`)
+    expect(await lockText(anna)).toBe('ben took over editing: your changes are not saved.')
+    await until(carl, async () => (await viewers(carl)).join() === 'anna,ben(editing)', 'carl sees ben editing')
+    // The poller's page closes: its farewell frees the lock at once.
+    const t0 = Date.now()
+    await ben.close()
+    await until(carl, async () => (await viewers(carl)).join() === 'anna' && (await lockText(carl)) === 'Nobody is editing this item.', 'ben gone', 3000)
+    expect(Date.now() - t0).toBeLessThan(GRACE.leaveGraceMs)
+  }, 40_000)
 })

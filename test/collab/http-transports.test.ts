@@ -168,3 +168,16 @@ describe('POST <path>/collab refuses what it must, clearly', () => {
     expect(answers.filter((r) => r.status === 429).length).toBe(10)
   })
 })
+
+test('a polling tab takes over from an SSE tab: it holds, the SSE tab is told', async () => {
+  const a = await app()
+  const { anna, ben } = await editors(a)
+  const held = await anna.lock('project:1/item:5')
+  if (!held.held) throw new Error('anna should hold the lock')
+  const lost: unknown[] = []
+  held.on('lost', (e) => lost.push(e.by))
+  expect(await ben.lock('project:1/item:5')).toMatchObject({ held: false, holder: { user: 'anna' } })
+  const took = await ben.lock('project:1/item:5', { takeover: true })
+  expect(took.held).toBe(true)
+  await waitFor(() => lost.length === 1, 'anna told')
+})

@@ -253,7 +253,7 @@ async function takeLock(takeover) {
   try {
     got = await rt.lock(e.topic, { takeover })
   } catch {
-    // not live (fallback, offline): the fields stay read-only; the save path still checks the revision
+    // no connection yet (connecting, offline): the fields stay read-only; the save path still checks the revision
   }
   if (editing !== e) return got?.held && got.release()
   e.lock = got?.held ? got : null

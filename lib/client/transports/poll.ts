@@ -6,7 +6,7 @@
  * it. This only runs the loop and says what became of it; the ladder
  * (fallback.ts) decides what to do.
  */
-import { encodeCursors } from '../cursor-vector'
+import { decodeCursors, encodeCursors } from '../cursor-vector'
 import type { FetchLike } from '../types'
 
 export interface PollHost {
@@ -32,6 +32,8 @@ export class PollTransport {
   private ctrl: AbortController | undefined
   private running = false
   private failures = 0
+  /** Where each topic stands by the last answer: for topics the client keeps no cursor of (carried for presence only), so a poll for them waits. */
+  private readonly at = new Map<string, string>()
 
   constructor(private readonly host: PollHost) {}
 
@@ -71,7 +73,8 @@ export class PollTransport {
       }
       const url = new URL(endpoint)
       url.searchParams.set('topics', topics.join(','))
-      if (topics.some((t) => this.host.cursorOf(t) !== undefined)) url.searchParams.set('since', encodeCursors(topics.map((t) => this.host.cursorOf(t))))
+      const since = topics.map((t) => this.host.cursorOf(t) ?? this.at.get(t))
+      if (since.some((c) => c !== undefined)) url.searchParams.set('since', encodeCursors(since))
       if (ticket != null) url.searchParams.set('ticket', ticket)
       // The same tab across polls: its presence and locks live on.
       if (session !== undefined) url.searchParams.set('session', session)
@@ -84,7 +87,9 @@ export class PollTransport {
         const r = await this.host.fetch(url.href, { cache: 'no-store', credentials: 'same-origin', signal: ctrl.signal })
         status = r.status
         if (r.status === 200) {
-          const body = (await r.json()) as { frames?: unknown; ticket?: unknown; session?: unknown }
+          const body = (await r.json()) as { cursor?: unknown; frames?: unknown; ticket?: unknown; session?: unknown }
+          const cursors = typeof body.cursor === 'string' ? decodeCursors(body.cursor, topics.length) : null
+          cursors?.forEach((c, i) => c !== undefined && this.at.set(topics[i]!, c))
           clearTimeout(timer)
           if (gen !== this.gen) return
           this.failures = 0
