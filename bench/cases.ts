@@ -47,7 +47,7 @@ async function stop(s: Started): Promise<void> {
   await Promise.all([s.server.stop(), s.client.stop()])
 }
 
-async function connect(s: Started, system: System, n: number, topicsOf: string[][], concurrency: number, transport: 'ws' | 'sse' = 'ws'): Promise<{ open: number; errors: number; firstError: string; ms: number }> {
+async function connect(s: Started, system: System, n: number, topicsOf: string[][], concurrency: number, transport: 'ws' | 'sse' | 'poll' = 'ws'): Promise<{ open: number; errors: number; firstError: string; ms: number }> {
   const r = await s.client.call<{ open: number; errors: number; firstError: string; ms: number }>('connect', { system, port: s.port, n, topicsOf, concurrency, transport }, 300_000)
   if (r.errors > 0) console.error(`  ${system}: ${r.errors} connection errors, first: ${r.firstError}`)
   return r
@@ -218,22 +218,26 @@ export interface SseRun {
   slowConsumersClosed: number
 }
 
-/** cms-realtime's SSE fallback: the fan-out burst and lone-publish latency, on `clients` event streams. */
-export async function sseFanout(cfg: Config): Promise<SseRun> {
+/**
+ * cms-realtime's HTTP transports: the fan-out burst and lone-publish latency,
+ * on `clients` event streams (`sse`) or long pollers (`poll`: events waiting
+ * for a poller leave in one answer, and it polls again at once).
+ */
+export async function sseFanout(cfg: Config, transport: 'sse' | 'poll' = 'sse'): Promise<SseRun> {
   const s = await start('cms-realtime', cfg)
   try {
-    const c = await connect(s, 'cms-realtime', cfg.clients, [['all']], 100, 'sse')
-    if (c.open !== cfg.clients) throw new Error(`SSE: only ${c.open}/${cfg.clients} streams opened`)
+    const c = await connect(s, 'cms-realtime', cfg.clients, [['all']], 100, transport)
+    if (c.open !== cfg.clients) throw new Error(`${transport}: only ${c.open}/${cfg.clients} clients connected (${c.firstError})`)
     const n = cfg.clients
     await burst(s, ['all'], Math.min(50, cfg.events), Math.min(50, cfg.events) * n, 60_000) // warm-up (JIT)
     const b = await burst(s, ['all'], cfg.events, cfg.events * n, 60_000)
-    if (!b.ok) throw new Error(`SSE: burst incomplete, ${b.received}/${cfg.events * n} events, ${b.closed} streams closed`)
+    if (!b.ok) throw new Error(`${transport}: burst incomplete, ${b.received}/${cfg.events * n} events, ${b.closed} streams closed`)
     const last: number[] = []
     for (let k = 0; k < Math.min(50, cfg.publishes); k++) {
       await s.client.call('expect', { count: n })
       const { t0 } = await s.server.call<{ t0: string }>('one', { topic: 'all' })
       const w = await s.client.call<Waited>('wait', { timeoutMs: 10_000 })
-      if (!w.ok) throw new Error(`SSE: publish ${k} reached ${w.received}/${n} streams`)
+      if (!w.ok) throw new Error(`${transport}: publish ${k} reached ${w.received}/${n} clients`)
       last.push(Number(BigInt(w.last!) - BigInt(t0)) / 1e6)
     }
     const stats = await s.server.call<Stats>('stats')

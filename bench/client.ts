@@ -5,13 +5,13 @@
  * has arrived, with monotonic timestamps (CLOCK_MONOTONIC is shared by every
  * process on the machine, so they compare with the server's).
  */
-import type { Socket } from 'node:net'
 import { serve } from './ipc'
 import { SYSTEMS, wireFor, type System } from './systems'
 import { openWire } from './wire'
 import { openSse } from './wire-sse'
+import { openPoll } from './wire-poll'
 
-let sockets: Socket[] = []
+let sockets: Array<{ destroy(): unknown }> = []
 let received = 0
 let closedAfterReady = 0
 let target = Infinity
@@ -37,8 +37,8 @@ interface ConnectArgs {
   /** Client i subscribes to `topicsOf[i % topicsOf.length]`. */
   topicsOf: string[][]
   concurrency: number
-  /** cms-realtime only: connect over its SSE fallback instead of WebSockets. */
-  transport?: 'ws' | 'sse'
+  /** cms-realtime only: connect over its SSE fallback, or long polling, instead of WebSockets. */
+  transport?: 'ws' | 'sse' | 'poll'
   /** cms-realtime only: subscribe with frames after the 101 instead of in the handshake. */
   frames?: boolean
 }
@@ -56,7 +56,9 @@ serve({
         try {
           const topics = topicsOf[i % topicsOf.length]!
           const onClose = (): void => { closedAfterReady++ }
-          const s = transport === 'sse'
+          const s = transport === 'poll'
+            ? await openPoll({ port, topics, onEvent, onClose })
+            : transport === 'sse'
             ? await openSse({ port, path: `/realtime/events?topics=${encodeURIComponent(topics.join(','))}`, topics: topics.length, onEvent, onClose })
             : await openWire({ ...wireFor(system, topics, frames), port, onEvent, onClose })
           sockets.push(s)

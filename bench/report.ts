@@ -100,12 +100,12 @@ export function printTable(summary: Summary, systems: System[], long: LongBurstR
 }
 
 /** The SSE fallback's figures, each beside cms-realtime's WebSocket figure from the same runs. */
-export function sseLine(sse: SseRun[], ws: FanoutRun[], clients: number): string {
+export function sseLine(sse: SseRun[], ws: FanoutRun[], clients: number, what = 'SSE fallback', unit = 'streams'): string {
   const med = (xs: number[]): number => (xs.length === 0 ? NaN : spread(xs).median)
   const pair = (a: number, b: number, digits: number, unit: string): string =>
     `${fmt(a, digits)} ${unit}${Number.isFinite(b) ? ` (${(a / b).toFixed(2)}× the WebSocket path)` : ''}`
   return (
-    `cms-realtime SSE fallback, ${clients.toLocaleString('en-US')} streams (medians of ${sse.length}): ` +
+    `cms-realtime ${what}, ${clients.toLocaleString('en-US')} ${unit} (medians of ${sse.length}): ` +
     `burst ${pair(med(sse.map((r) => r.burstRate)), med(ws.map((r) => r.burstRate)), 0, 'deliveries/s')}, ` +
     `${pair(med(sse.map((r) => r.burstCpuUsPerDelivery)), med(ws.map((r) => r.burstCpuUsPerDelivery)), 2, 'µs server CPU/delivery')}, ` +
     `publish→last client p50 ${pair(med(sse.map((r) => r.latencyLastP50)), med(ws.map((r) => r.latencyLastP50)), 2, 'ms')}, ` +

@@ -5,7 +5,7 @@
  * the min–max spread and cms-realtime's ratio to each baseline.
  *
  * Flags: --smoke (a few hundred clients, seconds), --runs N, --clients N,
- * --connections N, --systems a,b, --cases cms,fanout,connections,storm,long-burst,sse,cross-node,presence,tabs
+ * --connections N, --systems a,b, --cases cms,fanout,connections,storm,long-burst,sse,poll,cross-node,presence,tabs
  * (default all; cross-node needs Redis at 127.0.0.1:6379 or BENCH_REDIS_URL; tabs needs /usr/bin/chromium), --out FILE, --cpu-prof (profiles each server into
  * bench/results/prof), --heap-snapshot (each server after its connections
  * case, into bench/results/heap).
@@ -37,7 +37,7 @@ const smoke = has('smoke')
 const resultsDir = join(__dirname, 'results')
 const systems = (flag('systems')?.split(',') ?? [...SYSTEMS]) as System[]
 for (const s of systems) if (!SYSTEMS.includes(s)) throw new Error(`unknown system ${s}; known: ${SYSTEMS.join(', ')}`)
-const CASES = ['cms', 'fanout', 'connections', 'storm', 'long-burst', 'sse', 'cross-node', 'presence', 'tabs'] as const
+const CASES = ['cms', 'fanout', 'connections', 'storm', 'long-burst', 'sse', 'poll', 'cross-node', 'presence', 'tabs'] as const
 const cases = flag('cases')?.split(',') ?? [...CASES]
 for (const c of cases) if (!(CASES as readonly string[]).includes(c)) throw new Error(`unknown case ${c}; known: ${CASES.join(', ')}`)
 
@@ -66,6 +66,7 @@ async function main(): Promise<void> {
   const conns: Record<string, ConnectionsRun[]> = {}
   let long: LongBurstRun | null = null
   const sse: SseRun[] = []
+  const poll: SseRun[] = []
   console.log(`cms-realtime bench: ${cfg.clients} clients, ${cfg.runs} run(s), systems ${systems.join(', ')}`)
   // Systems interleave within each run, so drift on a shared machine spreads over all of them.
   for (let run = 1; run <= cfg.runs; run++) {
@@ -90,6 +91,10 @@ async function main(): Promise<void> {
       if (system === 'cms-realtime' && cases.includes('sse')) {
         process.stdout.write(' sse-fallback')
         sse.push(await sseFanout(cfg))
+      }
+      if (system === 'cms-realtime' && cases.includes('poll')) {
+        process.stdout.write(' long-poll')
+        poll.push(await sseFanout(cfg, 'poll'))
       }
       process.stdout.write('\n')
     }
@@ -130,6 +135,7 @@ async function main(): Promise<void> {
   if (Object.keys(storms).length > 0) console.log('\n' + stormLine(storms, systems, cfg.clients))
   if (Object.keys(fan).length > 0 || Object.keys(conns).length > 0) printTable(summary, systems, long)
   if (sse.length > 0) console.log('\n' + sseLine(sse, fan['cms-realtime'] ?? [], cfg.clients))
+  if (poll.length > 0) console.log('\n' + sseLine(poll, fan['cms-realtime'] ?? [], cfg.clients, 'long polling', 'pollers'))
   if (Object.keys(cross).length > 0) console.log('\n' + crossNodeLines(cross, crossCfg).join('\n'))
   if (presence.length > 0) console.log('\n' + presence.join('\n'))
   if (tabs.length > 0) console.log('\n' + tabs.join('\n'))
@@ -143,7 +149,7 @@ async function main(): Promise<void> {
   }
   const out = flag('out') ?? join(resultsDir, `bench-${new Date().toISOString().replace(/[:.]/g, '-')}.json`)
   mkdirSync(join(out, '..'), { recursive: true })
-  const json = { date: new Date().toISOString(), seconds: (Date.now() - t0) / 1000, machine, config: cfg, summary, longBurst: long, runs: { cms: cmsRuns, storm: storms, fanout: fan, connections: conns, sse, crossNode: cross }, presence, tabs }
+  const json = { date: new Date().toISOString(), seconds: (Date.now() - t0) / 1000, machine, config: cfg, summary, longBurst: long, runs: { cms: cmsRuns, storm: storms, fanout: fan, connections: conns, sse, poll, crossNode: cross }, presence, tabs }
   writeFileSync(out, JSON.stringify(json, null, 2))
   console.log(`\n${json.seconds.toFixed(0)} s on ${machine.cpus} × ${machine.cpu}, Node ${machine.node}; JSON: ${out}`)
 }

@@ -35,7 +35,7 @@ async function smoke(args: string[], killAfterMs: number): Promise<{ stdout: str
 const SYSTEMS = ['cms-realtime', 'ws', 'socket.io']
 
 test('npm run bench:smoke runs every single-node case against every system and writes the table and JSON', async () => {
-  const { stdout, json: raw } = await smoke(['--cases', 'cms,fanout,connections,storm,long-burst,sse,presence,tabs'], 110_000)
+  const { stdout, json: raw } = await smoke(['--cases', 'cms,fanout,connections,storm,long-burst,sse,poll,presence,tabs'], 110_000)
   expect(stdout).toMatch(/reconnect storm, 200 clients at once .*cms-realtime \d+ ms, ws \d+ ms/)
   expect(stdout).toContain('CMS-shaped: 200 editors')
   expect(stdout).toMatch(/\| paced \(10 publishes per turn\): server CPU µs\/delivery \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+× \| [\d.]+× \|/)
@@ -48,12 +48,14 @@ test('npm run bench:smoke runs every single-node case against every system and w
   expect(stdout).toContain('| metric (median, min–max) | cms-realtime | ws | socket.io | ÷ ws | ÷ socket.io |')
   expect(stdout).toMatch(/-event burst: complete/)
   expect(stdout).toMatch(/SSE fallback, 200 streams .*× the WebSocket path/)
+  expect(stdout).toMatch(/long polling, 200 pollers .*deliveries\/s \([\d.]+× the WebSocket path\)/)
   const json = raw as {
     summary: Record<string, Record<string, { median: number }>>
     longBurst: { ok: boolean; received: number; events: number }
-    runs: { sse: Array<{ burstRate: number }> }
+    runs: { sse: Array<{ burstRate: number }>; poll: Array<{ burstRate: number }> }
   }
   expect(json.runs.sse[0]?.burstRate).toBeGreaterThan(0)
+  expect(json.runs.poll[0]?.burstRate).toBeGreaterThan(0)
   for (const system of SYSTEMS) {
     expect(json.summary.burstRate?.[system]?.median).toBeGreaterThan(0)
     expect(json.summary.lastP50?.[system]?.median).toBeGreaterThan(0)

@@ -1,8 +1,8 @@
 /**
  * The demo CMS behind a proxy that strips WebSocket upgrades: the app listens
  * on `appPort`, the proxy on `port` in front of it. Through the proxy the page
- * ends in `fallback` (events over SSE) and the client's diagnosis names the
- * proxy; straight to the app it is `live`.
+ * ends in `fallback` (events over SSE; with `hold`, over long polling) and the
+ * client's diagnosis names the proxy; straight to the app it is `live`.
  */
 import type { Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -24,6 +24,8 @@ export interface BehindProxyOptions {
   /** The app's own port. Default 0. */
   appPort?: number
   host?: string
+  /** Also hold streamed responses until they end, as a compressing proxy does: the page steps down to long polling. */
+  hold?: boolean
   realtime?: KoaRealtimeOptions
 }
 
@@ -34,7 +36,7 @@ export async function startBehindProxy(options: BehindProxyOptions = {}): Promis
   await once(server, 'listening')
   rt.attach(server)
   const appPort = (server.address() as AddressInfo).port
-  const proxy = await startUpgradeProxy(appPort, { strip: true, port: options.port ?? 0, host })
+  const proxy = await startUpgradeProxy(appPort, { strip: true, hold: options.hold === true, port: options.port ?? 0, host })
   return {
     rt,
     app: { server, base: `http://${host}:${appPort}` },

@@ -46,7 +46,7 @@ describe.each(harnesses)('$name adapter', (h: Harness) => {
     const app = await start()
     const res = await request(app.base).get('/realtime/config').expect(200)
     expect(res.headers['cache-control']).toBe('no-store')
-    expect(res.body).toEqual({ webSocketEnabled: true, url: '/realtime', protocol: 'cms-realtime.v1', heartbeatMs: 25000, fallback: { transport: 'sse', url: '/realtime/events' }, handshakeTopics: true })
+    expect(res.body).toEqual({ webSocketEnabled: true, url: '/realtime', protocol: 'cms-realtime.v1', heartbeatMs: 25000, fallback: { transport: 'sse', url: '/realtime/events' }, handshakeTopics: true, transports: [{ transport: 'websocket', url: '/realtime', heartbeatMs: 25000 }, { transport: 'sse', url: '/realtime/events', heartbeatMs: 25000 }, { transport: 'poll', url: '/realtime/poll', holdMs: 25000 }] })
   })
 
   test('a handshake stripped of its upgrade headers gets 426 naming the proxy, and is counted', async () => {

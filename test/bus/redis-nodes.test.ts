@@ -83,6 +83,38 @@ d('two nodes sharing Redis', () => {
     expect(onB.frames.filter((f) => f.op === 'event')).toEqual([])
   })
 
+  test('long polling needs no sticky sessions: polls alternating between nodes, one of them restarted, get every event exactly once, in order', async () => {
+    const a = await node()
+    let b = await node()
+    const t = topic()
+    const poll = async (port: number, since?: string): Promise<{ cursor: string; frames: Frame[] }> => {
+      const r = await fetch(`http://127.0.0.1:${port}/realtime/poll?topics=${t}${since === undefined ? '' : `&since=${since}`}`)
+      expect(r.status).toBe(200)
+      return (await r.json()) as { cursor: string; frames: Frame[] }
+    }
+    let cursor = (await poll(a.port)).cursor
+    const got: unknown[] = []
+    let sent = 0
+    for (let round = 0; round < 12; round++) {
+      if (round === 6) {
+        // Node B restarts: a new process, same Redis; the next polls to it resume from their cursors.
+        await b.rt.close()
+        b = await node()
+      }
+      for (let i = 0; i < 5; i++) await (i % 2 === 0 ? a : b).rt.publish(t, 'n', sent++)
+      const r = await poll(round % 2 === 0 ? b.port : a.port, cursor)
+      expect(r.frames.filter((f) => f.op === 'resync')).toEqual([])
+      got.push(...r.frames.filter((f) => f.op === 'event').map((f) => f.data))
+      cursor = r.cursor
+    }
+    while (got.length < sent) {
+      const r = await poll(a.port, cursor)
+      got.push(...r.frames.filter((f) => f.op === 'event').map((f) => f.data))
+      cursor = r.cursor
+    }
+    expect(got).toEqual(Array.from({ length: sent }, (_x, i) => i))
+  })
+
   test('a client whose cursor was trimmed from the stream gets resync and a fresh cursor', async () => {
     const a = await node({ historySize: 5 })
     const b = await node({ historySize: 5 })
