@@ -28,7 +28,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 interface Answer {
   status: number
   headers: IncomingMessage['headers']
-  body: { cursor: string; ticket?: string; frames: Array<Record<string, unknown>>; error?: string; reason?: string }
+  body: { cursor: string; session?: string; ticket?: string; frames: Array<Record<string, unknown>>; error?: string; reason?: string }
   ms: number
 }
 
@@ -47,6 +47,9 @@ function poll(path: string, headers: Record<string, string> = {}, signal?: Abort
 }
 
 const events = (a: Answer) => a.body.frames.filter((f) => f.op === 'event')
+
+/** The next poll of the tab `prev` answered, as the client sends it: its cursors and its session. */
+const after = (prev: Answer, topics: string) => `/realtime/poll?topics=${topics}&since=${prev.body.cursor}&session=${prev.body.session}`
 
 describe('bad requests get the same clear 4xx as the stream, and leave nothing behind', () => {
   const options = {
@@ -112,9 +115,9 @@ test('a first poll is answered at once with where each topic starts; the next is
   expect(first.headers['transfer-encoding']).toBeUndefined()
   expect(first.headers['cache-control']).toBe('no-store')
   expect(first.body.frames.map((f) => [f.op, f.topic])).toEqual([['subscribed', 'projects'], ['subscribed', 'project:1']])
-  const held = poll(`/realtime/poll?topics=projects,project:1&since=${first.body.cursor}`)
+  const held = poll(after(first, 'projects,project:1'))
   await sleep(150)
-  expect(rt.stats()).toMatchObject({ transports: { poll: 1 }, subscriptions: 2 })
+  expect(rt.stats()).toMatchObject({ transports: { poll: 1 }, subscriptions: 2, connections: 0 })
   const t0 = Date.now()
   const id = (await rt.publish('project:1', 'item-added', { id: 7 })).id
   const a = await held
@@ -122,16 +125,21 @@ test('a first poll is answered at once with where each topic starts; the next is
   expect(events(a)).toEqual([{ op: 'event', topic: 'project:1', id, type: 'item-added', data: { id: 7 } }])
   expect(a.body.cursor.split(',')[1]).toBe(encodeURIComponent(id))
   await sleep(20)
-  expect(rt.stats()).toMatchObject({ transports: { poll: 0 }, subscriptions: 0 })
+  // Between two polls the tab stays subscribed, as a socket does, keeping what arrives for the next poll.
+  expect(rt.stats()).toMatchObject({ transports: { poll: 0 }, subscriptions: 2 })
+  const id2 = (await rt.publish('projects', 'project-updated', { id: 1 })).id
+  const b = await poll(after(a, 'projects,project:1'))
+  expect(b.ms).toBeLessThan(200)
+  expect(events(b).map((e) => e.id)).toEqual([id2])
 })
 
 test('a quiet poll is answered empty after pollHoldMs, with the cursors it came with', async () => {
   await start({ pollHoldMs: 300 })
   const first = await poll('/realtime/poll?topics=a')
-  const a = await poll(`/realtime/poll?topics=a&since=${first.body.cursor}`)
+  const a = await poll(after(first, 'a'))
   expect(a.ms).toBeGreaterThanOrEqual(280)
   expect(a.ms).toBeLessThan(1500)
-  expect(a.body).toEqual({ cursor: first.body.cursor, session: expect.any(String), frames: [] })
+  expect(a.body).toEqual({ cursor: first.body.cursor, session: first.body.session, frames: [] })
 })
 
 test('a poller that keeps polling while events are published at random gets each exactly once, in order, across 2 topics', async () => {
@@ -139,13 +147,15 @@ test('a poller that keeps polling while events are published at random gets each
   const N = 400
   let stop = false
   const seen = { a: [] as number[], b: [] as number[] }
-  let cursor = (await poll('/realtime/poll?topics=a,b')).body.cursor
+  let polls = 0
+  let prev = await poll('/realtime/poll?topics=a,b')
   const loop = (async () => {
     while (!stop || seen.a.length + seen.b.length < N) {
-      const r = await poll(`/realtime/poll?topics=a,b&since=${cursor}`)
+      // Every third poll forgets its session (another node, a lost answer): a new tab catches up from history.
+      const r = await poll(polls++ % 3 === 2 ? `/realtime/poll?topics=a,b&since=${prev.body.cursor}` : after(prev, 'a,b'))
       expect(r.body.frames.filter((f) => f.op === 'resync')).toEqual([])
       for (const e of events(r)) seen[e.topic as 'a' | 'b'].push((e.data as { n: number }).n)
-      cursor = r.body.cursor
+      prev = r
     }
   })()
   for (let n = 0; n < N; n++) {
@@ -159,23 +169,23 @@ test('a poller that keeps polling while events are published at random gets each
   expect(rt.stats().recovery.resynced).toBe(0)
 })
 
-test('an answer is bounded by maxBufferedBytes: a backlog comes over several answers, exactly once, with no resync', async () => {
-  await start({ maxBufferedBytes: 4096, bus: new MemoryBus({ historySize: 1000 }) })
-  const cursor = (await poll('/realtime/poll?topics=a')).body.cursor
+test('a burst between two polls comes in the next answer whole; past maxBufferedBytes, what waits is dropped and the next poll gets resync', async () => {
+  await start({ maxBufferedBytes: 8192 })
+  const first = await poll('/realtime/poll?topics=a')
+  for (let n = 0; n < 40; n++) await rt.publish('a', 'n', { n })
+  const whole = await poll(after(first, 'a'))
+  expect(events(whole).map((e) => (e.data as { n: number }).n)).toEqual(Array.from({ length: 40 }, (_x, i) => i))
+  expect(whole.body.frames.some((f) => f.op === 'resync')).toBe(false)
+  // Nobody polls while 300 events of 100 bytes arrive: bounded, then dropped.
   for (let n = 0; n < 300; n++) await rt.publish('a', 'n', { n, pad: 'x'.repeat(40) })
-  const got: number[] = []
-  let since = cursor
-  let answers = 0
-  while (got.length < 300 && answers < 100) {
-    const r = await poll(`/realtime/poll?topics=a&since=${since}`)
-    answers++
-    expect(Buffer.byteLength(JSON.stringify(r.body))).toBeLessThan(4096 + 1024)
-    expect(r.body.frames.some((f) => f.op === 'resync')).toBe(false)
-    got.push(...events(r).map((e) => (e.data as { n: number }).n))
-    since = r.body.cursor
-  }
-  expect(got).toEqual(Array.from({ length: 300 }, (_x, i) => i))
-  expect(answers).toBeGreaterThan(3)
+  const after300 = await poll(after(whole, 'a'))
+  expect(after300.body.frames[0]).toEqual({ op: 'resync', topic: 'a' })
+  expect(Buffer.byteLength(JSON.stringify(after300.body))).toBeLessThan(8192 + 1024)
+  expect(rt.stats().slowConsumersClosed).toBe(1)
+  // The cursor moved past what was dropped: the next event comes next, once.
+  const id = (await rt.publish('a', 'n', { n: 'next' })).id
+  const next = await poll(after(after300, 'a'))
+  expect(events(next).map((e) => e.id)).toEqual([id])
 })
 
 test('a cursor history no longer covers gets resync and a fresh cursor at once', async () => {
@@ -204,22 +214,24 @@ describe('session life: answered at once, 0 events after', () => {
 
   test('a logout answers the held poll with the end of the session; the next poll is a 401, not a loop', async () => {
     await start(options())
-    const cursor = (await poll('/realtime/poll?topics=projects', { 'x-user': 'ben' })).body.cursor
-    const held = poll(`/realtime/poll?topics=projects&since=${cursor}`, { 'x-user': 'ben' })
+    const first = await poll('/realtime/poll?topics=projects', { 'x-user': 'ben' })
+    const held = poll(after(first, 'projects'), { 'x-user': 'ben' })
     await sleep(100)
     signedIn.delete('ben')
     expect(rt.disconnect({ user: 'ben' })).toBe(1)
     const a = await held
     expect(a.body.frames).toEqual([{ op: 'closed', code: 4401, reason: expect.any(String) }])
     await rt.publish('projects', 'updated', {})
+    expect((await poll(after(a, 'projects'), { 'x-user': 'ben' })).status).toBe(401)
     const next = await poll(`/realtime/poll?topics=projects&since=${a.body.cursor}`, { 'x-user': 'ben' })
     expect(next.status).toBe(401)
+    expect(rt.stats()).toMatchObject({ subscriptions: 0, transports: { poll: 0 } })
   })
 
   test('reauthorize answers the held poll with unsubscribed; a poll for the topic after is a 403, and no event of it ever reached ben', async () => {
     await start(options())
-    const cursor = (await poll('/realtime/poll?topics=projects,project:1', { 'x-user': 'ben' })).body.cursor
-    const held = poll(`/realtime/poll?topics=projects,project:1&since=${cursor}`, { 'x-user': 'ben' })
+    const first = await poll('/realtime/poll?topics=projects,project:1', { 'x-user': 'ben' })
+    const held = poll(after(first, 'projects,project:1'), { 'x-user': 'ben' })
     await sleep(100)
     signedIn.delete('ben-member')
     expect(await rt.reauthorize({ user: 'ben' })).toBe(1)
@@ -231,8 +243,8 @@ describe('session life: answered at once, 0 events after', () => {
 
   test('revalidate ends a held poll whose user is no longer valid', async () => {
     await start(options({ revalidate: (u) => signedIn.has((u as { id: string }).id), revalidateMs: 100 }))
-    const cursor = (await poll('/realtime/poll?topics=projects', { 'x-user': 'ben' })).body.cursor
-    const held = poll(`/realtime/poll?topics=projects&since=${cursor}`, { 'x-user': 'ben' })
+    const first = await poll('/realtime/poll?topics=projects', { 'x-user': 'ben' })
+    const held = poll(after(first, 'projects'), { 'x-user': 'ben' })
     await sleep(50)
     signedIn.delete('ben')
     const a = await held
@@ -253,21 +265,25 @@ describe('session life: answered at once, 0 events after', () => {
   })
 })
 
-test('a poller that goes away leaves no subscription, session or timer behind', async () => {
-  await start()
-  const cursor = (await poll('/realtime/poll?topics=a,b')).body.cursor
+test('a poller that goes away: its tab keeps what arrives for a while, then is gone with its subscriptions, session and timers', async () => {
+  await start({ pollHoldMs: 400 })
+  const first = await poll('/realtime/poll?topics=a,b')
   const ctrl = new AbortController()
-  const gone = poll(`/realtime/poll?topics=a,b&since=${cursor}`, {}, ctrl.signal).catch(() => 'aborted')
+  const gone = poll(after(first, 'a,b'), {}, ctrl.signal).catch(() => 'aborted')
   await sleep(100)
   expect(rt.stats()).toMatchObject({ transports: { poll: 1 }, subscriptions: 2 })
   ctrl.abort()
   expect(await gone).toBe('aborted')
-  await sleep(50)
+  for (let n = 0; n < 3; n++) await rt.publish('a', 'n', { n })
+  // Back within the idle time: nothing was taken by the abandoned poll, all of it comes now.
+  const back = await poll(after(first, 'a,b'))
+  expect(events(back).map((e) => (e.data as { n: number }).n)).toEqual([0, 1, 2])
+  await sleep(600) // past the idle time (the hold limit here) without a poll
   expect(rt.stats()).toMatchObject({ transports: { poll: 0 }, subscriptions: 0, topics: 0 })
-  // Nothing is kept for it: the next poll recovers from history.
-  for (let n = 0; n < 5; n++) await rt.publish('a', 'n', { n })
-  const r = await poll(`/realtime/poll?topics=a,b&since=${cursor}`)
-  expect(events(r).map((e) => (e.data as { n: number }).n)).toEqual([0, 1, 2, 3, 4])
+  // Nothing is kept for it any more: the next poll catches up from history, exactly where it stopped.
+  for (let n = 3; n < 5; n++) await rt.publish('a', 'n', { n })
+  const r = await poll(after(back, 'a,b'))
+  expect(events(r).map((e) => (e.data as { n: number }).n)).toEqual([3, 4])
 })
 
 test('close() answers every held poll with closed 1001, so the client reads config and polls elsewhere', async () => {

@@ -245,7 +245,7 @@ export class Realtime<Ctx = IncomingMessage> {
 
   stats(): RealtimeStats {
     return statsOf(this.counters, this.hub, this.diagnostics, this.bus, {
-      connections: this.ws.connections.size, streams: this.http.sse.streams.size, polls: this.http.polls.held.size, webSocketEnabled: this.enabled,
+      connections: this.ws.connections.size, streams: this.http.sse.streams.size, polls: this.http.polls.held, webSocketEnabled: this.enabled,
     })
   }
 

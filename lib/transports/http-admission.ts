@@ -24,6 +24,8 @@ export interface HttpTransportOptions {
   settle(req: IncomingMessage): void
   /** The server is shutting down: nothing opens. */
   closing(): boolean
+  /** Make room for `user` before the connection limits are checked (a polling user's idle tabs). */
+  room?(user: User): void
 }
 
 export interface TopicsQuery {
@@ -85,6 +87,7 @@ export async function admit<S extends HttpSession>(
     if (res.destroyed || req.socket.destroyed) return null
     if (options.closing()) return fail(res, 503, 'shutting_down', closing().message)
     const sessions = core.sessions
+    options.room?.(who.user)
     const full = sessions.full(who.user)
     if (full !== null) {
       options.refused(full.reason)
@@ -92,22 +95,27 @@ export async function admit<S extends HttpSession>(
     }
     const session = make(who.user)
     if (!sessions.add(session, admission)) return ended(res, options)
-    // A client that leaves while `authorize` is awaited frees its slot at once.
-    res.once('close', () => session.cleanup())
-    const verdicts = await Promise.all(topics.map((topic) => sessions.allowed(who.user, topic)))
-    if (session.isEnded) return ended(res, options)
-    const forbidden = topics.filter((t, i) => !verdicts[i] || session.withdrawn(t))
-    if (forbidden.length > 0) {
-      session.cleanup()
-      options.refused('forbidden')
-      return fail(res, 403, 'forbidden', `not allowed to subscribe to ${forbidden.join(', ')}`)
+    // A client that leaves while `authorize` is awaited frees its slot at once (after that, the transport's own rules).
+    const gone = (): void => session.cleanup()
+    res.once('close', gone)
+    try {
+      const verdicts = await Promise.all(topics.map((topic) => sessions.allowed(who.user, topic)))
+      if (session.isEnded) return ended(res, options)
+      const forbidden = topics.filter((t, i) => !verdicts[i] || session.withdrawn(t))
+      if (forbidden.length > 0) {
+        session.cleanup()
+        options.refused('forbidden')
+        return fail(res, 403, 'forbidden', `not allowed to subscribe to ${forbidden.join(', ')}`)
+      }
+      // The client may have gone while we awaited; 'close' would not come again.
+      if (res.destroyed || req.socket.destroyed) {
+        session.cleanup()
+        return null
+      }
+      return session
+    } finally {
+      res.off('close', gone)
     }
-    // The client may have gone while we awaited; 'close' would not come again.
-    if (res.destroyed || req.socket.destroyed) {
-      session.cleanup()
-      return null
-    }
-    return session
   } finally {
     options.settle(req)
   }
