@@ -329,3 +329,22 @@ test('an HTTP/1.0 client (an old proxy hop) gets a whole answer with Content-Len
   expect(JSON.parse(r.body)).toMatchObject({ frames: [{ op: 'subscribed', topic: 'a' }] })
   expect(r.closed).toBe(true)
 })
+
+describe('one origin policy: the poll is read like the stream', () => {
+  test('a cross-origin page cannot read a poll; an allowed origin gets our own CORS answer; requireOrigin applies', async () => {
+    await start({ allowedOrigins: ['http://admin.example'] })
+    const evil = await poll('/realtime/poll?topics=a', { Origin: 'http://evil.example' })
+    expect(evil.status).toBe(403)
+    expect(evil.body.error).toBe('origin')
+    expect(evil.headers['access-control-allow-origin']).toBeUndefined()
+    const admin = await poll('/realtime/poll?topics=a', { Origin: 'http://admin.example' })
+    expect(admin.status).toBe(200)
+    expect(admin.headers['access-control-allow-origin']).toBe('http://admin.example')
+    expect(admin.headers['access-control-allow-credentials']).toBe('true')
+    await rt.close()
+    await srv.close()
+    await start({ requireOrigin: true })
+    expect((await poll('/realtime/poll?topics=a')).status).toBe(403)
+    expect(rt.stats()).toMatchObject({ refusals: { origin: 1 }, subscriptions: 0 })
+  })
+})
