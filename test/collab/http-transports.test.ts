@@ -163,9 +163,12 @@ describe('POST <path>/collab refuses what it must, clearly', () => {
     expect((await post(a, 'nope', presence)).body?.error).toBe('no_session')
     const session = await stream(a, 'anna')
     expect((await fetch(`${a.srv.base}/realtime/collab?session=${session}`, { headers: { 'x-user': 'anna' } })).status).toBe(405)
-    const answers = await Promise.all(Array.from({ length: 60 }, () => post(a, session, presence)))
-    expect(answers.filter((r) => r.status === 202).length).toBe(50)
-    expect(answers.filter((r) => r.status === 429).length).toBe(10)
+    // 50 a second (maxMessagesPerSecond), in one-second windows: 120 at once straddle at most one boundary.
+    const answers = await Promise.all(Array.from({ length: 120 }, () => post(a, session, presence)))
+    const ok = answers.filter((r) => r.status === 202).length
+    expect(ok).toBeGreaterThanOrEqual(50)
+    expect(ok).toBeLessThanOrEqual(100)
+    expect(answers.filter((r) => r.status === 429).length).toBe(120 - ok)
   })
 })
 
