@@ -211,3 +211,30 @@ export interface TopicState {
   /** Its subscribers may have missed events (subscribed during an outage): resync once the chain starts. */
   stale: boolean
 }
+
+/**
+ * Per topic, the newest stream id a node has seen (published or delivered)
+ * and its epoch; the oldest topic is forgotten past `max`. A stream found
+ * behind it was rolled back (see redis-scripts.ts, ROLLED_BACK).
+ */
+export class HighWater {
+  private readonly marks = new Map<string, { epoch: string; id: string }>()
+
+  constructor(private readonly max = 10_000) {}
+
+  get(topic: string): { epoch: string; id: string } | undefined {
+    return this.marks.get(topic)
+  }
+
+  mark(topic: string, epoch: string, id: string): void {
+    const hw = this.marks.get(topic)
+    if (hw !== undefined && hw.epoch === epoch && compareIds(hw.id, id) >= 0) return
+    this.marks.delete(topic)
+    this.marks.set(topic, { epoch, id })
+    if (this.marks.size > this.max) this.marks.delete(this.marks.keys().next().value!)
+  }
+
+  all(): Array<[string, { epoch: string; id: string }]> {
+    return [...this.marks]
+  }
+}

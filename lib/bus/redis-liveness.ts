@@ -28,11 +28,18 @@ export class Liveness {
   /** Redis clock minus ours, in ms. */
   clockOffset = 0
   timeouts = 0
+  /** Replies that came after their timer had fired. */
+  lateReplies = 0
   private lastEcho = Date.now()
   private beats = 0
   private readonly timer: NodeJS.Timeout
 
-  constructor(private readonly host: LivenessHost, readonly beatChannel: string, private readonly commandTimeoutMs: number, private readonly livenessMs: number) {
+  private readonly window: Window
+
+  constructor(
+    private readonly host: LivenessHost, readonly beatChannel: string, private readonly commandTimeoutMs: number, private readonly livenessMs: number, maxInFlight = 256,
+  ) {
+    this.window = new Window(maxInFlight)
     this.timer = setInterval(() => void this.probe(), livenessMs)
     this.timer.unref()
   }
@@ -42,16 +49,46 @@ export class Liveness {
     this.lastEcho = Date.now()
   }
 
+  /**
+   * `send()` once there is room among the commands in flight, then raced
+   * against `commandTimeoutMs` from when it is sent. A command that waits
+   * for room is neither sent nor timed: under load (a bulk import) Redis
+   * answers, only later, and a timer started behind thousands of queued
+   * commands would take that for a stall. While the link is stalled,
+   * nothing waits: it fails at once (the caller goes local).
+   */
+  async send<T>(send: () => Promise<T>): Promise<T> {
+    if (this.stalled) throw new Error('Redis is not answering')
+    await this.window.enter()
+    try {
+      if (this.stalled) throw new Error('Redis is not answering')
+      return await this.timed(send())
+    } finally {
+      this.window.leave()
+    }
+  }
+
+  /** Commands waiting for room, and the most that ever waited (under load: backpressure, not a fault). */
+  get queued(): number {
+    return this.window.waiting
+  }
+
   /** `p`, or a rejection after `commandTimeoutMs` (which marks the link stalled). */
   timed<T>(p: Promise<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
+      let late = false
       const t = setTimeout(() => {
+        late = true
         this.timeouts++
         if (!this.stalled) log('Redis did not answer within %d ms: delivering locally until it does', this.commandTimeoutMs)
         this.stalled = true
         reject(new Error(`Redis did not answer within ${this.commandTimeoutMs} ms`))
       }, this.commandTimeoutMs)
-      p.then((v) => { clearTimeout(t); resolve(v) }, (err: unknown) => { clearTimeout(t); reject(err as Error) })
+      p.then((v) => {
+        clearTimeout(t)
+        if (late) this.lateReplies++
+        resolve(v)
+      }, (err: unknown) => { clearTimeout(t); reject(err as Error) })
     })
   }
 
@@ -81,5 +118,36 @@ export class Liveness {
     } catch {
       // `timed` marked the link stalled; the next probe tries again.
     }
+  }
+}
+
+/**
+ * At most `max` commands in flight, the rest waiting in order. A freed slot
+ * is handed straight to the oldest waiter, so a command that arrives
+ * meanwhile cannot overtake it: publishes of one topic reach Redis in the
+ * order they were made.
+ */
+class Window {
+  private inFlight = 0
+  private readonly queue: Array<() => void> = []
+
+  constructor(private readonly max: number) {}
+
+  get waiting(): number {
+    return this.queue.length
+  }
+
+  enter(): Promise<void> | undefined {
+    if (this.inFlight < this.max && this.queue.length === 0) {
+      this.inFlight++
+      return undefined
+    }
+    return new Promise<void>((resolve) => this.queue.push(resolve))
+  }
+
+  leave(): void {
+    const next = this.queue.shift()
+    if (next !== undefined) next() // the slot passes on: inFlight stays
+    else this.inFlight--
   }
 }

@@ -15,6 +15,8 @@
  * so a node can tell a hole in what it received from a clean sequence.
  */
 import { createHash } from 'node:crypto'
+import type { Liveness } from './redis-liveness'
+import type { RedisConnectionLike } from './redis-options'
 
 export interface Script {
   source: string
@@ -58,19 +60,62 @@ end
 `
 
 /**
+ * Was the stream rolled back: restored from an older RDB or AOF, or failed
+ * over to a replica that was behind? Its header survived, so its epoch did,
+ * but a node has seen ids of that epoch the stream no longer holds
+ * (`hw`, its high-water mark, is past the stream's last-generated-id).
+ * Events were lost between the snapshot and the fault, and cursors inside
+ * that range would replay around a hole: the caller then starts a new
+ * epoch (a header entry), which no old cursor matches, so every client of
+ * the old one gets resync.
+ */
+const ROLLED_BACK = `
+local function rolled_back(key, epoch, hwEpoch, hw)
+  if hwEpoch ~= epoch or hw == nil or hw == '' then return false end
+  local r = redis.call('XINFO', 'STREAM', key)
+  for k = 1, #r, 2 do
+    if r[k] == 'last-generated-id' then return cmp(hw, r[k + 1]) > 0 end
+  end
+  return false
+end
+`
+
+/**
+ * KEYS[1] stream. ARGV: epoch, high-water id, historySize, idleTtlMs, nonce.
+ * A node that reconnected checks each topic it knows: a stream rolled back
+ * behind its high-water mark gets a new epoch. Returns {epoch, last, began}
+ * (`began` '1' when it started that epoch now) or {} when the stream has no epoch.
+ */
+export const CHECK = script(`${EPOCH}${CMP}${ROLLED_BACK}
+local key = KEYS[1]
+local epoch, last = epoch_of(key)
+if not epoch then return {} end
+if rolled_back(key, epoch, ARGV[1], ARGV[2]) then
+  last = redis.call('XADD', key, 'MAXLEN', '~', ARGV[3], '*', 'h', ARGV[5])
+  redis.call('PEXPIRE', key, ARGV[4])
+  return {last .. '.' .. ARGV[5], last, '1'}
+end
+return {epoch, last, '0'}
+`)
+
+/**
  * KEYS[1] stream. ARGV: channel, type ('' = gap marker only), data (JSON
  * text), historySize, historyMaxAgeMs (0 = none), idleTtlMs, gap ('1': first
  * record that events were delivered without Redis), deadline (server ms; 0 =
- * none), nonce (for a new epoch). Past the deadline it does nothing and returns {'expired'}: the
- * node timed out and delivered the event locally already, so a late run
- * must not deliver it a second time.
+ * none), nonce (for a new epoch), then the node's high-water mark: the
+ * epoch and the newest id of it the node has seen ('' '' for none). Past the
+ * deadline it does nothing and returns {'expired'}: the node timed out and
+ * delivered the event locally already, so a late run must not deliver it a
+ * second time. A stream behind the high-water mark was rolled back (see
+ * ROLLED_BACK): a new epoch begins before the event.
  * Returns {epoch, gapPrev, gapId, prev, id} ('' where absent).
  */
-export const PUBLISH = script(`${NOW}${EPOCH}
+export const PUBLISH = script(`${NOW}${EPOCH}${CMP}${ROLLED_BACK}
 local deadline = tonumber(ARGV[8])
 if deadline > 0 and now > deadline then return {'expired'} end
 local key, ch, size = KEYS[1], ARGV[1], ARGV[4]
 local epoch, prev = epoch_of(key)
+if epoch and rolled_back(key, epoch, ARGV[10], ARGV[11]) then epoch = nil end
 if not epoch then
   prev = redis.call('XADD', key, 'MAXLEN', '~', size, '*', 'h', ARGV[9])
   epoch = prev .. '.' .. ARGV[9]
@@ -131,3 +176,35 @@ if not epoch then
 end
 return {epoch, last}
 `)
+
+/** Where a topic lives in Redis, and the scripts run on it, each once there is room in flight (see Liveness.send). */
+export class Scripts {
+  constructor(private readonly cmd: () => RedisConnectionLike, private readonly live: Liveness, private readonly keyPrefix: string) {}
+
+  stream(topic: string): string {
+    return `${this.keyPrefix}stream:${topic}`
+  }
+
+  channel(topic: string): string {
+    return `${this.keyPrefix}live:${topic}`
+  }
+
+  /**
+   * `args` as a function: made when the command is sent (a deadline counts
+   * from then). A script Redis does not know yet (a fresh or restarted
+   * Redis) is sent again in full within the same slot, so it keeps its place:
+   * re-queued, the first publishes after a restart would reach the stream
+   * behind later ones.
+   */
+  run(s: Script, topic: string, args: string[] | (() => string[])): Promise<unknown> {
+    return this.live.send(async () => {
+      const tail = ['1', this.stream(topic), ...(typeof args === 'function' ? args() : args)]
+      try {
+        return await this.cmd().sendCommand(['EVALSHA', s.sha, ...tail])
+      } catch (err) {
+        if (!String((err as Error).message).startsWith('NOSCRIPT')) throw err
+        return this.cmd().sendCommand(['EVAL', s.source, ...tail])
+      }
+    })
+  }
+}

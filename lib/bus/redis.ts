@@ -10,11 +10,11 @@ import debug from 'debug'
 import type { Bus, BusEvent } from '../types'
 import type { CollabStore } from '../collab/store'
 import { RedisCollabStore } from '../collab/redis-store'
-import { Chain, compareIds, type Entry, type TopicState } from './redis-chain'
+import { Chain, compareIds, HighWater, type Entry, type TopicState } from './redis-chain'
 import { resolveRedisOptions, type RedisBusOptions, type RedisClientLike, type RedisConnectionLike } from './redis-options'
 import { Liveness } from './redis-liveness'
 import { bounded, closedError, CURSOR, nonce, parseMessage, streamEntries, type RedisBusStats } from './redis-wire'
-import { HISTORY, LATEST, PUBLISH, type Script } from './redis-scripts'
+import { CHECK, HISTORY, LATEST, PUBLISH, Scripts } from './redis-scripts'
 
 export type { RedisBusOptions, RedisClientLike, RedisConnectionLike } from './redis-options'
 export { parseMessage, type RedisBusStats } from './redis-wire'
@@ -38,6 +38,7 @@ export class RedisBus implements Bus {
   /** Local cursors (during an outage) carry this: foreign to `history`, so they mean resync. */
   private readonly nodeEpoch = randomBytes(4).toString('hex')
   private readonly live: Liveness
+  private readonly scripts: Scripts
   private localSeq = 0
   private subLost = false
   private up = false
@@ -47,7 +48,9 @@ export class RedisBus implements Bus {
   private listener: (event: BusEvent) => void = () => {}
   private resyncListener: (topic: string) => void = () => {}
   private closed = false
-  private readonly counts = { localPublishes: 0, fills: 0, resyncs: 0, rejectedMessages: 0 }
+  private readonly counts = { localPublishes: 0, fills: 0, resyncs: 0, rejectedMessages: 0, rollbacks: 0 }
+  /** Per topic, the newest id this node has seen: a stream found behind it was rolled back (redis-scripts.ts ROLLED_BACK). */
+  private readonly seen = new HighWater()
   private readonly onError = (err: Error): void => log('redis error: %s', err.message)
 
   constructor(private readonly client: RedisClientLike, options: RedisBusOptions = {}) {
@@ -63,6 +66,7 @@ export class RedisBus implements Bus {
       recover: () => this.recover(),
       catchUp: () => { for (const state of this.topics.values()) if (!state.local) state.chain.catchUp() },
     }, `${this.keyPrefix}beat:${this.nodeEpoch}`, this.commandTimeoutMs, this.livenessMs)
+    this.scripts = new Scripts(() => this.cmd, this.live, this.keyPrefix)
     // An 'error' event without a listener would crash the app during an outage.
     client.on('error', this.onError)
     // Our own connections, with a reconnect delay we choose: node-redis's
@@ -93,7 +97,7 @@ export class RedisBus implements Bus {
       prefix: this.keyPrefix,
       command: async (args) => {
         await this.started()
-        return this.timed(this.cmd.sendCommand(args))
+        return this.live.send(() => this.cmd.sendCommand(args))
       },
       subscribe: (channel, listener) => this.connecting.then(() => this.sub.subscribe(channel, listener)),
       unsubscribe: (channel, listener) => this.sub.unsubscribe(channel, listener),
@@ -102,7 +106,7 @@ export class RedisBus implements Bus {
 
   private collab: RedisCollabStore | undefined
   stats(): RedisBusStats {
-    return { connected: this.connected, ...this.counts, timeouts: this.live.timeouts }
+    return { connected: this.connected, ...this.counts, timeouts: this.live.timeouts, queued: this.live.queued, lateReplies: this.live.lateReplies }
   }
 
   /**
@@ -118,10 +122,11 @@ export class RedisBus implements Bus {
     await this.started()
     if (this.closed) throw closedError(topic)
     if (!this.cmd.isReady || this.live.stalled) return this.publishLocally(topic, type, data)
-    const gap = this.dirty.has(topic)
     let reply: string[]
     try {
-      reply = await this.run(PUBLISH, topic, this.publishArgs(topic, type, data, gap)) as string[]
+      // Args made when it is sent: its deadline counts from then, not from when it began to wait for room,
+      // and only the first publish sent after an outage writes the gap marker (a failure marks the topic again).
+      reply = await this.scripts.run(PUBLISH, topic, () => this.publishArgs(topic, type, data, this.dirty.delete(topic))) as string[]
     } catch (err) {
       if (this.closed) throw closedError(topic)
       log('publish to %s through Redis failed, delivering locally: %s', topic, (err as Error).message)
@@ -129,7 +134,7 @@ export class RedisBus implements Bus {
     }
     if (reply[0] === 'expired') return this.publishLocally(topic, type, data)
     const [epoch, gapPrev, gapId, prev, id] = reply as [string, string, string, string, string]
-    if (gap) this.dirty.delete(topic)
+    this.seen.mark(topic, epoch, id)
     // Our own subscribers get it now, through the chain (so after anything
     // older it has not delivered yet); the pub/sub echo is then a duplicate.
     const state = this.topics.get(topic)
@@ -146,7 +151,11 @@ export class RedisBus implements Bus {
     const state: TopicState = {
       chain: new Chain({
         fill: (epoch, since, upto) => this.fill(topic, epoch, since, upto),
-        deliver: (e) => { if (this.topics.get(topic) === state) this.listener({ topic, id: `${e.epoch}_${e.id}`, type: e.type!, data: e.data! }) },
+        deliver: (e) => {
+          if (this.topics.get(topic) !== state) return
+          this.seen.mark(topic, e.epoch, e.id)
+          this.listener({ topic, id: `${e.epoch}_${e.id}`, type: e.type!, data: e.data! })
+        },
         resync: () => this.resync(topic, state),
         error: (err) => log('a listener threw while delivering %s: %O', topic, err),
       }),
@@ -165,19 +174,15 @@ export class RedisBus implements Bus {
     if (state === undefined) return
     this.topics.delete(topic)
     try {
-      await this.timed(this.sub.unsubscribe(this.channel(topic), state.listener))
+      await this.live.timed(this.sub.unsubscribe(this.scripts.channel(topic), state.listener))
     } catch (err) {
       log('unsubscribe from %s failed: %s', topic, (err as Error).message)
     }
   }
 
-  onEvent(listener: (event: BusEvent) => void): void {
-    this.listener = listener
-  }
+  onEvent(listener: (event: BusEvent) => void): void { this.listener = listener }
 
-  onResync(listener: (topic: string) => void): void {
-    this.resyncListener = listener
-  }
+  onResync(listener: (topic: string) => void): void { this.resyncListener = listener }
 
   /**
    * Events after `since` up to what this node has delivered live, so a
@@ -219,7 +224,7 @@ export class RedisBus implements Bus {
     }
     if (this.cmd.isReady && !this.live.stalled && !this.closed) {
       try {
-        const [epoch, last] = await this.run(LATEST, topic, [String(this.historySize), String(this.idleTtlMs), nonce()]) as [string, string]
+        const [epoch, last] = await this.scripts.run(LATEST, topic, [String(this.historySize), String(this.idleTtlMs), nonce()]) as [string, string]
         return `${epoch}_${last}`
       } catch (err) {
         log('latest of %s unavailable: %s', topic, (err as Error).message)
@@ -250,19 +255,16 @@ export class RedisBus implements Bus {
     this.up = true
   }
 
-  private stream(topic: string): string {
-    return `${this.keyPrefix}stream:${topic}`
-  }
-
-  private channel(topic: string): string {
-    return `${this.keyPrefix}live:${topic}`
-  }
-
   private publishArgs(topic: string, type: string, data: string, gap: boolean): string[] {
     // The deadline, in Redis time, after which the script refuses to run: by
-    // then this node has given up and delivered the event itself.
+    // then this node has given up and delivered the event itself. A script
+    // that runs just before it and whose reply comes after the node gave up is
+    // the one case where the id returned (local) is not the one delivered
+    // elsewhere: counted as `lateReplies` (see docs/redis.md).
     const deadline = Math.floor(Date.now() + this.live.clockOffset + this.commandTimeoutMs)
-    return [this.channel(topic), type, data, String(this.historySize), String(this.historyMaxAgeMs), String(this.idleTtlMs), gap ? '1' : '0', String(deadline), nonce()]
+    const hw = this.seen.get(topic)
+    return [this.scripts.channel(topic), type, data, String(this.historySize), String(this.historyMaxAgeMs), String(this.idleTtlMs), gap ? '1' : '0', String(deadline), nonce(),
+      hw?.epoch ?? '', hw?.id ?? '']
   }
 
   private publishLocally(topic: string, type: string, data: string): BusEvent {
@@ -287,7 +289,7 @@ export class RedisBus implements Bus {
   private async fill(topic: string, epoch: string, since: string, upto: string): Promise<Entry[] | null> {
     let reply: [number, Array<[string, string[]]>?]
     try {
-      reply = await this.run(HISTORY, topic, [epoch, since, upto]) as typeof reply
+      reply = await this.scripts.run(HISTORY, topic, [epoch, since, upto]) as typeof reply
     } catch (err) {
       log('history of %s unavailable: %s', topic, (err as Error).message)
       return null
@@ -299,25 +301,10 @@ export class RedisBus implements Bus {
     return entries
   }
 
-  /** A command, raced against its own timer: node-redis drops a command's timeout once it is written to the socket. */
-  private async run(s: Script, topic: string, args: string[]): Promise<unknown> {
-    const tail = ['1', this.stream(topic), ...args]
-    try {
-      return await this.timed(this.cmd.sendCommand(['EVALSHA', s.sha, ...tail]))
-    } catch (err) {
-      if (!String((err as Error).message).startsWith('NOSCRIPT')) throw err
-      return this.timed(this.cmd.sendCommand(['EVAL', s.source, ...tail]))
-    }
-  }
-
-  private timed<T>(p: Promise<T>): Promise<T> {
-    return this.live.timed(p)
-  }
-
   /** Subscribe, then learn where the chain starts; a failure leaves it for `recover`. */
   private async listen(topic: string, state: TopicState): Promise<void> {
     try {
-      await this.timed(this.sub.subscribe(this.channel(topic), state.listener))
+      await this.live.timed(this.sub.subscribe(this.scripts.channel(topic), state.listener))
       if (this.topics.get(topic) !== state) return
       await this.start(topic, state)
     } catch (err) {
@@ -327,7 +314,7 @@ export class RedisBus implements Bus {
   }
 
   private async start(topic: string, state: TopicState): Promise<void> {
-    const [epoch, last] = await this.run(LATEST, topic, [String(this.historySize), String(this.idleTtlMs), nonce()]) as [string, string]
+    const [epoch, last] = await this.scripts.run(LATEST, topic, [String(this.historySize), String(this.idleTtlMs), nonce()]) as [string, string]
     if (this.topics.get(topic) !== state || state.chain.started) return
     if (state.stale) {
       state.stale = false
@@ -339,7 +326,7 @@ export class RedisBus implements Bus {
 
   /** A pub/sub message: validated (it may not be ours), then handed to the topic's chain. */
   private onMessage(topic: string, state: TopicState, message: string): void {
-    const entry = parseMessage(message)
+    const entry = parseMessage(message, Date.now() + this.live.clockOffset)
     if (entry === null) {
       this.counts.rejectedMessages++
       log('dropped a malformed message on the channel of %s', topic)
@@ -372,7 +359,7 @@ export class RedisBus implements Bus {
     if (this.closed || !this.cmd.isReady || this.live.stalled) return
     for (const topic of [...this.dirty]) {
       try {
-        const [epoch, , gapId] = await this.run(PUBLISH, topic, this.publishArgs(topic, '', '', true)) as string[]
+        const [epoch, , gapId] = await this.scripts.run(PUBLISH, topic, this.publishArgs(topic, '', '', true)) as string[]
         if (epoch === 'expired') continue
         this.dirty.delete(topic)
         const state = this.topics.get(topic)
@@ -385,10 +372,21 @@ export class RedisBus implements Bus {
         return
       }
     }
+    // A Redis restored from an older snapshot, or a lagging replica promoted: streams behind what this node saw get a new epoch.
+    const moved = new Set<string>()
+    for (const [topic, hw] of this.seen.all()) {
+      const r = await this.scripts.run(CHECK, topic, [hw.epoch, hw.id, String(this.historySize), String(this.idleTtlMs), nonce()]).catch(() => []) as string[]
+      if (r[2] === '1') this.counts.rollbacks++
+      if (r.length < 2 || r[0] === hw.epoch) continue
+      this.seen.mark(topic, r[0]!, r[1]!)
+      const state = this.topics.get(topic)
+      if (state !== undefined && state.chain.started && !state.local) state.chain.jump(r[0]!, r[1]!)
+      moved.add(topic)
+    }
     const subBack = this.subLost && this.sub.isReady
     if (subBack) this.subLost = false
     for (const [topic, state] of this.topics) {
-      if (state.local) continue
+      if (state.local || moved.has(topic)) continue
       if (!state.chain.started) {
         await this.start(topic, state).catch((err: Error) => log('starting %s: %s', topic, err.message))
       } else {

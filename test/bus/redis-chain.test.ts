@@ -151,6 +151,7 @@ describe('channel messages are validated (they may not be ours)', () => {
     ['not JSON', 'x\n["a","b"]'],
     ['a bad id', JSON.stringify({ ...good, i: 'x' })],
     ['an id from the future', JSON.stringify({ ...good, i: '9999999999999-0' })],
+    ['an id a minute ahead of the clock (inside the old 60 s allowance)', JSON.stringify({ ...good, i: `${now + 59_000}-0` })],
     ['prev not before id', JSON.stringify({ ...good, p: good.i })],
     ['an epoch after the id', JSON.stringify({ ...good, e: `${now + 5}-0.0123abcd` })],
     ['an epoch without its nonce', JSON.stringify({ ...good, e: `${now}-0` })],
