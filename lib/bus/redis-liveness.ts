@@ -57,12 +57,13 @@ export class Liveness {
    * commands would take that for a stall. While the link is stalled,
    * nothing waits: it fails at once (the caller goes local).
    */
-  async send<T>(send: () => Promise<T>): Promise<T> {
+  async send<T>(send: (timed: <R>(p: Promise<R>) => Promise<R>) => Promise<T>): Promise<T> {
     if (this.stalled) throw new Error('Redis is not answering')
     await this.window.enter()
     try {
       if (this.stalled) throw new Error('Redis is not answering')
-      return await this.timed(send())
+      // Each command `send` makes in its slot has its own timer (a script Redis lacks costs a second round trip).
+      return await send((p) => this.timed(p))
     } finally {
       this.window.leave()
     }

@@ -197,13 +197,14 @@ export class Scripts {
    * behind later ones.
    */
   run(s: Script, topic: string, args: string[] | (() => string[])): Promise<unknown> {
-    return this.live.send(async () => {
-      const tail = ['1', this.stream(topic), ...(typeof args === 'function' ? args() : args)]
+    // Made per attempt: the script did not run on NOSCRIPT, and the resend's deadline counts from the resend.
+    const tail = (): string[] => ['1', this.stream(topic), ...(typeof args === 'function' ? args() : args)]
+    return this.live.send(async (timed) => {
       try {
-        return await this.cmd().sendCommand(['EVALSHA', s.sha, ...tail])
+        return await timed(this.cmd().sendCommand(['EVALSHA', s.sha, ...tail()]))
       } catch (err) {
         if (!String((err as Error).message).startsWith('NOSCRIPT')) throw err
-        return this.cmd().sendCommand(['EVAL', s.source, ...tail])
+        return timed(this.cmd().sendCommand(['EVAL', s.source, ...tail()]))
       }
     })
   }

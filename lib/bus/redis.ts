@@ -97,7 +97,7 @@ export class RedisBus implements Bus {
       prefix: this.keyPrefix,
       command: async (args) => {
         await this.started()
-        return this.live.send(() => this.cmd.sendCommand(args))
+        return this.live.send((timed) => timed(this.cmd.sendCommand(args)))
       },
       subscribe: (channel, listener) => this.connecting.then(() => this.sub.subscribe(channel, listener)),
       unsubscribe: (channel, listener) => this.sub.unsubscribe(channel, listener),
@@ -123,10 +123,11 @@ export class RedisBus implements Bus {
     if (this.closed) throw closedError(topic)
     if (!this.cmd.isReady || this.live.stalled) return this.publishLocally(topic, type, data)
     let reply: string[]
+    let gap: boolean | undefined
     try {
       // Args made when it is sent: its deadline counts from then, not from when it began to wait for room,
       // and only the first publish sent after an outage writes the gap marker (a failure marks the topic again).
-      reply = await this.scripts.run(PUBLISH, topic, () => this.publishArgs(topic, type, data, this.dirty.delete(topic))) as string[]
+      reply = await this.scripts.run(PUBLISH, topic, () => this.publishArgs(topic, type, data, (gap ??= this.dirty.delete(topic)))) as string[]
     } catch (err) {
       if (this.closed) throw closedError(topic)
       log('publish to %s through Redis failed, delivering locally: %s', topic, (err as Error).message)

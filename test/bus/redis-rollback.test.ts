@@ -15,7 +15,7 @@ import { createClient } from 'redis'
 import { RedisBus } from '../../lib/bus/redis'
 import { createRealtime, type Realtime } from '../../lib/server/realtime'
 import { connect, listen, type Frame, type TestClient } from '../helpers/net'
-import { RedisServer } from './redis-server'
+import { DelayProxy, RedisServer } from './redis-server'
 import { until } from './redis-helpers'
 
 const available = ['/usr/bin/redis-server', '/usr/local/bin/redis-server'].some((p) => existsSync(p))
@@ -32,8 +32,8 @@ d('Redis rolled back, foreign ids, overload', () => {
     await redis.stop()
   })
 
-  async function node(): Promise<{ rt: Realtime; bus: RedisBus; port: number }> {
-    const client = await createClient({ url: `redis://127.0.0.1:${redis.port}`, socket: { reconnectStrategy: () => 50, connectTimeout: 1000 } }).connect()
+  async function node(redisPort = redis.port): Promise<{ rt: Realtime; bus: RedisBus; port: number }> {
+    const client = await createClient({ url: `redis://127.0.0.1:${redisPort}`, socket: { reconnectStrategy: () => 50, connectTimeout: 1000 } }).connect()
     client.on('error', () => undefined)
     const bus = new RedisBus(client, { keyPrefix: 'rb:', commandTimeoutMs: 500, livenessMs: 200 })
     const rt = createRealtime({ bus })
@@ -172,5 +172,41 @@ d('Redis rolled back, foreign ids, overload', () => {
     for (const b of [n1, n2]) expect(b.bus.stats()).toMatchObject({ localPublishes: 0, resyncs: 0 })
     expect(counts).toEqual(clients.map(() => ({ n: N, last: N - 1, reorders: 0, resyncs: 0 })))
     expect(maxBlock).toBeLessThan(200)
+  })
+
+  test('a slow link (every chunk 200 ms late each way, under commandTimeoutMs 500): all delivered in order, 0 local-only, 0 resyncs, publishes wait for room instead of failing', async () => {
+    const slowA = await new DelayProxy(redis.port, 200).start()
+    const slowB = await new DelayProxy(redis.port, 200).start()
+    cleanup.push(() => slowA.stop(), () => slowB.stop())
+    const a = await node(slowA.port)
+    const b = await node(slowB.port)
+    const t = 'project:far'
+    const c = await client(b.port)
+    expect(await c.subscribe(t)).toMatchObject({ op: 'subscribed' })
+    // Subscribing takes two round trips (800 ms) here, over the bound: the first cursor is a local one. Counted from now on.
+    await new Promise((r) => setTimeout(r, 1500))
+    const before = [a, b].map((n) => n.bus.stats())
+    const N = 600
+    let slowest = 0
+    const ids = await Promise.all(Array.from({ length: N }, async (_x, i) => {
+      const t0 = Date.now()
+      const e = await a.rt.publish(t, 'n', i)
+      slowest = Math.max(slowest, Date.now() - t0)
+      return e.id
+    }))
+    const got: number[] = []
+    while (got.length < N) {
+      const f = await c.op('event', 10_000).catch((err: Error) => { throw new Error(`${err.message.slice(0, 300)} ${JSON.stringify({ got: got.length, slowest, a: a.bus.stats(), b: b.bus.stats() })}`) })
+      got.push(f.data as number)
+    }
+    console.log(`slow link: ${N} publishes, slowest ${slowest} ms (a 400 ms round trip; queued behind 256 in flight at most)`)
+    expect(got).toEqual(Array.from({ length: N }, (_x, i) => i))
+    expect(ids.filter((id) => id.startsWith('local:'))).toHaveLength(0)
+    expect(c.frames.filter((f: Frame) => f.op === 'resync')).toEqual([])
+    ;[a, b].forEach((n, k) => {
+      const now = n.bus.stats()
+      expect({ localPublishes: now.localPublishes - before[k]!.localPublishes, resyncs: now.resyncs - before[k]!.resyncs, timeouts: now.timeouts - before[k]!.timeouts })
+        .toEqual({ localPublishes: 0, resyncs: 0, timeouts: 0 })
+    })
   })
 })

@@ -112,3 +112,36 @@ export class PausableProxy {
     await new Promise((r) => this.server?.close(r))
   }
 }
+
+/** Forwards 127.0.0.1:<port> to `target`, every chunk delayed by `ms` in each direction, in order: a slow link (a far region, a congested VPN). */
+export class DelayProxy {
+  port = 0
+  private server: Server | undefined
+  private readonly sockets = new Set<Socket>()
+
+  constructor(private readonly target: number, private readonly ms: number) {}
+
+  async start(): Promise<this> {
+    this.server = createServer((client) => {
+      const upstream = connect(this.target, '127.0.0.1')
+      for (const s of [client, upstream]) {
+        this.sockets.add(s)
+        s.on('error', () => { client.destroy(); upstream.destroy() })
+        s.on('close', () => { this.sockets.delete(s); client.destroy(); upstream.destroy() })
+      }
+      const relay = (from: Socket, to: Socket): void => {
+        from.on('data', (chunk) => { setTimeout(() => { if (!to.destroyed) to.write(chunk) }, this.ms) })
+      }
+      relay(client, upstream)
+      relay(upstream, client)
+    })
+    await new Promise<void>((resolve) => this.server!.listen(0, '127.0.0.1', resolve))
+    this.port = (this.server!.address() as AddressInfo).port
+    return this
+  }
+
+  async stop(): Promise<void> {
+    for (const s of this.sockets) s.destroy()
+    await new Promise<void>((resolve) => this.server?.close(() => resolve()) ?? resolve())
+  }
+}
