@@ -27,6 +27,9 @@ export interface CrossNodeRun {
   /** Lone publish → last client (of both receiving nodes), ms. */
   latencyP50: number
   latencyP99: number
+  /** cms-realtime: publishes that went local (Redis healthy: must be 0), and resyncs each client got (one topic: its node's bus resyncs). */
+  localPublishes?: number
+  resyncsPerClient?: number
 }
 
 interface Waited { ok: boolean; received: number; first?: string; last?: string }
@@ -68,7 +71,13 @@ export async function crossNode(cluster: Cluster, cfg: CrossNodeConfig): Promise
     const w = await waitAll(120_000)
     if (!w.every((x) => x.ok)) throw new Error(`${cluster}: burst incomplete: ${w.map((x) => x.received).join(', ')} of ${cfg.events * cfg.perNode}`)
     const ms = Math.max(...w.map((x) => Number(BigInt(x.last!) - BigInt(t0)) / 1e6))
-    return { eventsPerSecond: cfg.events / (ms / 1000), latencyP50: percentile(last, 50), latencyP99: percentile(last, 99) }
+    const run: CrossNodeRun = { eventsPerSecond: cfg.events / (ms / 1000), latencyP50: percentile(last, 50), latencyP99: percentile(last, 99) }
+    if (cluster === 'cms-realtime') {
+      const bus = await Promise.all(servers.map((s) => s.call<{ bus?: { localPublishes?: number; resyncs?: number } }>('stats').then((x) => x.bus ?? {})))
+      run.localPublishes = bus.reduce((n, b) => n + (b.localPublishes ?? 0), 0)
+      run.resyncsPerClient = Math.max(...bus.slice(1).map((b) => b.resyncs ?? 0))
+    }
+    return run
   } finally {
     await Promise.all([...servers, ...clients].map((p) => p.stop()))
   }
@@ -76,11 +85,12 @@ export async function crossNode(cluster: Cluster, cfg: CrossNodeConfig): Promise
 
 /** The printed lines: medians per cluster, and cms-realtime's ratio to each Socket.IO adapter. */
 export function crossNodeLines(runs: Partial<Record<Cluster, CrossNodeRun[]>>, cfg: CrossNodeConfig): string[] {
-  const med = (c: Cluster, k: keyof CrossNodeRun): number => percentile((runs[c] ?? []).map((r) => r[k]), 50)
+  const med = (c: Cluster, k: 'eventsPerSecond' | 'latencyP50' | 'latencyP99'): number => percentile((runs[c] ?? []).map((r) => r[k]), 50)
   const out = [`cross-node (publish on one node, ${cfg.perNode} clients on each of two others, one Redis):`]
   for (const c of CLUSTERS) {
     if (runs[c] === undefined) continue
-    out.push(`  ${c}: ${med(c, 'eventsPerSecond').toFixed(0)} events/s; publish→last client p50 ${med(c, 'latencyP50').toFixed(2)} ms, p99 ${med(c, 'latencyP99').toFixed(2)} ms`)
+    const health = c === 'cms-realtime' ? `; local-only publishes ${(runs[c] ?? []).reduce((n, r) => n + (r.localPublishes ?? 0), 0)}, resyncs per client ${Math.max(...(runs[c] ?? []).map((r) => r.resyncsPerClient ?? 0))} (Redis healthy: both 0)` : ''
+    out.push(`  ${c}: ${med(c, 'eventsPerSecond').toFixed(0)} events/s; publish→last client p50 ${med(c, 'latencyP50').toFixed(2)} ms, p99 ${med(c, 'latencyP99').toFixed(2)} ms${health}`)
   }
   for (const c of ['socket.io', 'socket.io-streams'] as const) {
     if (runs[c] === undefined || runs['cms-realtime'] === undefined) continue

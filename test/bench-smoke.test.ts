@@ -70,6 +70,7 @@ const redisUp = redisReachable('the cross-node bench smoke')
   const { stdout, json } = await smoke(['--cases', 'cross-node'], 55_000)
   expect(stdout).toMatch(/cms-realtime ÷ socket\.io: events\/s [\d.]+×/)
   expect(stdout).toMatch(/cms-realtime ÷ socket\.io-streams: events\/s [\d.]+×/)
+  expect(stdout).toMatch(/local-only publishes 0, resyncs per client 0 \(Redis healthy: both 0\)/)
   const runs = (json as { runs: { crossNode: Record<string, Array<{ eventsPerSecond: number }>> } }).runs.crossNode
   for (const c of ['cms-realtime', 'socket.io', 'socket.io-streams']) expect(runs[c]?.[0]?.eventsPerSecond).toBeGreaterThan(0)
 }, 60_000)
