@@ -192,12 +192,7 @@ export class HttpDoor<Ctx> {
         sendJson(res, 503, { error: 'disabled', reason: 'no fallback transport is offered now; see GET <path>/config' })
         return true
       }
-      const badTicket = this.access.exchange(req)
-      if (badTicket !== null) {
-        this.host.refused(badTicket.reason)
-        sendJson(res, badTicket.status, { error: badTicket.reason, reason: badTicket.message })
-        return true
-      }
+      if (this.badTicket(req, res)) return true
       await (transport === 'sse' ? this.sse : this.polls).handle(req, res, ctx, url ?? '/')
       return true
     }
@@ -207,12 +202,7 @@ export class HttpDoor<Ctx> {
         sendJson(res, 503, { error: 'shutting_down', reason: closing().message })
         return true
       }
-      const badTicket = this.access.exchange(req)
-      if (badTicket !== null) {
-        this.host.refused(badTicket.reason)
-        sendJson(res, badTicket.status, { error: badTicket.reason, reason: badTicket.message })
-        return true
-      }
+      if (this.badTicket(req, res)) return true
       await this.collab.handle(req, res, ctx, url ?? '/')
       return true
     }
@@ -230,6 +220,15 @@ export class HttpDoor<Ctx> {
       return true
     }
     return false
+  }
+
+  /** A ticket on the request that does not open (spent, forged, expired): answered 401, so the client fetches a new one. */
+  private badTicket(req: IncomingMessage, res: ServerResponse): boolean {
+    const bad = this.access.exchange(req)
+    if (bad === null) return false
+    this.host.refused(bad.reason)
+    sendJson(res, bad.status, { error: bad.reason, reason: bad.message })
+    return true
   }
 
   /**
