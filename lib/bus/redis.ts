@@ -41,6 +41,8 @@ export class RedisBus implements Bus {
   private readonly scripts: Scripts
   private localSeq = 0
   private subLost = false
+  /** A connection came (back) up: on recovery, look for streams rolled back behind what this node saw. */
+  private reconnected = false
   private up = false
   private recovering: Promise<void> | undefined
   private recoverAgain = false
@@ -78,8 +80,7 @@ export class RedisBus implements Bus {
     this.sub = client.duplicate({ socket })
     for (const c of [this.cmd, this.sub]) c.on('error', this.onError)
     this.sub.on('reconnecting', () => { this.subLost = true })
-    this.cmd.on('ready', () => this.recover())
-    this.sub.on('ready', () => this.recover())
+    for (const c of [this.cmd, this.sub]) c.on('ready', () => { this.reconnected = true; this.recover() })
     this.connecting = Promise.all([
       this.cmd.connect(),
       this.sub.connect().then(() => this.sub.subscribe(this.live.beatChannel, this.live.echo)),
@@ -87,18 +88,13 @@ export class RedisBus implements Bus {
   }
 
   /** Both connections are up and answering. */
-  get connected(): boolean {
-    return this.cmd.isReady && this.sub.isReady && !this.live.stalled
-  }
+  get connected(): boolean { return this.cmd.isReady && this.sub.isReady && !this.live.stalled }
 
   /** Presence and soft locks in Redis, on this bus's connections (one store per bus). */
   collabStore(): CollabStore {
     return (this.collab ??= new RedisCollabStore({
       prefix: this.keyPrefix,
-      command: async (args) => {
-        await this.started()
-        return this.live.send((timed) => timed(this.cmd.sendCommand(args)))
-      },
+      command: (args) => this.started().then(() => this.live.send((timed) => timed(this.cmd.sendCommand(args)))),
       subscribe: (channel, listener) => this.connecting.then(() => this.sub.subscribe(channel, listener)),
       unsubscribe: (channel, listener) => this.sub.unsubscribe(channel, listener),
     }))
@@ -182,7 +178,6 @@ export class RedisBus implements Bus {
   }
 
   onEvent(listener: (event: BusEvent) => void): void { this.listener = listener }
-
   onResync(listener: (topic: string) => void): void { this.resyncListener = listener }
 
   /**
@@ -373,16 +368,21 @@ export class RedisBus implements Bus {
         return
       }
     }
-    // A Redis restored from an older snapshot, or a lagging replica promoted: streams behind what this node saw get a new epoch.
+    // After a reconnect (a Redis restored from an older snapshot, a lagging replica promoted): streams behind
+    // what this node saw get a new epoch. Checked together (the window bounds them), not on every stall's retry.
     const moved = new Set<string>()
-    for (const [topic, hw] of this.seen.all()) {
-      const r = await this.scripts.run(CHECK, topic, [hw.epoch, hw.id, String(this.historySize), String(this.idleTtlMs), nonce()]).catch(() => []) as string[]
-      if (r[2] === '1') this.counts.rollbacks++
-      if (r.length < 2 || r[0] === hw.epoch) continue
-      this.seen.mark(topic, r[0]!, r[1]!)
-      const state = this.topics.get(topic)
-      if (state !== undefined && state.chain.started && !state.local) state.chain.jump(r[0]!, r[1]!)
-      moved.add(topic)
+    if (this.reconnected) {
+      this.reconnected = false
+      await Promise.all(this.seen.all().map(async ([topic, hw]) => {
+        const r = await this.scripts.run(CHECK, topic, [hw.epoch, hw.id, String(this.historySize), String(this.idleTtlMs), nonce()])
+          .catch(() => { this.reconnected = true; return [] }) as string[] // not checked: again next time
+        if (r[2] === '1') this.counts.rollbacks++
+        if (r.length < 2 || r[0] === hw.epoch) return
+        this.seen.mark(topic, r[0]!, r[1]!)
+        const state = this.topics.get(topic)
+        if (state !== undefined && state.chain.started && !state.local) state.chain.jump(r[0]!, r[1]!)
+        moved.add(topic)
+      }))
     }
     const subBack = this.subLost && this.sub.isReady
     if (subBack) this.subLost = false

@@ -85,8 +85,8 @@ export class Ladder {
         this.carry('sse')
         if (typeof data === 'string' && data.startsWith(PONG)) {
           // The stream's first frame names its session; a heartbeat names none.
-          const id = (JSON.parse(data) as { session?: unknown }).session
-          if (typeof id === 'string') this.announce(id)
+          const id = sessionOf(data)
+          if (id !== undefined) this.announce(id)
         } else host.frame(data)
       },
       failed: (how, url, errored) => void this.sseFailed(how, url, errored === true),
@@ -277,5 +277,15 @@ export class Ladder {
       // Nothing subscribed, nothing to probe with: ask again later.
       void probe.start(rung.url, this.host.base, this.watch()).then((any) => { if (!any && this.probe === probe) { this.probe = undefined; this.scheduleProbe() } })
     }, this.probeMs)
+  }
+}
+
+/** The session a stream's first frame names; `undefined` for a heartbeat, or a frame mangled on the way. */
+function sessionOf(data: string): string | undefined {
+  try {
+    const id = (JSON.parse(data) as { session?: unknown }).session
+    return typeof id === 'string' ? id : undefined
+  } catch {
+    return undefined
   }
 }

@@ -272,5 +272,7 @@ export function readBody(req: IncomingMessage, max: number): Promise<string | nu
     req.on('data', onData)
     req.once('end', () => done(Buffer.concat(chunks).toString('utf8')))
     req.once('error', () => done(null))
+    // A client that goes away mid-body: no 'end' would ever come.
+    req.once('close', () => done(null))
   })
 }
