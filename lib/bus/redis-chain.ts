@@ -91,11 +91,16 @@ export class Chain {
 
   /**
    * Jump to (`epoch`, `lastId`) after telling subscribers to resync: what
-   * came before is refetched, not replayed. Queued entries up to it are dropped.
+   * came before is refetched, not replayed. Queued entries up to it are
+   * dropped. Never backwards: the caller read `lastId` from Redis, and the
+   * chain may have delivered later entries before the reply came (they would
+   * be delivered twice).
    */
   jump(epoch: string, lastId: string): void {
     this.host.resync()
-    this.start(epoch, lastId)
+    const behind = this.epoch !== null && (this.epoch === epoch ? compareIds(lastId, this.lastId!) < 0 : compareEpochs(epoch, this.epoch) < 0)
+    if (behind) this.drain()
+    else this.start(epoch, lastId)
   }
 
   get started(): boolean {
@@ -203,7 +208,8 @@ export class Chain {
 /** One topic this node's clients hold, as the Redis bus tracks it. */
 export interface TopicState {
   chain: Chain
-  listener: (message: string) => void
+  /** Redis confirmed the SUBSCRIBE; until then recovery retries it. */
+  subscribed: boolean
   /** Settles once the subscription is confirmed and the chain knows where it starts (or that it cannot know yet). */
   ready: Promise<void>
   /** This node delivered events of the topic without Redis: stream entries wait until recovery (resync, then on). */

@@ -191,6 +191,10 @@ export class Scripts {
     return `${this.keyPrefix}live:${topic}`
   }
 
+  topic(channel: string): string {
+    return channel.slice(this.keyPrefix.length + 5)
+  }
+
   /**
    * `args` as a function: made when the command is sent (a deadline counts
    * from then). A script Redis does not know yet (a fresh or restarted

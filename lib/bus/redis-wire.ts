@@ -106,3 +106,24 @@ export function streamEntries(rows: Array<[string, string[]]>, epoch: string, si
   }
   return { entries, rejected }
 }
+
+/** `fn` now, or once more after the run in progress when asked meanwhile: never two at once, never a request lost. */
+export function coalesced(fn: () => Promise<void>, onError: (err: unknown) => void): () => void {
+  let running = false
+  let again = false
+  const run = (): void => {
+    if (running) {
+      again = true
+      return
+    }
+    running = true
+    fn().catch(onError).finally(() => {
+      running = false
+      if (again) {
+        again = false
+        run()
+      }
+    })
+  }
+  return run
+}

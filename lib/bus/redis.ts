@@ -13,7 +13,7 @@ import { RedisCollabStore } from '../collab/redis-store'
 import { Chain, compareIds, HighWater, type Entry, type TopicState } from './redis-chain'
 import { resolveRedisOptions, type RedisBusOptions, type RedisClientLike, type RedisConnectionLike } from './redis-options'
 import { Liveness } from './redis-liveness'
-import { bounded, closedError, CURSOR, nonce, parseMessage, streamEntries, type RedisBusStats } from './redis-wire'
+import { bounded, closedError, coalesced, CURSOR, nonce, parseMessage, streamEntries, type RedisBusStats } from './redis-wire'
 import { CHECK, HISTORY, LATEST, PUBLISH, Scripts } from './redis-scripts'
 
 export type { RedisBusOptions, RedisClientLike, RedisConnectionLike } from './redis-options'
@@ -21,14 +21,10 @@ export { parseMessage, type RedisBusStats } from './redis-wire'
 
 const log = debug('cms-realtime:redis')
 
+/** The resolved options, as read-only fields (set in the constructor). */
+export interface RedisBus extends Readonly<Required<RedisBusOptions>> {}
+
 export class RedisBus implements Bus {
-  readonly keyPrefix!: string
-  readonly historySize!: number
-  readonly historyMaxAgeMs!: number
-  readonly idleTtlMs!: number
-  readonly commandTimeoutMs!: number
-  readonly livenessMs!: number
-  readonly maxReconnectDelayMs!: number
   /** The bus's own connections: commands, and pub/sub. The client you pass is only their template. */
   private readonly cmd: RedisConnectionLike
   private readonly sub: RedisConnectionLike
@@ -44,8 +40,6 @@ export class RedisBus implements Bus {
   /** A connection came (back) up: on recovery, look for streams rolled back behind what this node saw. */
   private reconnected = false
   private up = false
-  private recovering: Promise<void> | undefined
-  private recoverAgain = false
   private readonly connecting: Promise<unknown>
   private listener: (event: BusEvent) => void = () => {}
   private resyncListener: (topic: string) => void = () => {}
@@ -106,10 +100,11 @@ export class RedisBus implements Bus {
   }
 
   /**
-   * Through Redis when it answers within `commandTimeoutMs`; otherwise to
-   * this node's subscribers only, with a local cursor (a client recovering
-   * with it gets `resync`). Never rejects because of Redis, never waits
-   * longer than `commandTimeoutMs`. Rejects once the bus is closed, also
+   * Through Redis when the script runs within `commandTimeoutMs` of being
+   * sent; otherwise to this node's subscribers only, with a local cursor (a
+   * client recovering with it gets `resync`). Never rejects because of
+   * Redis; waits for room in flight, then at most `commandTimeoutMs` after
+   * Redis last answered (docs/redis.md). Rejects once the bus is closed, also
    * while the event is on its way: a node going away can neither deliver it
    * locally nor mark the hole for others later, so the caller learns it may be lost.
    */
@@ -126,19 +121,19 @@ export class RedisBus implements Bus {
       reply = await this.scripts.run(PUBLISH, topic, () => this.publishArgs(topic, type, data, (gap ??= this.dirty.delete(topic)))) as string[]
     } catch (err) {
       if (this.closed) throw closedError(topic)
-      log('publish to %s through Redis failed, delivering locally: %s', topic, (err as Error).message)
-      return this.publishLocally(topic, type, data)
+      return this.publishLocally(topic, type, data, (err as Error).message)
     }
-    if (reply[0] === 'expired') return this.publishLocally(topic, type, data)
+    if (reply[0] === 'expired') return this.publishLocally(topic, type, data, 'it reached Redis after its deadline')
     const [epoch, gapPrev, gapId, prev, id] = reply as [string, string, string, string, string]
     this.seen.mark(topic, epoch, id)
     // Our own subscribers get it now, through the chain (so after anything
     // older it has not delivered yet); the pub/sub echo is then a duplicate.
     const state = this.topics.get(topic)
-    if (state !== undefined && !state.local) {
-      if (gapId !== '') state.chain.push({ id: gapId, prev: gapPrev, epoch, kind: 'gap' })
-      state.chain.push({ id, prev, epoch, kind: 'event', type, data })
-    }
+    if (state === undefined) return { topic, id: `${epoch}_${id}`, type, data }
+    // This publish recorded the gap the node's local deliveries left: the topic leaves local delivery here, as in recoverOnce.
+    if (gapId !== '' && state.local) this.leaveLocal(state, epoch, gapId)
+    else if (gapId !== '') state.chain.push({ id: gapId, prev: gapPrev, epoch, kind: 'gap' })
+    if (!state.local) state.chain.push({ id, prev, epoch, kind: 'event', type, data })
     return { topic, id: `${epoch}_${id}`, type, data }
   }
 
@@ -156,7 +151,7 @@ export class RedisBus implements Bus {
         resync: () => this.resync(topic, state),
         error: (err) => log('a listener threw while delivering %s: %O', topic, err),
       }),
-      listener: (m) => this.onMessage(topic, state, m),
+      subscribed: false,
       ready: Promise.resolve(),
       local: false,
       stale: false,
@@ -171,7 +166,7 @@ export class RedisBus implements Bus {
     if (state === undefined) return
     this.topics.delete(topic)
     try {
-      await this.live.timed(this.sub.unsubscribe(this.scripts.channel(topic), state.listener))
+      await this.live.timed(this.sub.unsubscribe(this.scripts.channel(topic), this.onChannel), false)
     } catch (err) {
       log('unsubscribe from %s failed: %s', topic, (err as Error).message)
     }
@@ -252,18 +247,17 @@ export class RedisBus implements Bus {
   }
 
   private publishArgs(topic: string, type: string, data: string, gap: boolean): string[] {
-    // The deadline, in Redis time, after which the script refuses to run: by
-    // then this node has given up and delivered the event itself. A script
-    // that runs just before it and whose reply comes after the node gave up is
-    // the one case where the id returned (local) is not the one delivered
-    // elsewhere: counted as `lateReplies` (see docs/redis.md).
+    // The deadline, in Redis time, after which the script refuses to run:
+    // the node gives up on a reply only after it (see Liveness.timed), so a
+    // script that runs late cannot write an event the node delivered itself.
     const deadline = Math.floor(Date.now() + this.live.clockOffset + this.commandTimeoutMs)
     const hw = this.seen.get(topic)
     return [this.scripts.channel(topic), type, data, String(this.historySize), String(this.historyMaxAgeMs), String(this.idleTtlMs), gap ? '1' : '0', String(deadline), nonce(),
       hw?.epoch ?? '', hw?.id ?? '']
   }
 
-  private publishLocally(topic: string, type: string, data: string): BusEvent {
+  private publishLocally(topic: string, type: string, data: string, why?: string): BusEvent {
+    if (why !== undefined) log('publish to %s through Redis failed, delivering locally: %s', topic, why)
     this.counts.localPublishes++
     this.dirty.add(topic)
     const event: BusEvent = { topic, id: `local:${this.nodeEpoch}:${++this.localSeq}`, type, data }
@@ -273,6 +267,12 @@ export class RedisBus implements Bus {
       this.listener(event)
     }
     return event
+  }
+
+  /** The gap is recorded at `gapId`: stream entries flow to this node's clients again, after a resync. */
+  private leaveLocal(state: TopicState, epoch: string, gapId: string): void {
+    state.local = false
+    state.chain.jump(epoch, gapId)
   }
 
   private resync(topic: string, state: TopicState): void {
@@ -300,9 +300,11 @@ export class RedisBus implements Bus {
   /** Subscribe, then learn where the chain starts; a failure leaves it for `recover`. */
   private async listen(topic: string, state: TopicState): Promise<void> {
     try {
-      await this.live.timed(this.sub.subscribe(this.scripts.channel(topic), state.listener))
+      await this.live.timed(this.sub.subscribe(this.scripts.channel(topic), this.onChannel), false)
+      state.subscribed = true
       if (this.topics.get(topic) !== state) return
-      await this.start(topic, state)
+      if (state.chain.started && !state.local) state.chain.catchUp() // what came while it was not subscribed
+      else await this.start(topic, state)
     } catch (err) {
       state.stale = true
       log('subscribe to %s: %s', topic, (err as Error).message)
@@ -320,50 +322,47 @@ export class RedisBus implements Bus {
     }
   }
 
-  /** A pub/sub message: validated (it may not be ours), then handed to the topic's chain. */
-  private onMessage(topic: string, state: TopicState, message: string): void {
+  /**
+   * A pub/sub message: validated (it may not be ours), then handed to the
+   * topic's chain. One listener for every channel, so a message reaches the
+   * topic's current state whatever node-redis kept: a SUBSCRIBE or
+   * UNSUBSCRIBE cut off by a lost connection leaves node-redis's listeners
+   * as they were before it, and a per-state listener then went to a state
+   * long gone (the topic silent on this node for good).
+   */
+  private readonly onChannel = (message: string, channel: string): void => {
+    const topic = this.scripts.topic(channel)
+    const state = this.topics.get(topic)
+    if (state === undefined || state.local) return
     const entry = parseMessage(message, Date.now() + this.live.clockOffset)
     if (entry === null) {
       this.counts.rejectedMessages++
       log('dropped a malformed message on the channel of %s', topic)
       return
     }
-    if (this.topics.get(topic) !== state || state.local) return
     state.chain.push(entry)
   }
 
   /**
    * Redis answers again, or a connection came back: record the gaps this node
    * left (and resync its own clients of those topics), start chains that
-   * could not start, and read back what every other topic missed.
+   * could not start, retry subscriptions that failed, and read back what
+   * every other topic missed. One run at a time.
    */
-  private recover(): void {
-    if (this.recovering !== undefined) {
-      this.recoverAgain = true
-      return
-    }
-    this.recovering = this.recoverOnce().catch((err: unknown) => log('recovery failed: %O', err)).finally(() => {
-      this.recovering = undefined
-      if (this.recoverAgain) {
-        this.recoverAgain = false
-        this.recover()
-      }
-    })
-  }
+  private readonly recover = coalesced(() => this.recoverOnce(), (err) => log('recovery failed: %O', err))
 
   private async recoverOnce(): Promise<void> {
     if (this.closed || !this.cmd.isReady || this.live.stalled) return
     for (const topic of [...this.dirty]) {
+      // Taken once, as a publish takes it (one may have recorded it meanwhile); put back if it is not recorded.
+      if (!this.dirty.delete(topic)) continue
       try {
-        const [epoch, , gapId] = await this.scripts.run(PUBLISH, topic, this.publishArgs(topic, '', '', true)) as string[]
-        if (epoch === 'expired') continue
-        this.dirty.delete(topic)
+        const [epoch, , gapId] = await this.scripts.run(PUBLISH, topic, () => this.publishArgs(topic, '', '', true)) as string[]
+        if (epoch === 'expired') { this.dirty.add(topic); continue }
         const state = this.topics.get(topic)
-        if (state !== undefined) {
-          state.local = false
-          state.chain.jump(epoch!, gapId!)
-        }
+        if (state !== undefined) this.leaveLocal(state, epoch!, gapId!)
       } catch (err) {
+        this.dirty.add(topic)
         log('could not record the gap on %s: %s', topic, (err as Error).message)
         return
       }
@@ -387,12 +386,10 @@ export class RedisBus implements Bus {
     const subBack = this.subLost && this.sub.isReady
     if (subBack) this.subLost = false
     for (const [topic, state] of this.topics) {
-      if (state.local || moved.has(topic)) continue
-      if (!state.chain.started) {
-        await this.start(topic, state).catch((err: Error) => log('starting %s: %s', topic, err.message))
-      } else {
-        state.chain.catchUp()
-      }
+      if (!state.subscribed) await this.listen(topic, state) // which starts the chain or catches it up
+      else if (state.local || moved.has(topic)) continue
+      else if (!state.chain.started) await this.start(topic, state).catch((err: Error) => log('starting %s: %s', topic, err.message))
+      else state.chain.catchUp()
     }
     if (subBack) log('subscriber connection back: caught up on %d topics', this.topics.size)
   }

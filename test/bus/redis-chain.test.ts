@@ -162,3 +162,22 @@ describe('channel messages are validated (they may not be ours)', () => {
     expect(parseMessage(message)).toBeNull()
   })
 })
+
+test('a jump never goes back: entries delivered after the jump target was read are not delivered again', async () => {
+  // A node reads where a stream stands (its reply on the command connection), while the subscriber connection
+  // delivers later entries first: jumping to what it read would deliver those a second time.
+  const { chain, out } = setup([1, 2, 3, 4, 5].map((n) => ev(n)))
+  chain.start(E, '0-0')
+  for (const n of [1, 2, 3]) chain.push(ev(n))
+  chain.jump(E, '1-0')
+  chain.push(ev(3))
+  chain.push(ev(4))
+  chain.jump('50-0.0000000b', '60-0') // an older epoch than the chain's: no going back either
+  chain.push(ev(5))
+  await tick()
+  expect(out).toEqual(['1', '2', '3', 'resync', '4', 'resync', '5'])
+  // Forward it does go: on a newer epoch, from the given id.
+  chain.jump('200-0.0000000c', '201-0')
+  chain.push({ ...ev(202, 201), epoch: '200-0.0000000c' })
+  expect(out.slice(-2)).toEqual(['resync', '202'])
+})

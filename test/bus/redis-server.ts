@@ -102,6 +102,11 @@ export class PausableProxy {
     for (const [a, b] of this.pairs) { a.unpipe(b); b.unpipe(a); a.pause(); b.pause() }
   }
 
+  /** Reset every connection through it (new ones are still forwarded): what a dropped link looks like to both ends. */
+  cut(): void {
+    for (const [a, b] of this.pairs) { a.destroy(); b.destroy() }
+  }
+
   resume(): void {
     this.paused = false
     for (const [a, b] of this.pairs) { a.pipe(b); b.pipe(a); a.resume(); b.resume() }
