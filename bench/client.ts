@@ -19,8 +19,13 @@ let first = 0n
 let last = 0n
 let cpuAt = process.cpuUsage()
 let done: (() => void) | undefined
+/** Per event (in order), when the last socket got it, in ms of the monotonic clock: only while `expect` asked to track. */
+let track = false
+let arrivals: number[] = []
+/** Events each socket got since `expect`, by socket. */
+const counters: number[] = []
 
-function onEvent(): void {
+function countEvent(): void {
   received++
   if (received === 1) first = process.hrtime.bigint()
   if (received >= target) {
@@ -56,6 +61,12 @@ serve({
         try {
           const topics = topicsOf[i % topicsOf.length]!
           const onClose = (): void => { closedAfterReady++ }
+          const k = counters.push(0) - 1
+          const onEvent = (): void => {
+            // The socket that writes an index last got it last: a max over sockets for one store.
+            if (track) arrivals[counters[k]!++] = Number(process.hrtime.bigint()) / 1e6
+            countEvent()
+          }
           const s = transport === 'poll'
             ? await openPoll({ port, topics, onEvent, onClose })
             : transport === 'sse'
@@ -72,7 +83,10 @@ serve({
     return { open: sockets.length, errors, firstError, ms: Number(process.hrtime.bigint() - t0) / 1e6 }
   },
   /** Arm the counter: the next reply comes when `count` more events arrived (or `timeoutMs` passed). */
-  expect({ count }: { count: number }) {
+  expect({ count, track: tracking = false }: { count: number; track?: boolean }) {
+    track = tracking
+    arrivals = []
+    counters.fill(0)
     received = 0
     first = 0n
     last = 0n
@@ -96,9 +110,15 @@ serve({
     const cpu = process.cpuUsage(cpuAt)
     return { ok: true, received, first: String(first), last: String(last), cpuUs: cpu.user + cpu.system, closed: closedAfterReady }
   },
+  /** What `expect({ track: true })` recorded, and tracking off. */
+  arrivals() {
+    track = false
+    return { arrivals }
+  },
   closeAll() {
     for (const s of sockets) s.destroy()
     sockets = []
+    counters.length = 0
     return null
   },
 })

@@ -19,7 +19,14 @@ export interface CrossNodeConfig {
   events: number
   /** Lone publishes for latency. */
   publishes: number
+  /** Events of the steady stream at 1,000 ev/s (latency under a real load), and of the 24,000 ev/s offered one. */
+  paced: number
+  offered: number
 }
+
+/** Offered rates: the steady stream's latency, and the previous bus's ceiling, delivered in full or not. */
+const PACED_PER_SECOND = 1000
+const OFFERED_PER_SECOND = 24_000
 
 export interface CrossNodeRun {
   /** Events per second published on one node and received by every client on the two others. */
@@ -30,6 +37,12 @@ export interface CrossNodeRun {
   /** cms-realtime: publishes that went local (Redis healthy: must be 0), and resyncs each client got (one topic: its node's bus resyncs). */
   localPublishes?: number
   resyncsPerClient?: number
+  /** At a steady 1,000 ev/s: publish → last client of both receiving nodes, per event, ms. */
+  pacedP50: number
+  pacedP99: number
+  /** 24,000 ev/s offered: every event reached every client, and the rate they arrived at. */
+  offeredInFull: boolean
+  offeredDelivered: number
 }
 
 interface Waited { ok: boolean; received: number; first?: string; last?: string }
@@ -66,12 +79,30 @@ export async function crossNode(cluster: Cluster, cfg: CrossNodeConfig): Promise
       last.push(Math.max(...w.map((x) => Number(BigInt(x.last!) - BigInt(t0)) / 1e6)))
     }
 
+    // A steady stream at `perSecond`: per event, when it was published and when the last client had it.
+    const stream = async (perSecond: number, count: number) => {
+      await Promise.all(clients.map((c) => c.call('expect', { count: count * cfg.perNode, track: true })))
+      const { times } = await publisher!.call<{ times: number[] }>('rate', { topic: 'x', count, perSecond }, 120_000)
+      const w = await waitAll(60_000)
+      const got = await Promise.all(clients.map((c) => c.call<{ arrivals: number[] }>('arrivals')))
+      const at = times.map((_t, i) => Math.max(...got.map((g) => g.arrivals[i] ?? Infinity)))
+      const inFull = w.every((x) => x.ok)
+      const delivered = got.reduce((n, g) => Math.min(n, g.arrivals.length), count)
+      return { inFull, latency: times.map((t, i) => at[i]! - t).filter(Number.isFinite), perSecond: delivered / ((Math.max(...at.filter(Number.isFinite)) - times[0]!) / 1000) }
+    }
+    const paced = await stream(PACED_PER_SECOND, cfg.paced)
+    if (!paced.inFull) throw new Error(`${cluster}: the 1,000 ev/s stream did not reach every client`)
+    const offered = await stream(OFFERED_PER_SECOND, cfg.offered)
+
     await everyone(cfg.events * cfg.perNode)
     const { t0 } = await publisher!.call<{ t0: string }>('burst', { topics: ['x'], count: cfg.events })
     const w = await waitAll(120_000)
     if (!w.every((x) => x.ok)) throw new Error(`${cluster}: burst incomplete: ${w.map((x) => x.received).join(', ')} of ${cfg.events * cfg.perNode}`)
     const ms = Math.max(...w.map((x) => Number(BigInt(x.last!) - BigInt(t0)) / 1e6))
-    const run: CrossNodeRun = { eventsPerSecond: cfg.events / (ms / 1000), latencyP50: percentile(last, 50), latencyP99: percentile(last, 99) }
+    const run: CrossNodeRun = {
+      eventsPerSecond: cfg.events / (ms / 1000), latencyP50: percentile(last, 50), latencyP99: percentile(last, 99),
+      pacedP50: percentile(paced.latency, 50), pacedP99: percentile(paced.latency, 99), offeredInFull: offered.inFull, offeredDelivered: offered.perSecond,
+    }
     if (cluster === 'cms-realtime') {
       const bus = await Promise.all(servers.map((s) => s.call<{ bus?: { localPublishes?: number; resyncs?: number } }>('stats').then((x) => x.bus ?? {})))
       run.localPublishes = bus.reduce((n, b) => n + (b.localPublishes ?? 0), 0)
@@ -85,17 +116,21 @@ export async function crossNode(cluster: Cluster, cfg: CrossNodeConfig): Promise
 
 /** The printed lines: medians per cluster, and cms-realtime's ratio to each Socket.IO adapter. */
 export function crossNodeLines(runs: Partial<Record<Cluster, CrossNodeRun[]>>, cfg: CrossNodeConfig): string[] {
-  const med = (c: Cluster, k: 'eventsPerSecond' | 'latencyP50' | 'latencyP99'): number => percentile((runs[c] ?? []).map((r) => r[k]), 50)
+  const med = (c: Cluster, k: 'eventsPerSecond' | 'latencyP50' | 'latencyP99' | 'pacedP50' | 'pacedP99' | 'offeredDelivered'): number => percentile((runs[c] ?? []).map((r) => r[k]), 50)
   const out = [`cross-node (publish on one node, ${cfg.perNode} clients on each of two others, one Redis):`]
   for (const c of CLUSTERS) {
     if (runs[c] === undefined) continue
     const health = c === 'cms-realtime' ? `; local-only publishes ${(runs[c] ?? []).reduce((n, r) => n + (r.localPublishes ?? 0), 0)}, resyncs per client ${Math.max(...(runs[c] ?? []).map((r) => r.resyncsPerClient ?? 0))} (Redis healthy: both 0)` : ''
     out.push(`  ${c}: ${med(c, 'eventsPerSecond').toFixed(0)} events/s; publish→last client p50 ${med(c, 'latencyP50').toFixed(2)} ms, p99 ${med(c, 'latencyP99').toFixed(2)} ms${health}`)
+    const full = (runs[c] ?? []).every((r) => r.offeredInFull)
+    out.push(`    at ${PACED_PER_SECOND} ev/s (${cfg.paced} events): publish→last client p50 ${med(c, 'pacedP50').toFixed(2)} ms, p99 ${med(c, 'pacedP99').toFixed(2)} ms; ` +
+      `${OFFERED_PER_SECOND} ev/s offered (${cfg.offered} events): ${full ? 'delivered in full' : 'NOT delivered in full'}, at ${med(c, 'offeredDelivered').toFixed(0)} ev/s`)
   }
   for (const c of ['socket.io', 'socket.io-streams'] as const) {
     if (runs[c] === undefined || runs['cms-realtime'] === undefined) continue
     out.push(`  cms-realtime ÷ ${c}: events/s ${(med('cms-realtime', 'eventsPerSecond') / med(c, 'eventsPerSecond')).toFixed(2)}×, ` +
-      `p50 ${(med('cms-realtime', 'latencyP50') / med(c, 'latencyP50')).toFixed(2)}×, p99 ${(med('cms-realtime', 'latencyP99') / med(c, 'latencyP99')).toFixed(2)}× (latency: lower is better)`)
+      `p50 ${(med('cms-realtime', 'latencyP50') / med(c, 'latencyP50')).toFixed(2)}×, p99 ${(med('cms-realtime', 'latencyP99') / med(c, 'latencyP99')).toFixed(2)}×; ` +
+      `at ${PACED_PER_SECOND} ev/s p50 ${(med('cms-realtime', 'pacedP50') / med(c, 'pacedP50')).toFixed(2)}×, p99 ${(med('cms-realtime', 'pacedP99') / med(c, 'pacedP99')).toFixed(2)}× (latency: lower is better)`)
   }
   return out
 }

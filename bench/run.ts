@@ -106,7 +106,7 @@ async function main(): Promise<void> {
     long = await longBurst('cms-realtime', cfg)
   }
   const cross: Partial<Record<Cluster, CrossNodeRun[]>> = {}
-  const crossCfg = { perNode: num('per-node', smoke ? 20 : 100), events: num('cross-events', smoke ? 200 : 5000), publishes: num('cross-publishes', smoke ? 10 : 200) }
+  const crossCfg = { perNode: num('per-node', smoke ? 20 : 100), events: num('cross-events', smoke ? 200 : 5000), publishes: num('cross-publishes', smoke ? 10 : 200), paced: num('cross-paced', smoke ? 200 : 3000), offered: num('cross-offered', smoke ? 2400 : 24_000) }
   if (cases.includes('cross-node')) {
     for (let run = 1; run <= cfg.runs; run++) {
       for (const cluster of CLUSTERS) {

@@ -168,6 +168,29 @@ serve({
     return { t0: String(t0) }
   },
   /**
+   * A steady stream: `count` publishes on `topic` at `perSecond`, as many as
+   * are due at each 1 ms timer. Replies with each publish's monotonic time
+   * (ms; the clients' clock too) once the last one was published.
+   */
+  async rate({ topic, count, perSecond }: { topic: string; count: number; perSecond: number }) {
+    const now = (): number => Number(process.hrtime.bigint()) / 1e6
+    const times: number[] = []
+    const start = now()
+    await new Promise<void>((resolve) => {
+      const step = (): void => {
+        const due = Math.min(count, Math.floor(((now() - start) * perSecond) / 1000) + 1)
+        while (times.length < due) {
+          times.push(now())
+          publish(topic, ++seq)
+        }
+        if (times.length < count) setTimeout(step, 1)
+        else resolve()
+      }
+      step()
+    })
+    return { times }
+  },
+  /**
    * The app's own share of a burst loop (building and serialising the data),
    * timed alone, to tell it apart from the library's share.
    */

@@ -178,19 +178,19 @@ d('Redis rolled back, foreign ids, overload', () => {
     expect(counts).toEqual(clients.map(() => ({ n: N, last: N - 1, reorders: 0, resyncs: 0 })))
   })
 
-  test('a slow link (every chunk 150 ms late each way, under commandTimeoutMs 500): all delivered in order, 0 local-only, 0 resyncs, publishes wait for room instead of failing', async () => {
-    // A 300 ms round trip: one fits the bound with room for a loaded machine (the proxy runs in this
+  test('a slow link (every chunk 200 ms late each way, under commandTimeoutMs 700): all delivered in order, 0 local-only, 0 resyncs, publishes wait for room instead of failing', async () => {
+    // A 400 ms round trip: one fits the bound with room for a loaded machine (the proxy runs in this
     // process); the two a fresh Redis costs when a script is missing (NOSCRIPT, then EVAL) do not, which
     // is what went local when both shared one timer.
-    const slowA = await new DelayProxy(redis.port, 150).start()
-    const slowB = await new DelayProxy(redis.port, 150).start()
+    const slowA = await new DelayProxy(redis.port, 200).start()
+    const slowB = await new DelayProxy(redis.port, 200).start()
     cleanup.push(() => slowA.stop(), () => slowB.stop())
-    const a = await node(slowA.port)
-    const b = await node(slowB.port)
+    const a = await node(slowA.port, 700)
+    const b = await node(slowB.port, 700)
     const t = 'project:far'
     const c = await client(b.port)
     expect(await c.subscribe(t)).toMatchObject({ op: 'subscribed' })
-    // Subscribing takes two round trips (600 ms) here, over the bound: the first cursor is a local one. Counted from now on.
+    // Subscribing takes two round trips (800 ms) here, over the bound: the first cursor is a local one. Counted from now on.
     await new Promise((r) => setTimeout(r, 1500))
     const before = [a, b].map((n) => n.bus.stats())
     const N = 600
@@ -206,7 +206,7 @@ d('Redis rolled back, foreign ids, overload', () => {
       const f = await c.op('event', 10_000).catch((err: Error) => { throw new Error(`${err.message.slice(0, 300)} ${JSON.stringify({ got: got.length, slowest, a: a.bus.stats(), b: b.bus.stats() })}`) })
       got.push(f.data as number)
     }
-    console.log(`slow link: ${N} publishes, slowest ${slowest} ms (a 300 ms round trip; queued behind 256 in flight at most)`)
+    console.log(`slow link: ${N} publishes, slowest ${slowest} ms (a 400 ms round trip; queued behind 256 in flight at most)`)
     expect(got).toEqual(Array.from({ length: N }, (_x, i) => i))
     expect(ids.filter((id) => id.startsWith('local:'))).toHaveLength(0)
     expect(c.frames.filter((f: Frame) => f.op === 'resync')).toEqual([])
