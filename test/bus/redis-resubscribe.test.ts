@@ -9,12 +9,10 @@
  * after the outage reaches it (after a `resync` for what it may have missed).
  */
 import { existsSync } from 'node:fs'
-import { createClient } from 'redis'
-import { RedisBus } from '../../lib/bus/redis'
-import { createRealtime, type Realtime } from '../../lib/server/realtime'
-import { connect, listen, type TestClient } from '../helpers/net'
+import type { TestClient } from '../helpers/net'
 import { PausableProxy, RedisServer } from './redis-server'
 import { until } from './redis-helpers'
+import { busNodes } from './bus-nodes'
 
 const available = ['/usr/bin/redis-server', '/usr/local/bin/redis-server'].some((p) => existsSync(p))
 if (!available && process.env.CI !== 'true') console.log('skipping the Redis resubscribe test: no redis-server binary (apt-get install -y redis-server)')
@@ -23,30 +21,15 @@ jest.setTimeout(30_000)
 
 d('a subscription change cut off by a lost connection', () => {
   let redis: RedisServer
-  const cleanup: Array<() => unknown> = []
+  const cluster = busNodes({ keyPrefix: 'rs:', commandTimeoutMs: 300, livenessMs: 200, maxReconnectDelayMs: 200 })
+  const { cleanup, client } = cluster
   beforeEach(async () => { redis = await new RedisServer().start() })
   afterEach(async () => {
-    for (const fn of cleanup.splice(0).reverse()) await fn()
+    await cluster.close()
     await redis.stop()
   })
 
-  async function node(port: number): Promise<{ rt: Realtime; bus: RedisBus; port: number }> {
-    const client = await createClient({ url: `redis://127.0.0.1:${port}`, socket: { reconnectStrategy: () => 50, connectTimeout: 1000 } }).connect()
-    client.on('error', () => undefined)
-    const bus = new RedisBus(client, { keyPrefix: 'rs:', commandTimeoutMs: 300, livenessMs: 200, maxReconnectDelayMs: 200 })
-    const rt = createRealtime({ bus })
-    const srv = await listen((req, res) => { if (!rt.handleRequest(req, res)) res.writeHead(404).end() })
-    rt.attach(srv.server)
-    cleanup.push(() => client.destroy(), () => bus.close(), () => srv.close(), () => rt.close())
-    await until(() => bus.connected, 5000, 'bus connected')
-    return { rt, bus, port: srv.port }
-  }
-
-  async function client(port: number): Promise<TestClient> {
-    const c = await connect(port)
-    cleanup.push(() => c.close())
-    return c
-  }
+  const node = (redisPort: number) => cluster.node(redisPort)
 
   test.each([
     ['the last subscriber leaves and a new one comes', true],

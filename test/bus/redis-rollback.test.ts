@@ -11,12 +11,10 @@
  *   publish and no resync (a busy Redis is load, not a fault).
  */
 import { existsSync } from 'node:fs'
-import { createClient } from 'redis'
-import { RedisBus } from '../../lib/bus/redis'
-import { createRealtime, type Realtime } from '../../lib/server/realtime'
-import { connect, listen, type Frame, type TestClient } from '../helpers/net'
+import type { Frame, TestClient } from '../helpers/net'
 import { DelayProxy, RedisServer } from './redis-server'
 import { until } from './redis-helpers'
+import { busNodes } from './bus-nodes'
 
 const available = ['/usr/bin/redis-server', '/usr/local/bin/redis-server'].some((p) => existsSync(p))
 if (!available && process.env.CI !== 'true') console.log('skipping the Redis rollback tests: no redis-server binary (apt-get install -y redis-server)')
@@ -25,30 +23,15 @@ jest.setTimeout(90_000)
 
 d('Redis rolled back, foreign ids, overload', () => {
   let redis: RedisServer
-  const cleanup: Array<() => unknown> = []
+  const cluster = busNodes({ keyPrefix: 'rb:', commandTimeoutMs: 500, livenessMs: 200 })
+  const { cleanup, client } = cluster
   beforeEach(async () => { redis = await new RedisServer().start() })
   afterEach(async () => {
-    for (const fn of cleanup.splice(0).reverse()) await fn()
+    await cluster.close()
     await redis.stop()
   })
 
-  async function node(redisPort = redis.port, commandTimeoutMs = 500): Promise<{ rt: Realtime; bus: RedisBus; port: number }> {
-    const client = await createClient({ url: `redis://127.0.0.1:${redisPort}`, socket: { reconnectStrategy: () => 50, connectTimeout: 1000 } }).connect()
-    client.on('error', () => undefined)
-    const bus = new RedisBus(client, { keyPrefix: 'rb:', commandTimeoutMs, livenessMs: 200 })
-    const rt = createRealtime({ bus })
-    const srv = await listen((req, res) => { if (!rt.handleRequest(req, res)) res.writeHead(404).end() })
-    rt.attach(srv.server)
-    cleanup.push(() => client.destroy(), () => bus.close(), () => srv.close(), () => rt.close())
-    await until(() => bus.connected, 5000, 'bus connected')
-    return { rt, bus, port: srv.port }
-  }
-
-  async function client(port: number): Promise<TestClient> {
-    const c = await connect(port)
-    cleanup.push(() => c.close())
-    return c
-  }
+  const node = (redisPort = redis.port, commandTimeoutMs = 500) => cluster.node(redisPort, { commandTimeoutMs })
 
   test('restarted from an older snapshot: a cursor before the lost events gets resync, never recovered around the hole; live delivery goes on', async () => {
     const a = await node()
