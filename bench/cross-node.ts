@@ -79,7 +79,12 @@ export async function crossNode(cluster: Cluster, cfg: CrossNodeConfig): Promise
       last.push(Math.max(...w.map((x) => Number(BigInt(x.last!) - BigInt(t0)) / 1e6)))
     }
 
-    // A steady stream at `perSecond`: per event, when it was published and when the last client had it.
+    await everyone(cfg.events * cfg.perNode)
+    const { t0 } = await publisher!.call<{ t0: string }>('burst', { topics: ['x'], count: cfg.events })
+    const w = await waitAll(120_000)
+    if (!w.every((x) => x.ok)) throw new Error(`${cluster}: burst incomplete: ${w.map((x) => x.received).join(', ')} of ${cfg.events * cfg.perNode}`)
+    const ms = Math.max(...w.map((x) => Number(BigInt(x.last!) - BigInt(t0)) / 1e6))
+    // After the saturated burst (so a backlog of these cannot slow it): a steady stream at `perSecond`: per event, when it was published and when the last client had it.
     const stream = async (perSecond: number, count: number) => {
       await Promise.all(clients.map((c) => c.call('expect', { count: count * cfg.perNode, track: true })))
       const { times } = await publisher!.call<{ times: number[] }>('rate', { topic: 'x', count, perSecond }, 120_000)
@@ -94,11 +99,6 @@ export async function crossNode(cluster: Cluster, cfg: CrossNodeConfig): Promise
     if (!paced.inFull) throw new Error(`${cluster}: the 1,000 ev/s stream did not reach every client`)
     const offered = await stream(OFFERED_PER_SECOND, cfg.offered)
 
-    await everyone(cfg.events * cfg.perNode)
-    const { t0 } = await publisher!.call<{ t0: string }>('burst', { topics: ['x'], count: cfg.events })
-    const w = await waitAll(120_000)
-    if (!w.every((x) => x.ok)) throw new Error(`${cluster}: burst incomplete: ${w.map((x) => x.received).join(', ')} of ${cfg.events * cfg.perNode}`)
-    const ms = Math.max(...w.map((x) => Number(BigInt(x.last!) - BigInt(t0)) / 1e6))
     const run: CrossNodeRun = {
       eventsPerSecond: cfg.events / (ms / 1000), latencyP50: percentile(last, 50), latencyP99: percentile(last, 99),
       pacedP50: percentile(paced.latency, 50), pacedP99: percentile(paced.latency, 99), offeredInFull: offered.inFull, offeredDelivered: offered.perSecond,
