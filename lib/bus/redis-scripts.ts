@@ -191,8 +191,9 @@ export class Scripts {
     return `${this.keyPrefix}live:${topic}`
   }
 
+  /** The topic of a channel of `channel()`. */
   topic(channel: string): string {
-    return channel.slice(this.keyPrefix.length + 5)
+    return channel.slice(this.channel('').length)
   }
 
   /**

@@ -161,6 +161,30 @@ d('Redis rolled back, foreign ids, overload', () => {
     expect(counts).toEqual(clients.map(() => ({ n: N, last: N - 1, reorders: 0, resyncs: 0 })))
   })
 
+  test('a reply slower than commandTimeoutMs (200 ms each way, bound 300): the id publish returns is the id the other nodes deliver', async () => {
+    // The script runs within its deadline (200 ms after it is sent) and its reply comes after the bound
+    // (400 ms). The node used to give up at 300 ms and return a local id while every other node
+    // delivered the event under its stream id; it now waits out the deadline plus the clock estimate's
+    // error (half the probe's round trip), by when the reply is in.
+    const slow = await new DelayProxy(redis.port, 200).start()
+    cleanup.push(() => slow.stop())
+    const far = await node(slow.port, 300)
+    const near = await node()
+    const t = 'project:late-reply'
+    const c = await client(near.port)
+    await c.subscribe(t)
+    await far.rt.publish(t, 'n', 0) // loads the script; its id may be local (a missing script costs a second round trip)
+    await new Promise((r) => setTimeout(r, 1500)) // probes over the slow link: the clock estimate knows its round trip
+    c.frames.splice(0)
+    const ids: string[] = []
+    for (let i = 1; i <= 3; i++) ids.push((await far.rt.publish(t, 'n', i)).id)
+    const got: string[] = []
+    for (let i = 1; i <= 3; i++) got.push((await c.op('event', 5000)).id as string)
+    expect(ids.filter((id) => id.startsWith('local:'))).toEqual([])
+    expect(got).toEqual(ids)
+    expect(c.frames.filter((f: Frame) => f.op === 'resync')).toEqual([])
+  })
+
   test('a slow link (every chunk 200 ms late each way, under commandTimeoutMs 700): all delivered in order, 0 local-only, 0 resyncs, publishes wait for room instead of failing', async () => {
     // A 400 ms round trip: one fits the bound with room for a loaded machine (the proxy runs in this
     // process); the two a fresh Redis costs when a script is missing (NOSCRIPT, then EVAL) do not, which
