@@ -16,6 +16,8 @@ export class Access<Ctx> {
   readonly tickets: Tickets
   /** Each request's ticket, redeemed once: the refusal if it was bad. */
   private readonly exchanged = new WeakMap<IncomingMessage, Refusal | null>()
+  /** Requests that came with a ticket (it is gone from their URL once exchanged). */
+  private readonly ticketed = new WeakSet<IncomingMessage>()
   /** Admissions by request, begun when it arrives, before the app's middleware looks the session up. */
   private readonly arrivals = new WeakMap<IncomingMessage, Admission>()
 
@@ -58,12 +60,21 @@ export class Access<Ctx> {
     const ticket = ticketOf(req.url)
     let refusal: Refusal | null = null
     if (ticket !== undefined) {
+      // Off the URL before the app's middleware sees it: an access log
+      // (Strapi's, morgan) then shows the route, not a 500-character ticket.
+      req.url = withoutTicket(req.url!)
+      this.ticketed.add(req)
       const r = this.tickets.redeem(ticket)
       if (r.ok) req.headers.authorization = r.authorization
       else refusal = { status: 401, reason: 'unauthenticated', message: `${r.why}: get a new one from POST ${this.opts.path}/ticket` }
     }
     this.exchanged.set(req, refusal)
     return refusal
+  }
+
+  /** Did the request come with a ticket (`exchange` has removed it from `req.url`)? */
+  hadTicket(req: IncomingMessage): boolean {
+    return this.ticketed.has(req) || ticketOf(req.url) !== undefined
   }
 
   /** Does the app trust its proxy's forwarding headers for this request? Option `trustProxy` wins. */
@@ -95,4 +106,11 @@ export class Access<Ctx> {
 
 export function closing(): Refusal {
   return { status: 503, reason: 'shutting_down', message: 'the server is shutting down' }
+}
+
+/** `url` without its `ticket` query parameter (the rest kept as sent). */
+function withoutTicket(url: string): string {
+  const q = url.indexOf('?')
+  const rest = url.slice(q + 1).split('&').filter((kv) => !kv.startsWith('ticket='))
+  return rest.length === 0 ? url.slice(0, q) : `${url.slice(0, q)}?${rest.join('&')}`
 }

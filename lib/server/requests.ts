@@ -12,7 +12,6 @@ import { CloseCode } from '../protocol/protocol'
 import { HttpCollab } from '../transports/http-collab'
 import { Polls } from '../transports/poll'
 import { SseStreams } from '../transports/sse'
-import { ticketOf } from '../sessions/tickets'
 import type { FallbackTransport, RefusalReason } from '../types'
 import { closing, type Access } from './access'
 import { serveClient } from './client-asset'
@@ -92,7 +91,7 @@ export class HttpDoor<Ctx> {
       // The header the ticket was turned back into (see Access.exchange), sealed again for the next poll.
       nextTicket: (req) => {
         const authorization = req.headers.authorization
-        return ticketOf(req.url) === undefined || authorization === undefined ? undefined : () => access.tickets.mint(authorization)
+        return !access.hadTicket(req) || authorization === undefined ? undefined : () => access.tickets.mint(authorization)
       },
     }, this.collab)
   }

@@ -133,7 +133,13 @@ describe('POST <path>/ticket and the door', () => {
   test("Koa: the app's own middleware before cms-realtime sees the Authorization header, on the upgrade and on the SSE stream", async () => {
     const tokens = new Map([['tok-anna', 'anna']])
     const seen: (string | undefined)[] = []
+    const logged: string[] = []
     const koa = new Koa()
+    // An access log (Strapi's `strapi::logger`) writes ctx.url once the request is answered.
+    koa.use(async (ctx, next) => {
+      await next()
+      logged.push(ctx.url)
+    })
     // The CMS's own auth (Strapi's, say) sets ctx.state.user from the bearer token.
     koa.use(async (ctx, next) => {
       const h = ctx.get('authorization')
@@ -148,7 +154,7 @@ describe('POST <path>/ticket and the door', () => {
     cleanup.add(() => srv.close())
     cleanup.add(() => rt.close())
     const t = (await mint(srv.base, 'Bearer tok-anna')).body.ticket
-    const ws = await openWs(`ws://127.0.0.1:${srv.port}/realtime?ticket=${t}`)
+    const ws = await openWs(`ws://127.0.0.1:${srv.port}/realtime?nonce=n1&ticket=${t}&topics=notifications:anna`)
     expect(ws.status).toBe(101)
     ws.ws!.close()
     const t2 = (await mint(srv.base, 'Bearer tok-anna')).body.ticket
@@ -158,6 +164,9 @@ describe('POST <path>/ticket and the door', () => {
     ac.abort()
     // mint, upgrade, mint, stream: the header each time, restored from the ticket on the two connections.
     expect(seen).toEqual(['Bearer tok-anna', 'Bearer tok-anna', 'Bearer tok-anna', 'Bearer tok-anna'])
+    // The log holds the routes, and no ticket (each was a 500-character line in Strapi's log).
+    await waitFor(() => logged.length === 4, 'four log lines')
+    expect(logged).toEqual(['/realtime/ticket', '/realtime?nonce=n1&topics=notifications:anna', '/realtime/ticket', '/realtime/events?topics=notifications:anna'])
   })
 
   test('Tickets: a redeemed ticket is remembered until it expires, then forgotten (bounded memory)', () => {
