@@ -17,8 +17,12 @@ import { strapiRealtime, type StrapiLike, type StrapiAuth } from '../../lib/inte
 
 type DocMiddleware = Parameters<StrapiLike['documents']['use']>[0]
 
-function fakeStrapi(bus?: Bus) {
+/** Stored rows by content type, for the reads the integration makes (the draft before an update, a user's standing). */
+type Rows = Map<string, Array<Record<string, unknown>>>
+
+function fakeStrapi(bus?: Bus, rows: Rows = new Map()) {
   let middleware: DocMiddleware | undefined
+  let request: unknown
   let commitHooks: Array<() => void> | null = null
   const container = new Map<string, unknown>()
   const strapi: StrapiLike = {
@@ -27,7 +31,14 @@ function fakeStrapi(bus?: Bus) {
     db: {
       inTransaction: () => commitHooks !== null,
       transaction: async (cb) => cb({ onCommit: (fn) => commitHooks!.push(fn) }),
+      query: (uid) => ({
+        // Every user is active, with a role: the socket tests below are about the strategies' abilities.
+        findOne: async () => (uid.endsWith('user') ? { id: 1, isActive: true, role: { id: 1 } } : null),
+        findMany: async (q) => (rows.get(uid) ?? []).filter((r) => r.documentId === (q.where as { documentId?: unknown }).documentId),
+      }),
+      lifecycles: { subscribe: () => undefined },
     },
+    requestContext: { get: () => request },
     config: { get: (path, fallback) => (path === 'server.app.keys' ? ['k1k1k1k1k1k1k1k1', 'k2'] : fallback) },
     add: (name, resolver) => container.set(name, resolver()),
     get: (name) => container.get(name),
@@ -38,8 +49,10 @@ function fakeStrapi(bus?: Bus) {
     live,
     strapi,
     /** A document-service call: `write` stands for Strapi's own work (next()). */
-    call: (action: string, write: () => Promise<unknown>, uid = 'api::article.article') =>
-      middleware!({ uid, action, params: {} }, write),
+    call: (action: string, write: () => Promise<unknown>, uid = 'api::article.article', params: Record<string, unknown> = {}) =>
+      middleware!({ uid, action, params }, write),
+    /** The request in progress, as Strapi's request context holds it. */
+    asRequest(ctx: unknown) { request = ctx },
     /** Run `fn` as inside strapi.db.transaction; commit or roll back afterwards. */
     async inTransaction(fn: () => Promise<unknown>, outcome: 'commit' | 'rollback') {
       commitHooks = []
@@ -120,15 +133,40 @@ test('only the listed content types and the document actions are published', asy
   await s.call('delete', async () => ({ documentId: 'd9', entries: [] }))
   await flush()
   expect(seen.map((e) => e.type)).toEqual(['deleted', 'deleted'])
-  expect(JSON.parse(seen[0]!.data)).toEqual({ uid: 'api::article.article', documentId: 'd9', locale: null, action: 'delete' })
+  expect(JSON.parse(seen[0]!.data)).toEqual({ uid: 'api::article.article', documentId: 'd9', locale: null, action: 'delete', status: null, changed: [], by: null })
   expect(s.strapi.get('realtime')).toBe(s.live.rt)
+  await s.live.destroy()
+})
+
+test("an update says which stored fields changed (not what the form sent), who made it and the version's status; values only through data()", async () => {
+  const { bus, seen } = recordingBus()
+  const stored = { id: 4, documentId: 'd5', title: 'Old', body: 'Same', updatedAt: '2026-12-07T10:00:00.000Z', publishedAt: null }
+  const s = fakeStrapi(bus, new Map([['api::article.article', [stored]]]))
+  s.asRequest({ state: { auth: { strategy: { name: 'admin' }, credentials: { id: 2, firstname: 'Ben', lastname: 'Hale', email: 'ben@example.com' } } } })
+  const after = { ...stored, title: 'New', updatedAt: '2026-12-07T10:00:05.000Z' }
+  // The Content Manager sends the whole form: both fields, and the meta fields.
+  await s.call('update', async () => after, 'api::article.article', { documentId: 'd5', data: { title: 'New', body: 'Same', updatedAt: 'x' } })
+  s.asRequest({ state: { auth: { strategy: { name: 'users-permissions' }, credentials: { id: 9, username: 'reader9' } } } })
+  await s.call('publish', async () => ({ documentId: 'd5', entries: [] }), 'api::article.article', { documentId: 'd5' })
+  s.asRequest(undefined)
+  await s.call('create', async () => ({ documentId: 'd6', title: 'T', updatedAt: '2026-12-07T10:00:06.000Z', publishedAt: null }), 'api::article.article', { data: { title: 'T' } })
+  await flush()
+  const data = seen.filter((e) => e.topic === 'strapi:api::article.article').map((e) => JSON.parse(e.data) as Record<string, unknown>)
+  expect(data[0]).toEqual({
+    uid: 'api::article.article', documentId: 'd5', locale: null, action: 'update', status: 'draft', changed: ['title'],
+    by: { id: 'admin:2', kind: 'admin', name: 'Ben Hale' }, updatedBy: 'admin:2', revision: Date.parse(after.updatedAt), updatedAt: after.updatedAt,
+  })
+  expect(JSON.stringify(data[0])).not.toContain('New') // no value, and no email
+  expect(JSON.stringify(data[0])).not.toContain('ben@example.com')
+  expect(data[1]).toMatchObject({ action: 'publish', status: 'published', by: { id: 'user:9', kind: 'user', name: 'reader9' } })
+  expect(data[2]).toMatchObject({ action: 'create', status: 'draft', changed: ['title'], by: null })
   await s.live.destroy()
 })
 
 describe('authentication and authorisation follow Strapi (its auth service and permissions), over real sockets', () => {
   const tokens = new Map<string, { type: 'admin' | 'content-api'; auth: StrapiAuth; session?: string }>()
-  const admin = (can: string[]): StrapiAuth => ({
-    strategy: { name: 'admin' }, credentials: { id: 1 }, ability: { can: (action, subject) => can.includes(`${action} ${subject}`) },
+  const admin = (can: string[], id = 1): StrapiAuth => ({
+    strategy: { name: 'admin' }, credentials: { id }, ability: { can: (action, subject) => can.includes(`${action} ${subject}`) },
   })
   const reader = (scopes: string[], name = 'users-permissions', credentials: unknown = { id: 7 }): StrapiAuth => ({
     strategy: { name, verify: (_a, config) => { if (!config.scope!.every((sc) => scopes.includes(sc))) throw new Error('Forbidden') } },
@@ -136,7 +174,7 @@ describe('authentication and authorisation follow Strapi (its auth service and p
     ability: null,
   })
   tokens.set('editor', { type: 'admin', auth: admin(['plugin::content-manager.explorer.read api::article.article']), session: 's1' })
-  tokens.set('author-without-read', { type: 'admin', auth: admin([]) })
+  tokens.set('author-without-read', { type: 'admin', auth: admin([], 2) })
   tokens.set('reader-find', { type: 'content-api', auth: reader(['api::article.article.find']) })
   tokens.set('reader-findOne', { type: 'content-api', auth: reader(['api::article.article.findOne']) })
   tokens.set('api-token', { type: 'content-api', auth: reader(['api::article.article.find'], 'api-token', { id: 3 }) })

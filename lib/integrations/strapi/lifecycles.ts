@@ -1,0 +1,117 @@
+/**
+ * Session life from Strapi's own lifecycles: the database event that
+ * blocks, deletes or deactivates a user, changes a role's permissions or
+ * signs a device out ends or re-checks the connections it concerns at once,
+ * on this node, once the write has committed. `revalidateMs` stays as the
+ * backstop (and what reaches other nodes; see auth.ts `revalidate`).
+ *
+ * Database lifecycles (`strapi.db.lifecycles`), not document-service
+ * middlewares: users, roles, permissions and sessions are written through
+ * `strapi.db.query` by Strapi itself (the admin's user and role screens,
+ * users-permissions' logout, the session manager), which a document-service
+ * middleware never sees.
+ */
+import debug from 'debug'
+import type { KoaRealtime } from '../../adapters/koa'
+import type { Grants } from './auth'
+import { afterCommit } from './events'
+import type { LifecycleEvent, StrapiLike, StrapiUser } from './types'
+
+const log = debug('cms-realtime:strapi')
+
+/** The user tables, and the prefix of their users' ids (`StrapiUser.id`). */
+const USERS: Record<string, string> = {
+  'admin::user': 'admin:',
+  'plugin::users-permissions.user': 'user:',
+  'admin::api-token': 'api-token:',
+}
+
+/** Tables whose rows make up a kind of user's abilities: any write re-checks every such user. */
+const GRANTS: Record<string, ReadonlyArray<StrapiUser['kind']>> = {
+  'admin::permission': ['admin'],
+  'admin::role': ['admin'],
+  'plugin::users-permissions.permission': ['user', 'public'],
+  'plugin::users-permissions.role': ['user', 'public'],
+  'admin::api-token-permission': ['api-token'],
+}
+
+const SESSIONS = 'admin::session'
+
+export function watchAccess(strapi: StrapiLike, rt: () => KoaRealtime<StrapiUser>, grants: Grants): void {
+  strapi.db.lifecycles.subscribe(async (event) => {
+    // A lifecycle that throws fails the write it belongs to: never.
+    try {
+      await onLifecycle(strapi, rt, grants, event)
+    } catch (err) {
+      log('lifecycle %s of %s: %O', event.action, event.model?.uid, err)
+    }
+  })
+}
+
+async function onLifecycle(strapi: StrapiLike, rt: () => KoaRealtime<StrapiUser>, grants: Grants, event: LifecycleEvent): Promise<void> {
+  const uid = event.model?.uid
+  const action = event.action
+  if (uid === SESSIONS) return sessions(strapi, rt, event)
+  const prefix = uid === undefined ? undefined : USERS[uid]
+  if (prefix !== undefined) {
+    // Bulk writes name their rows by a query: find them before, act after.
+    if (action === 'beforeUpdateMany' || action === 'beforeDeleteMany') {
+      event.state.ids = await idsOf(strapi, uid!, event.params.where, 'id')
+      return
+    }
+    let ids: unknown[] | undefined
+    if (action === 'afterUpdate' || action === 'afterDelete') ids = [(event.result as { id?: unknown } | null)?.id]
+    else if (action === 'afterUpdateMany' || action === 'afterDeleteMany') ids = event.state.ids as unknown[] | undefined
+    if (ids === undefined) return
+    const keys = ids.filter((id) => id != null).map((id) => `${prefix}${String(id)}`)
+    const deleted = action.startsWith('afterDelete')
+    afterCommit(strapi, () => void recheck(rt(), grants, keys, deleted).catch((err: unknown) => log('recheck %o: %O', keys, err)))
+    return
+  }
+  const kinds = uid === undefined ? undefined : GRANTS[uid]
+  if (kinds !== undefined && action.startsWith('after')) {
+    afterCommit(strapi, () => {
+      const mine = (id: string): boolean => kinds.some((k) => id.startsWith(`${k}:`))
+      grants.forget(mine)
+      rt().reauthorize((u) => kinds.includes(u.kind)).catch((err: unknown) => log('reauthorize: %O', err))
+    })
+  }
+}
+
+/** Users changed or removed: end the connections of those who may no longer connect, re-check the rest's topics. */
+async function recheck(rt: KoaRealtime<StrapiUser>, grants: Grants, keys: string[], deleted: boolean): Promise<void> {
+  for (const key of keys) {
+    grants.forget(key)
+    if (deleted) {
+      rt.disconnect({ user: key }, 'user deleted')
+      continue
+    }
+    // Any open connection stands for the user: their grant is built from what is stored now.
+    let user: StrapiUser | undefined
+    rt.disconnect((u) => {
+      if (u.id === key) user ??= u
+      return false
+    })
+    if (user === undefined) continue
+    const grant = await grants.get(user)
+    if (!grant.active) rt.disconnect({ user: key }, 'user blocked')
+    else await rt.reauthorize({ user: key })
+  }
+}
+
+/** A signed-out device, a revoked or expired session: its connections end (close 4401). */
+async function sessions(strapi: StrapiLike, rt: () => KoaRealtime<StrapiUser>, event: LifecycleEvent): Promise<void> {
+  if (event.action === 'beforeDelete' || event.action === 'beforeDeleteMany') {
+    event.state.sessions = await idsOf(strapi, SESSIONS, event.params.where, 'sessionId')
+    return
+  }
+  if (event.action !== 'afterDelete' && event.action !== 'afterDeleteMany') return
+  const ended = new Set((event.state.sessions as unknown[] | undefined ?? []).map(String))
+  if (ended.size === 0) return
+  afterCommit(strapi, () => void rt().disconnect((u) => u.sessionId !== undefined && ended.has(u.sessionId), 'signed out'))
+}
+
+async function idsOf(strapi: StrapiLike, uid: string, where: unknown, column: string): Promise<unknown[]> {
+  const rows = await strapi.db.query(uid).findMany({ where: where ?? {}, select: [column] })
+  return rows.map((r) => r[column])
+}
