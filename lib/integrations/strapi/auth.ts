@@ -104,7 +104,7 @@ export class Grants {
     const service = this.strapi.plugin?.('users-permissions')?.service('permission') as PermissionService | undefined
     const engine = this.strapi.contentAPI?.permissions.engine
     if (service === undefined || engine === undefined) return null
-    return engine.generateAbility((await find(service)).map((p) => service.toContentAPIPermission(p)))
+    return (await engine.generateAbility((await find(service)).map((p) => service.toContentAPIPermission(p)))) as StrapiAuth['ability']
   }
 }
 

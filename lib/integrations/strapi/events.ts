@@ -10,6 +10,7 @@
  */
 import debug from 'debug'
 import type { KoaRealtime } from '../../adapters/koa'
+import { strapiTopic } from './topics'
 import type { StrapiLike, StrapiUser } from './types'
 
 const log = debug('cms-realtime:strapi')
@@ -186,11 +187,6 @@ export function eventData(change: DocumentChange, o: Pick<EventOptions, 'data' |
     log('option data threw for %s: %O', change.uid, err)
   }
   return data
-}
-
-/** The topic of every document of `uid`, or of one. */
-export function strapiTopic(uid: string, documentId?: string): string {
-  return documentId === undefined ? `strapi:${uid}` : `strapi:${uid}:${documentId}`
 }
 
 function announce(rt: KoaRealtime<StrapiUser>, change: DocumentChange, o: EventOptions): void {

@@ -31,7 +31,8 @@ import { adminName, documentMiddleware, type DocumentChange } from './events'
 import { watchAccess } from './lifecycles'
 import type { StrapiLike, StrapiUser } from './types'
 
-export { strapiTopic, EVENT_TYPES } from './events'
+export { EVENT_TYPES } from './events'
+export { strapiTopic } from './topics'
 export type { Actor, DocumentAction, DocumentChange, DocumentEventData } from './events'
 export type { StrapiAuth, StrapiLike, StrapiUser } from './types'
 

@@ -49,14 +49,14 @@ export interface StrapiLike {
       findOne(q: { where: unknown; populate?: string[] }): Promise<Record<string, unknown> | null>
       findMany(q: { where?: unknown; select?: string[]; limit?: number }): Promise<Array<Record<string, unknown>>>
     }
-    lifecycles: { subscribe(subscriber: (event: LifecycleEvent) => unknown): unknown }
+    lifecycles: { subscribe(subscriber: (event: LifecycleEvent) => Promise<void>): unknown }
   }
   config: { get(path: string, fallback?: unknown): unknown }
   add(name: string, resolver: () => unknown): unknown
   get(name: string): unknown
   plugin?(name: string): { service(name: string): unknown } | undefined
   service?(uid: string): unknown
-  contentAPI?: { permissions: { engine: { generateAbility(permissions: unknown[]): Promise<StrapiAuth['ability']> } } }
+  contentAPI?: { permissions: { engine: { generateAbility(permissions: unknown[]): Promise<unknown> } } }
   requestContext?: { get(): unknown }
   sessionManager?: (origin: string) => { isSessionActive(id: string): Promise<boolean> }
   log?: { warn(msg: string): void }
