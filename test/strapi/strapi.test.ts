@@ -12,110 +12,22 @@
  * the credentials hook live in Chromium; 1001 when Strapi shuts down; and
  * bugs 2 and 4 as Strapi itself shows them (stderr, access log).
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { once } from 'node:events'
-import { existsSync } from 'node:fs'
-import { createServer, type AddressInfo } from 'node:net'
-import { createRequire } from 'node:module'
-import { join } from 'node:path'
 import WebSocket from 'ws'
 import { chromium } from 'playwright-core'
+import { ADMIN, CHROMIUM, CHROMIUM_ARGS, TOPIC, UID, addAdmin, describeStrapi, open, startStrapi, until, type Running, type Socket } from './harness'
 
-const EXAMPLE = join(__dirname, '..', '..', 'examples', 'strapi')
-const CHROMIUM = '/usr/bin/chromium'
-const DB = 'cms_realtime_strapi_test'
-const PG = process.env.TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432'
-const ADMIN = { email: 'ci-admin@example.com', password: 'Ci-admin-pass-1' }
-const UID = 'api::article.article'
-const TOPIC = `strapi:${UID}`
-
-function skipReason(): string | undefined {
-  if (!existsSync(join(EXAMPLE, 'node_modules', '@strapi', 'strapi'))) return 'the example is not installed (npm run test:strapi installs it)'
-  if (!existsSync(join(EXAMPLE, 'dist', 'src', 'index.js'))) return 'the example is not compiled (npm run test:strapi compiles it)'
-  const probe = spawnSync(process.execPath, ['-e', `const s=require('net').connect(5432,'127.0.0.1');s.on('connect',()=>process.exit(0));s.on('error',()=>process.exit(1))`], { timeout: 3000 })
-  if (probe.status !== 0) return 'no PostgreSQL at 127.0.0.1:5432'
-  if (!existsSync(CHROMIUM)) return `${CHROMIUM} is missing`
-  return undefined
-}
-const why = skipReason()
-if (why !== undefined && process.env.CI !== 'true') console.warn(`Strapi tests skipped: ${why}; under CI=true they run and fail`)
-const describeStrapi = why === undefined || process.env.CI === 'true' ? describe : describe.skip
-
-async function freePort(): Promise<number> {
-  const s = createServer().listen(0, '127.0.0.1')
-  await once(s, 'listening')
-  const { port } = s.address() as AddressInfo
-  s.close()
-  return port
-}
-
-async function resetDatabase(): Promise<void> {
-  // pg is the example's dependency, not the library's.
-  const { Client } = createRequire(join(EXAMPLE, 'package.json'))('pg') as {
-    Client: new (o: { connectionString: string }) => { connect(): Promise<void>; query(sql: string): Promise<unknown>; end(): Promise<void> }
-  }
-  const c = new Client({ connectionString: `${PG}/postgres` })
-  await c.connect()
-  try {
-    await c.query(`DROP DATABASE IF EXISTS ${DB} WITH (FORCE)`)
-    await c.query(`CREATE DATABASE ${DB}`)
-  } finally {
-    await c.end()
-  }
-}
-
-interface Socket {
-  ws: WebSocket
-  frames: Array<Record<string, unknown> & { op: string; at: number }>
-  closed: Promise<number>
-}
-
-function open(url: string, headers: Record<string, string> = {}): Promise<Socket | { status: number; body: string }> {
-  return new Promise((resolve) => {
-    const ws = new WebSocket(url, 'cms-realtime.v1', { headers })
-    const frames: Socket['frames'] = []
-    const closed = new Promise<number>((r) => ws.once('close', (code) => r(code)))
-    ws.on('message', (m) => frames.push({ ...(JSON.parse(String(m)) as { op: string }), at: Date.now() }))
-    ws.once('open', () => resolve({ ws, frames, closed }))
-    ws.once('unexpected-response', (_req, res) => {
-      let body = ''
-      res.on('data', (c: Buffer) => { body += c.toString() })
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }))
-    })
-    ws.on('error', () => {})
-  })
-}
-
-async function until<T>(fn: () => T | undefined | false, what: string, ms = 10_000): Promise<T> {
-  const deadline = Date.now() + ms
-  for (;;) {
-    const v = fn()
-    if (v !== undefined && v !== false) return v
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 10))
-  }
-}
-
-describeStrapi('cms-realtime in Strapi 5', () => {
-  let strapi: ChildProcess
+describeStrapi()('cms-realtime in Strapi 5', () => {
+  let strapi: Running
   let base: string
   let wsUrl: string
-  let output = ''
   let adminJwt: string
   let apiToken: string
   const sockets: WebSocket[] = []
   const latencies: Record<string, number[]> = {}
 
-  const api = async (path: string, init: { method?: string; body?: unknown; token?: string } = {}) => {
-    const r = await fetch(base + path, {
-      method: init.method ?? 'GET',
-      headers: { 'Content-Type': 'application/json', ...(init.token === undefined ? {} : { Authorization: `Bearer ${init.token}` }) },
-      body: init.body === undefined ? undefined : JSON.stringify(init.body),
-    })
-    const text = await r.text()
-    return { status: r.status, body: (text === '' ? null : JSON.parse(text)) as any } // eslint-disable-line @typescript-eslint/no-explicit-any
-  }
+  const api: Running['api'] = (path, init) => strapi.api(path, init)
 
   async function subscribed(headers: Record<string, string>, topic = TOPIC): Promise<Socket> {
     const s = await open(wsUrl, headers)
@@ -144,25 +56,10 @@ describeStrapi('cms-realtime in Strapi 5', () => {
   }
 
   beforeAll(async () => {
-    await resetDatabase()
-    const port = await freePort()
-    base = `http://127.0.0.1:${port}`
-    wsUrl = `ws://127.0.0.1:${port}/realtime`
-    strapi = spawn(join(EXAMPLE, 'node_modules', '.bin', 'strapi'), ['start'], {
-      cwd: EXAMPLE,
-      env: {
-        ...process.env, PORT: String(port), HOST: '127.0.0.1', DATABASE_URL: `${PG}/${DB}`, SERVE_ADMIN_PANEL: 'false',
-        STRAPI_ADMIN_EMAIL: ADMIN.email, STRAPI_ADMIN_PASSWORD: ADMIN.password, STRAPI_TELEMETRY_DISABLED: 'true', NODE_ENV: 'development',
-        DEBUG: '', FORCE_COLOR: '0', REALTIME_REVALIDATE_MS: '300',
-      },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
-    strapi.stdout!.on('data', (d: Buffer) => { output += d.toString() })
-    strapi.stderr!.on('data', (d: Buffer) => { output += d.toString() })
-    const t0 = Date.now()
-    await until(() => output.includes('Strapi started successfully') || strapi.exitCode !== null, 'Strapi to start', 90_000)
-    if (strapi.exitCode !== null) throw new Error(`Strapi exited:\n${output}`)
-    console.log(`Strapi started in ${Date.now() - t0} ms`)
+    // Revalidation far off: Strapi's lifecycles, not the periodic check, must end what ends.
+    strapi = await startStrapi('cms_realtime_strapi_test', { REALTIME_REVALIDATE_MS: '600000' })
+    base = strapi.base
+    wsUrl = strapi.wsUrl
     const login = await api('/admin/login', { method: 'POST', body: ADMIN })
     expect(login.status).toBe(200)
     adminJwt = login.body.data.token
@@ -174,11 +71,9 @@ describeStrapi('cms-realtime in Strapi 5', () => {
   }, 120_000)
 
   afterAll(async () => {
+    if (process.env.STRAPI_TEST_DEBUG !== undefined) console.log(strapi?.output())
     for (const ws of sockets) ws.terminate()
-    if (strapi !== undefined && strapi.exitCode === null) {
-      strapi.kill('SIGKILL')
-      await once(strapi, 'exit')
-    }
+    await strapi?.stop()
     for (const [name, ms] of Object.entries(latencies)) {
       const sorted = [...ms].sort((a, b) => a - b)
       console.log(`through Strapi, ${name}: median ${sorted[sorted.length >> 1]} ms, max ${sorted[sorted.length - 1]} ms (n=${ms.length})`)
@@ -240,10 +135,7 @@ describeStrapi('cms-realtime in Strapi 5', () => {
   })
 
   test('the browser client with the credentials hook goes live in Chromium (Strapi CSP as is) and shows a write at once', async () => {
-    const browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
-    })
+    const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS })
     try {
       const page = await browser.newPage()
       const problems: string[] = []
@@ -286,9 +178,9 @@ describeStrapi('cms-realtime in Strapi 5', () => {
     const s = await subscribed({ Authorization: `Bearer ${adminJwt}` })
     ;(s.ws as unknown as { _socket: import('node:net').Socket })._socket.resetAndDestroy()
     await new Promise((r) => setTimeout(r, 300))
-    expect(output).toMatch(/GET \/realtime \(\d+ ms\) 101/)
-    expect(output).not.toMatch(/GET \/realtime \(\d+ ms\) 404/)
-    expect(output).not.toMatch(/ECONNRESET/)
+    expect(strapi.output()).toMatch(/GET \/realtime \(\d+ ms\) 101/)
+    expect(strapi.output()).not.toMatch(/GET \/realtime \(\d+ ms\) 404/)
+    expect(strapi.output()).not.toMatch(/ECONNRESET/)
   })
 
   test("signing out of Strapi (POST /admin/logout, one device) ends that session's connections with 4401 and no other", async () => {
@@ -300,17 +192,161 @@ describeStrapi('cms-realtime in Strapi 5', () => {
     const t0 = Date.now()
     expect((await api('/admin/logout', { method: 'POST', token: jwt, body: { deviceId } })).status).toBe(200)
     expect(await leaving.closed).toBe(4401)
-    console.log(`Strapi sign-out → 4401 in ${Date.now() - t0} ms (revalidateMs 300)`)
-    await new Promise((r) => setTimeout(r, 700)) // two more rounds
+    const ms = leaving.closedAt! - t0
+    console.log(`Strapi admin sign-out → 4401 in ${ms} ms (revalidateMs 600000: the session's own lifecycle)`)
+    expect(ms).toBeLessThan(1000)
+    await new Promise((r) => setTimeout(r, 700))
     expect(staying.ws.readyState).toBe(WebSocket.OPEN)
+  })
+
+  /** The Authenticated role may (or may not) find articles (Settings → Users & Permissions → Roles). */
+  async function authenticatedMayFind(find: boolean): Promise<void> {
+    const roles = await api('/users-permissions/roles', { token: adminJwt })
+    const id = (roles.body.roles as Array<{ id: number; type: string }>).find((r) => r.type === 'authenticated')!.id
+    const role = (await api(`/users-permissions/roles/${id}`, { token: adminJwt })).body.role
+    role.permissions['api::article'].controllers.article.find.enabled = find
+    expect((await api(`/users-permissions/roles/${id}`, { method: 'PUT', token: adminJwt, body: role })).status).toBe(200)
+  }
+
+  /** A users-permissions user, signed in on one device: JWT, id, device. */
+  async function reader(name: string) {
+    const reg = await api('/api/auth/local/register', { method: 'POST', body: { username: name, email: `${name}@example.com`, password: 'Reader-pass-1' } })
+    expect(reg.status).toBe(200)
+    const deviceId = randomUUID()
+    const login = await api('/api/auth/local', { method: 'POST', body: { identifier: `${name}@example.com`, password: 'Reader-pass-1', deviceId } })
+    expect(login.status).toBe(200)
+    return { jwt: login.body.jwt as string, documentId: reg.body.user.documentId as string, deviceId }
+  }
+
+  /** An SSE stream on TOPIC with a bearer token: its events, and when it ended. */
+  async function stream(jwt: string) {
+    const ac = new AbortController()
+    const r = await fetch(`${base}/realtime/events?topics=${encodeURIComponent(TOPIC)}`, { headers: { Authorization: `Bearer ${jwt}` }, signal: ac.signal })
+    expect(r.status).toBe(200)
+    const out = { text: '', endedAt: undefined as number | undefined, events: () => out.text.split('\n\n').filter((b) => /^event: /m.test(b) || /"op":"event"/.test(b)).length, abort: () => ac.abort() }
+    void (async () => {
+      try {
+        for await (const chunk of r.body!) out.text += Buffer.from(chunk as Uint8Array).toString()
+      } catch {
+        // aborted
+      }
+      out.endedAt = Date.now()
+    })()
+    await until(() => out.text.includes('subscribed'), 'the stream to subscribe')
+    return out
+  }
+
+  /** Events on `s` (socket or stream) after a write made now: after `settle` ms, how many arrived. */
+  async function eventsAfterWrite(title: string): Promise<void> {
+    expect((await api('/api/articles', { method: 'POST', token: apiToken, body: { data: { title } } })).status).toBe(201)
+    await new Promise((r) => setTimeout(r, 500))
+  }
+
+  test('a users-permissions user blocked by an admin: the open WebSocket (4401) and SSE stream end within 1 s, and receive 0 events after', async () => {
+    await authenticatedMayFind(true)
+    const u = await reader('blocked')
+    const ws = await subscribed({ Authorization: `Bearer ${u.jwt}` })
+    expect(ws.frames.find((f) => f.topic === TOPIC)?.op).toBe('subscribed')
+    const sse = await stream(u.jwt)
+    const t0 = Date.now()
+    const blocked = await api(`/content-manager/collection-types/plugin::users-permissions.user/${u.documentId}`, { method: 'PUT', token: adminJwt, body: { blocked: true } })
+    expect(blocked.status).toBe(200)
+    expect(await ws.closed).toBe(4401)
+    await until(() => sse.endedAt, 'the stream to end', 2000)
+    console.log(`blocked → WebSocket 4401 in ${ws.closedAt! - t0} ms, SSE stream ended in ${sse.endedAt! - t0} ms`)
+    expect(ws.closedAt! - t0).toBeLessThan(1000)
+    expect(sse.endedAt! - t0).toBeLessThan(1000)
+    expect(sse.text).toContain('"code":4401')
+    const before = { ws: ws.frames.filter((f) => f.op === 'event').length, sse: sse.events() }
+    await eventsAfterWrite('after the block')
+    expect({ ws: ws.frames.filter((f) => f.op === 'event').length, sse: sse.events() }).toEqual(before)
+    // And the door stays shut.
+    const again = await open(wsUrl, { Authorization: `Bearer ${u.jwt}` })
+    expect('status' in again && again.status).toBe(401)
+  })
+
+  test('a users-permissions user deleted by an admin: 4401 within 1 s, 0 events after', async () => {
+    const u = await reader('deleted')
+    const ws = await subscribed({ Authorization: `Bearer ${u.jwt}` })
+    const t0 = Date.now()
+    expect((await api(`/content-manager/collection-types/plugin::users-permissions.user/${u.documentId}`, { method: 'DELETE', token: adminJwt })).status).toBe(200)
+    expect(await ws.closed).toBe(4401)
+    console.log(`deleted → 4401 in ${ws.closedAt! - t0} ms`)
+    expect(ws.closedAt! - t0).toBeLessThan(1000)
+    const n = ws.frames.filter((f) => f.op === 'event').length
+    await eventsAfterWrite('after the delete')
+    expect(ws.frames.filter((f) => f.op === 'event').length).toBe(n)
+  })
+
+  test("the user's role loses find on articles: the subscription is withdrawn (forbidden) within 1 s, the connection stays, 0 events after", async () => {
+    const u = await reader('demoted')
+    const ws = await subscribed({ Authorization: `Bearer ${u.jwt}` })
+    const t0 = Date.now()
+    await authenticatedMayFind(false)
+    const gone = await until(() => ws.frames.find((f) => f.op === 'unsubscribed' && f.topic === TOPIC), 'the subscription to be withdrawn', 2000)
+    console.log(`role lost find → unsubscribed (${String(gone.reason)}) in ${gone.at - t0} ms`)
+    expect(gone.reason).toBe('forbidden')
+    expect(gone.at - t0).toBeLessThan(1000)
+    const n = ws.frames.filter((f) => f.op === 'event').length
+    await eventsAfterWrite('after the role change')
+    expect(ws.frames.filter((f) => f.op === 'event').length).toBe(n)
+    expect(ws.ws.readyState).toBe(WebSocket.OPEN)
+    await authenticatedMayFind(true)
+  })
+
+  test('a users-permissions sign-out (POST /api/auth/logout, one device) ends that device within 1 s and not the other', async () => {
+    const u = await reader('leaver')
+    const other = await api('/api/auth/local', { method: 'POST', body: { identifier: 'leaver@example.com', password: 'Reader-pass-1', deviceId: randomUUID() } })
+    const leaving = await subscribed({ Authorization: `Bearer ${u.jwt}` })
+    const staying = await subscribed({ Authorization: `Bearer ${other.body.jwt as string}` })
+    const t0 = Date.now()
+    expect((await api('/api/auth/logout', { method: 'POST', token: u.jwt, body: { deviceId: u.deviceId } })).status).toBe(200)
+    expect(await leaving.closed).toBe(4401)
+    console.log(`users-permissions sign-out → 4401 in ${leaving.closedAt! - t0} ms`)
+    expect(leaving.closedAt! - t0).toBeLessThan(1000)
+    await new Promise((r) => setTimeout(r, 300))
+    expect(staying.ws.readyState).toBe(WebSocket.OPEN)
+  })
+
+  test('an admin deactivated, moved to a role without read, or deleted: 4401 / forbidden within 1 s, 0 events after', async () => {
+    const ben = await addAdmin(strapi, adminJwt, { firstname: 'Ben', lastname: 'Hale', email: 'ben@example.com', password: 'Ben-pass-12' })
+    // Deactivated (Settings → Users → Active off).
+    let ws = await subscribed({ Authorization: `Bearer ${ben.jwt}` })
+    let t0 = Date.now()
+    expect((await api(`/admin/users/${ben.id}`, { method: 'PUT', token: adminJwt, body: { isActive: false } })).status).toBe(200)
+    expect(await ws.closed).toBe(4401)
+    console.log(`admin deactivated → 4401 in ${ws.closedAt! - t0} ms`)
+    expect(ws.closedAt! - t0).toBeLessThan(1000)
+    expect((await api(`/admin/users/${ben.id}`, { method: 'PUT', token: adminJwt, body: { isActive: true } })).status).toBe(200)
+    // A role that may not read articles.
+    const role = await api('/admin/roles', { method: 'POST', token: adminJwt, body: { name: 'No articles', description: 'reads nothing' } })
+    expect(role.status).toBe(201)
+    const jwt = (await api('/admin/login', { method: 'POST', body: { email: 'ben@example.com', password: 'Ben-pass-12' } })).body.data.token as string
+    ws = await subscribed({ Authorization: `Bearer ${jwt}` })
+    expect(ws.frames.find((f) => f.topic === TOPIC)?.op).toBe('subscribed')
+    t0 = Date.now()
+    expect((await api(`/admin/users/${ben.id}`, { method: 'PUT', token: adminJwt, body: { roles: [role.body.data.id] } })).status).toBe(200)
+    const gone = await until(() => ws.frames.find((f) => f.op === 'unsubscribed' && f.topic === TOPIC), 'the subscription to be withdrawn', 2000)
+    console.log(`admin role changed → unsubscribed in ${gone.at - t0} ms`)
+    expect(gone.reason).toBe('forbidden')
+    expect(gone.at - t0).toBeLessThan(1000)
+    const n = ws.frames.filter((f) => f.op === 'event').length
+    await eventsAfterWrite('after the admin role change')
+    expect(ws.frames.filter((f) => f.op === 'event').length).toBe(n)
+    // Deleted (Settings → Users → delete).
+    t0 = Date.now()
+    expect((await api(`/admin/users/${ben.id}`, { method: 'DELETE', token: adminJwt })).status).toBe(200)
+    expect(await ws.closed).toBe(4401)
+    console.log(`admin deleted → 4401 in ${ws.closedAt! - t0} ms`)
+    expect(ws.closedAt! - t0).toBeLessThan(1000)
   })
 
   test('Strapi shutting down (SIGTERM → destroy) closes every socket with 1001', async () => {
     const a = await subscribed({ Authorization: `Bearer ${adminJwt}` })
     const b = await subscribed({ Authorization: `Bearer ${adminJwt}` }, `${TOPIC}:x`)
-    strapi.kill('SIGTERM')
+    strapi.process.kill('SIGTERM')
     expect(await a.closed).toBe(1001)
     expect(await b.closed).toBe(1001)
-    await once(strapi, 'exit')
+    await once(strapi.process, 'exit')
   }, 20_000)
 })

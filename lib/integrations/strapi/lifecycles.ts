@@ -37,18 +37,39 @@ const GRANTS: Record<string, ReadonlyArray<StrapiUser['kind']>> = {
 
 const SESSIONS = 'admin::session'
 
+/** Permission writes within this long are one re-check: saving a role writes one row per action. */
+const COALESCE_MS = 25
+
 export function watchAccess(strapi: StrapiLike, rt: () => KoaRealtime<StrapiUser>, grants: Grants): void {
+  const pending = new Set<StrapiUser['kind']>()
+  let timer: NodeJS.Timeout | undefined
+  const regrant = (kinds: ReadonlyArray<StrapiUser['kind']>): void => {
+    for (const k of kinds) pending.add(k)
+    timer ??= setTimeout(() => {
+      timer = undefined
+      const now = [...pending]
+      pending.clear()
+      grants.forget((id) => now.some((k) => id.startsWith(`${k}:`)))
+      try {
+        rt().reauthorize((u) => now.includes(u.kind)).catch((err: unknown) => log('reauthorize: %O', err))
+      } catch (err) {
+        log('reauthorize: %O', err)
+      }
+    }, COALESCE_MS).unref()
+  }
   strapi.db.lifecycles.subscribe(async (event) => {
     // A lifecycle that throws fails the write it belongs to: never.
     try {
-      await onLifecycle(strapi, rt, grants, event)
+      await onLifecycle(strapi, rt, grants, event, regrant)
     } catch (err) {
       log('lifecycle %s of %s: %O', event.action, event.model?.uid, err)
     }
   })
 }
 
-async function onLifecycle(strapi: StrapiLike, rt: () => KoaRealtime<StrapiUser>, grants: Grants, event: LifecycleEvent): Promise<void> {
+async function onLifecycle(
+  strapi: StrapiLike, rt: () => KoaRealtime<StrapiUser>, grants: Grants, event: LifecycleEvent, regrant: (kinds: ReadonlyArray<StrapiUser['kind']>) => void,
+): Promise<void> {
   const uid = event.model?.uid
   const action = event.action
   if (uid === SESSIONS) return sessions(strapi, rt, event)
@@ -69,13 +90,7 @@ async function onLifecycle(strapi: StrapiLike, rt: () => KoaRealtime<StrapiUser>
     return
   }
   const kinds = uid === undefined ? undefined : GRANTS[uid]
-  if (kinds !== undefined && action.startsWith('after')) {
-    afterCommit(strapi, () => {
-      const mine = (id: string): boolean => kinds.some((k) => id.startsWith(`${k}:`))
-      grants.forget(mine)
-      rt().reauthorize((u) => kinds.includes(u.kind)).catch((err: unknown) => log('reauthorize: %O', err))
-    })
-  }
+  if (kinds !== undefined && action.startsWith('after')) afterCommit(strapi, () => regrant(kinds))
 }
 
 /** Users changed or removed: end the connections of those who may no longer connect, re-check the rest's topics. */
