@@ -1,6 +1,12 @@
 // cms-realtime's options for this app, per environment (any option but the
 // callbacks, which cms-realtime/strapi provides). See the README's options table.
 export default ({ env }: { env: { int(name: string, fallback: number): number } }) => ({
-  // How often open connections are checked against their Strapi session (sign-out, revoked sessions).
+  // The backstop behind Strapi's lifecycles (which end a blocked user's or a
+  // signed-out device's connections at once): how often open connections are
+  // checked against their Strapi session and user.
   revalidateMs: env.int('REALTIME_REVALIDATE_MS', 60_000),
+  collab: {
+    // How long a tab that vanished (closed, crashed, its node killed) keeps an entry's lock.
+    lockGraceMs: env.int('REALTIME_LOCK_GRACE_MS', 15_000),
+  },
 });

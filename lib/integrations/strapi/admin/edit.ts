@@ -106,10 +106,13 @@ function LiveEdit({ model, documentId, document }: EditViewProps & { documentId:
       // Not connected yet, or refused: the panel shows the holder; "Take over" retries.
     }
   }
-  // Ask for the lock once the channel is live (again, after a reconnect the client reclaims it itself).
+  // Ask for the lock once the channel is live, and whenever it is free again
+  // (its holder left, or their tab died and the grace ran out). After a
+  // reconnect the client reclaims a lock it held by itself.
+  const free = presence !== undefined && holder === null
   useEffect(() => {
-    if (state === 'live' && held.current === undefined && lostTo === null) void take(false)
-  }, [state, topic]) // eslint-disable-line react-hooks/exhaustive-deps
+    if ((state === 'live' || state === 'fallback') && held.current === undefined && (free || lostTo === null)) void take(false)
+  }, [state, topic, free]) // eslint-disable-line react-hooks/exhaustive-deps
   useEffect(() => () => { held.current?.release(); held.current = undefined }, [topic])
 
   // Someone else saved since this editor opened the entry.
