@@ -353,9 +353,17 @@ export interface RealtimeStats {
 /**
  * Which connections `rt.disconnect` / `rt.reauthorize` act on: one user's
  * (by `userId(user)`: `user.id`, or the user itself when it is a string or a
- * number), those holding a topic, or those whose user matches a predicate.
+ * number), those holding a topic, those whose user has given field values,
+ * or those whose user matches a predicate. Every selector but a predicate
+ * also acts on the other nodes sharing the bus.
  */
 export type ConnectionSelector<U = User> =
   | { user: string | number }
   | { topic: string }
+  /**
+   * Users whose fields have these values (an array: any of them), e.g.
+   * `{ match: { sessionId: ['s1', 's2'] } }`: data, so unlike a function it
+   * reaches other nodes too.
+   */
+  | { match: Record<string, string | number | boolean | ReadonlyArray<string | number | boolean>> }
   | ((user: U) => boolean)

@@ -15,6 +15,7 @@ import { Delivery } from '../delivery/delivery'
 import { Hub } from '../delivery/hub'
 import { resolveOptions, type ResolvedOptions } from '../options'
 import { CloseCode, validTopic } from '../protocol/protocol'
+import { Control, CONTROL_TOPIC } from '../sessions/control'
 import { Sessions } from '../sessions/sessions'
 import type { Core } from '../transports/transport'
 import { WebSocketDoor } from '../transports/websocket-server'
@@ -45,6 +46,7 @@ export class Realtime<Ctx = IncomingMessage> {
     refusals: {}, errors: 0, sessionsEnded: 0, subscriptionsRevoked: 0, recovered: 0, resynced: 0,
   }
   private readonly sessions: Sessions
+  private readonly control: Control
   private readonly collab: Collab
   /** What each nonce'd handshake looked like to us, and what browsers reported. */
   private readonly diagnostics = new Diagnostics()
@@ -64,12 +66,14 @@ export class Realtime<Ctx = IncomingMessage> {
     // Paced: a burst must not block the event loop (see delivery.ts).
     this.bus.onEvent((event) => this.guard('bus event', () => {
       if (this.hub.subscribers(event.topic) !== undefined) this.delivery.push(event)
+      else if (event.topic === CONTROL_TOPIC) this.control.receive(event.data)
     }))
     this.bus.onResync?.((topic) => this.guard('bus resync', () => {
       for (const sub of this.hub.subscribers(topic) ?? []) sub.resync(topic)
     }))
     const error = (where: string, err: unknown): void => this.error(where, err)
     this.sessions = new Sessions(this.opts as ResolvedOptions<never>, this.counters, error)
+    this.control = new Control(this.bus, this.sessions, !this.ownsBus, (fn) => this.busCall(fn), error)
     this.collab = new Collab(this.bus.collabStore?.() ?? new MemoryCollabStore(), this.opts.collab,
       (user, topic) => this.sessions.allowed(user, topic), error, this.opts.maxTopicsPerConnection)
     const core: Core = {
@@ -99,18 +103,12 @@ export class Realtime<Ctx = IncomingMessage> {
     this.ws = new WebSocketDoor<Ctx>(state, access)
     this.http = new HttpDoor<Ctx>(state, access)
     this.upgrades = new Upgrades<Ctx>({
-      path: this.opts.path,
-      viaApp: binding.upgradesThroughApp === true,
-      handshakeTimeoutMs: this.opts.handshakeTimeoutMs,
-      unclaimedUpgradeTimeoutMs: this.opts.unclaimedUpgradeTimeoutMs,
-      diagnostics: this.diagnostics,
+      path: this.opts.path, viaApp: binding.upgradesThroughApp === true, diagnostics: this.diagnostics,
+      handshakeTimeoutMs: this.opts.handshakeTimeoutMs, unclaimedUpgradeTimeoutMs: this.opts.unclaimedUpgradeTimeoutMs,
       gate: (req) => (this.closed ? closing() : checkUpgrade(req, this.enabled) ?? access.exchange(req)),
       admit: (req, socket, head, ctx) => this.ws.admit(req, socket, head, ctx),
-      arrived: (req) => { access.arrival(req) },
-      settled: (req) => access.settle(req),
-      pipelined: (socket) => this.http.upgradePipelined(socket),
-      refused: (reason) => this.refused(reason),
-      error,
+      arrived: (req) => { access.arrival(req) }, settled: (req) => access.settle(req),
+      pipelined: (socket) => this.http.upgradePipelined(socket), refused: (reason) => this.refused(reason), error,
     })
     if (options.server !== undefined) this.attach(options.server)
   }
@@ -189,12 +187,12 @@ export class Realtime<Ctx = IncomingMessage> {
 
   /** End the selected users' connections and streams now (4401; invalidate the CMS session first). Returns how many. */
   disconnect(selector: ConnectionSelector, reason = 'signed out'): number {
-    return this.sessions.disconnect(selector, reason)
+    return this.control.disconnect(selector, reason)
   }
 
-  /** Ask `authorize` again for what the selected connections hold (default: all); resolves to how many were dropped. */
+  /** Ask `authorize` again for what the selected connections hold (default: all); resolves to how many were dropped here. */
   reauthorize(selector?: ConnectionSelector): Promise<number> {
-    return this.sessions.reauthorize(selector)
+    return this.control.reauthorize(selector)
   }
 
   /** Who is present on `topic` now, on every node (one entry per tab). */

@@ -13,6 +13,7 @@ import type { ResolvedOptions } from '../options'
 import { userId } from '../users'
 import type { Refusal } from '../server/handshake'
 import type { ConnectionSelector, User } from '../types'
+import { reserved } from './control'
 
 const log = debug('cms-realtime')
 
@@ -178,8 +179,8 @@ export class Sessions {
   select(selector?: ConnectionSelector): Session[] {
     const all = [...this.all]
     if (selector === undefined) return all
-    if (typeof selector !== 'function' && !('user' in selector) && !('topic' in selector)) {
-      throw new TypeError('cms-realtime: a selector is { user }, { topic } or a function of the user')
+    if (typeof selector !== 'function' && !('user' in selector) && !('topic' in selector) && !validMatch(selector)) {
+      throw new TypeError('cms-realtime: a selector is { user }, { topic }, { match: { field: value } } or a function of the user')
     }
     return all.filter((s) => this.matches(s, selector))
   }
@@ -200,6 +201,11 @@ export class Sessions {
       }
     }
     if ('user' in selector) return userId(s.user) === String(selector.user)
+    if ('match' in selector) {
+      const user = s.user as Record<string, unknown> | null
+      if (typeof user !== 'object' || user === null) return false
+      return Object.entries(selector.match).every(([k, v]) => (Array.isArray(v) ? v.includes(user[k] as never) : user[k] === v))
+    }
     const topic = selector.topic
     return s.heldTopics().some((t) => t === topic || (t.startsWith(topic) && t.charCodeAt(topic.length) === 47 /* / */))
   }
@@ -240,8 +246,9 @@ export class Sessions {
     return n
   }
 
-  /** `authorize(user, topic)`, never throwing: a throw is logged, counted, and means no. */
+  /** `authorize(user, topic)`, never throwing: a throw is logged, counted, and means no. The library's own topics are no one's. */
   async allowed(user: User, topic: string): Promise<boolean> {
+    if (reserved(topic)) return false
     try {
       return (await this.opts.authorize(user, topic)) === true
     } catch (err) {
@@ -314,4 +321,9 @@ export class Sessions {
       this.sweeping = false
     }
   }
+}
+
+function validMatch(selector: object): boolean {
+  const m = (selector as { match?: unknown }).match
+  return typeof m === 'object' && m !== null && Object.keys(m).length > 0
 }

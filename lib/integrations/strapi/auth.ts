@@ -6,10 +6,9 @@
  *   enabled).
  * - What: the ability each strategy builds (admin RBAC, the users-permissions
  *   role, the token's scope). A strategy builds it once per request, so a
- *   connection's is frozen at its handshake; `Grants` keeps a current one
- *   per user instead, rebuilt when Strapi's lifecycles say the user, a role
- *   or a permission changed (lifecycles.ts) and at every `revalidate`, so a
- *   role change reaches open connections and not only new ones.
+ *   connection's would be frozen at its handshake; `Grants` reads the
+ *   user's current one at each check instead, so a role change reaches
+ *   open connections (lifecycles.ts re-checks them), not only new ones.
  */
 import { createHash, randomUUID } from 'node:crypto'
 import debug from 'debug'
@@ -28,48 +27,52 @@ export interface AuthOptions {
 }
 
 /** A user's standing now: still allowed in at all, and their ability. */
-interface Grant {
+export interface Grant {
   active: boolean
   ability: StrapiAuth['ability']
-  /** The ability's rules, to tell a changed role from an unchanged one. */
-  rules: string
-  at: number
 }
 
 type Ability = NonNullable<StrapiAuth['ability']> & { rules?: unknown }
 
+/**
+ * Users' grants, read from Strapi each time (a subscribe's, a re-check's):
+ * no cache to go stale, here or on another node that is told to re-check.
+ * Lookups for one user already in flight are shared, so a handshake with
+ * twenty topics costs one.
+ */
 export class Grants {
-  private readonly cache = new Map<string, Promise<Grant>>()
+  private readonly inFlight = new Map<string, Promise<Grant>>()
+  /** Each user's rules at their last check, to tell a changed role at `revalidate`. */
+  private readonly rules = new Map<string, string>()
 
   constructor(private readonly strapi: StrapiLike) {}
 
-  /** `user`'s current grant, at most `maxAgeMs` old. */
-  get(user: StrapiUser, maxAgeMs = Infinity): Promise<Grant> {
-    const hit = this.cache.get(user.id)
-    if (hit !== undefined) {
-      return hit.then((g) => (Date.now() - g.at <= maxAgeMs ? g : this.fresh(user)))
-    }
-    return this.fresh(user)
-  }
-
-  /** Forget the grants of the users `which` selects (an id, or a test on ids), so the next check asks Strapi. */
-  forget(which: string | ((id: string) => boolean)): void {
-    if (typeof which === 'string') this.cache.delete(which)
-    else for (const id of this.cache.keys()) if (which(id)) this.cache.delete(id)
-  }
-
-  private fresh(user: StrapiUser): Promise<Grant> {
-    const p = this.build(user).then(
-      (g) => ({ ...g, rules: JSON.stringify((g.ability as Ability | null)?.rules ?? null), at: Date.now() }),
-      (err: unknown) => {
-        // A failed lookup (the database down) keeps the user as they were: the next check asks again.
-        log('could not check %s: %O', user.id, err)
-        if (this.cache.get(user.id) === p) this.cache.delete(user.id)
-        return { active: true, ability: user.auth.ability, rules: '', at: 0 }
-      },
-    )
-    this.cache.set(user.id, p)
+  /** `share: false` for a stand-in user (no real credentials): its lookup is not lent to real ones. */
+  get(user: StrapiUser, share = true): Promise<Grant> {
+    const hit = share ? this.inFlight.get(user.id) : undefined
+    if (hit !== undefined) return hit
+    const p = this.build(user).catch((err: unknown) => {
+      // A failed lookup (the database down) keeps the user as they were: the next check asks again.
+      log('could not check %s: %O', user.id, err)
+      return { active: true, ability: user.auth.ability }
+    })
+    if (!share) return p
+    this.inFlight.set(user.id, p)
+    void p.finally(() => { if (this.inFlight.get(user.id) === p) this.inFlight.delete(user.id) })
     return p
+  }
+
+  /** Did `user`'s rules change since their last check (a role edited on another node, or in the database)? */
+  changed(user: StrapiUser, grant: Grant): boolean {
+    const now = JSON.stringify((grant.ability as Ability | null)?.rules ?? null)
+    const before = this.rules.get(user.id)
+    this.rules.set(user.id, now)
+    return before !== undefined && before !== now
+  }
+
+  /** Forget a user who left for good (deleted). */
+  forget(id: string): void {
+    this.rules.delete(id)
   }
 
   private async build(user: StrapiUser): Promise<Omit<Grant, 'rules' | 'at'>> {
@@ -212,14 +215,13 @@ async function verifyAny(auth: StrapiAuth, scopes: string[]): Promise<boolean> {
  * session still active, the user still active, and a changed ability
  * re-checks the user's open subscriptions.
  */
-export async function revalidate(strapi: StrapiLike, grants: Grants, user: StrapiUser, maxAgeMs: number, changed: (id: string) => void): Promise<boolean> {
+export async function revalidate(strapi: StrapiLike, grants: Grants, user: StrapiUser, changed: (id: string) => void): Promise<boolean> {
   if (user.sessionId !== undefined && strapi.sessionManager !== undefined) {
     if (!(await strapi.sessionManager(user.kind === 'admin' ? 'admin' : 'users-permissions').isSessionActive(user.sessionId))) return false
   }
-  const before = await grants.get(user)
-  const now = await grants.get(user, maxAgeMs)
-  if (now !== before && now.rules !== before.rules && before.at !== 0) changed(user.id)
-  return now.active
+  const grant = await grants.get(user)
+  if (grant.active && grants.changed(user, grant)) changed(user.id)
+  return grant.active
 }
 
 /** The `exp` of a JWT bearer token (already verified by Strapi), in ms. */

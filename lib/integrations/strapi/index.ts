@@ -102,7 +102,7 @@ export function strapiRealtime(options: StrapiRealtimeOptions): StrapiRealtime {
         collab: { profile: profileOf, ...configured.collab },
         authenticate: (ctx) => authenticate(strapi, ctx, options),
         authorize: (user, topic) => authorize(grants, user, topic, watched, options),
-        revalidate: (user) => revalidate(strapi, grants, user, revalidateMs / 2, (id) => {
+        revalidate: (user) => revalidate(strapi, grants, user, (id) => {
           channel().reauthorize({ user: id }).catch(() => {})
         }),
       })

@@ -2,8 +2,10 @@
  * Session life from Strapi's own lifecycles: the database event that
  * blocks, deletes or deactivates a user, changes a role's permissions or
  * signs a device out ends or re-checks the connections it concerns at once,
- * on this node, once the write has committed. `revalidateMs` stays as the
- * backstop (and what reaches other nodes; see auth.ts `revalidate`).
+ * once the write has committed. The selectors are data (`{ user }`,
+ * `{ match }`), so on the Redis bus they act on every node, not only the one
+ * that took the write. `revalidateMs` stays as the backstop (a change made
+ * in the database behind Strapi's back).
  *
  * Database lifecycles (`strapi.db.lifecycles`), not document-service
  * middlewares: users, roles, permissions and sessions are written through
@@ -19,11 +21,11 @@ import type { LifecycleEvent, StrapiLike, StrapiUser } from './types'
 
 const log = debug('cms-realtime:strapi')
 
-/** The user tables, and the prefix of their users' ids (`StrapiUser.id`). */
-const USERS: Record<string, string> = {
-  'admin::user': 'admin:',
-  'plugin::users-permissions.user': 'user:',
-  'admin::api-token': 'api-token:',
+/** The user tables, and the kind of user their rows are. */
+const USERS: Record<string, StrapiUser['kind']> = {
+  'admin::user': 'admin',
+  'plugin::users-permissions.user': 'user',
+  'admin::api-token': 'api-token',
 }
 
 /** Tables whose rows make up a kind of user's abilities: any write re-checks every such user. */
@@ -47,11 +49,10 @@ export function watchAccess(strapi: StrapiLike, rt: () => KoaRealtime<StrapiUser
     for (const k of kinds) pending.add(k)
     timer ??= setTimeout(() => {
       timer = undefined
-      const now = [...pending]
+      const kind = [...pending]
       pending.clear()
-      grants.forget((id) => now.some((k) => id.startsWith(`${k}:`)))
       try {
-        rt().reauthorize((u) => now.includes(u.kind)).catch((err: unknown) => log('reauthorize: %O', err))
+        rt().reauthorize({ match: { kind } }).catch((err: unknown) => log('reauthorize: %O', err))
       } catch (err) {
         log('reauthorize: %O', err)
       }
@@ -73,8 +74,8 @@ async function onLifecycle(
   const uid = event.model?.uid
   const action = event.action
   if (uid === SESSIONS) return sessions(strapi, rt, event)
-  const prefix = uid === undefined ? undefined : USERS[uid]
-  if (prefix !== undefined) {
+  const kind = uid === undefined ? undefined : USERS[uid]
+  if (kind !== undefined) {
     // Bulk writes name their rows by a query: find them before, act after.
     if (action === 'beforeUpdateMany' || action === 'beforeDeleteMany') {
       event.state.ids = await idsOf(strapi, uid!, event.params.where, 'id')
@@ -84,9 +85,9 @@ async function onLifecycle(
     if (action === 'afterUpdate' || action === 'afterDelete') ids = [(event.result as { id?: unknown } | null)?.id]
     else if (action === 'afterUpdateMany' || action === 'afterDeleteMany') ids = event.state.ids as unknown[] | undefined
     if (ids === undefined) return
-    const keys = ids.filter((id) => id != null).map((id) => `${prefix}${String(id)}`)
     const deleted = action.startsWith('afterDelete')
-    afterCommit(strapi, () => void recheck(rt(), grants, keys, deleted).catch((err: unknown) => log('recheck %o: %O', keys, err)))
+    const rows = ids.filter((id) => id != null)
+    afterCommit(strapi, () => void recheck(rt(), grants, kind, rows, deleted).catch((err: unknown) => log('recheck %s %o: %O', kind, rows, err)))
     return
   }
   const kinds = uid === undefined ? undefined : GRANTS[uid]
@@ -94,21 +95,16 @@ async function onLifecycle(
 }
 
 /** Users changed or removed: end the connections of those who may no longer connect, re-check the rest's topics. */
-async function recheck(rt: KoaRealtime<StrapiUser>, grants: Grants, keys: string[], deleted: boolean): Promise<void> {
-  for (const key of keys) {
-    grants.forget(key)
+async function recheck(rt: KoaRealtime<StrapiUser>, grants: Grants, kind: StrapiUser['kind'], ids: unknown[], deleted: boolean): Promise<void> {
+  for (const id of ids) {
+    const key = `${kind}:${String(id)}`
     if (deleted) {
+      grants.forget(key)
       rt.disconnect({ user: key }, 'user deleted')
       continue
     }
-    // Any open connection stands for the user: their grant is built from what is stored now.
-    let user: StrapiUser | undefined
-    rt.disconnect((u) => {
-      if (u.id === key) user ??= u
-      return false
-    })
-    if (user === undefined) continue
-    const grant = await grants.get(user)
+    // The user as stored now: their connections may all be on other nodes.
+    const grant = await grants.get({ id: key, kind, auth: { strategy: { name: kind }, credentials: { id }, ability: null } }, false)
     if (!grant.active) rt.disconnect({ user: key }, 'user blocked')
     else await rt.reauthorize({ user: key })
   }
@@ -123,7 +119,7 @@ async function sessions(strapi: StrapiLike, rt: () => KoaRealtime<StrapiUser>, e
   if (event.action !== 'afterDelete' && event.action !== 'afterDeleteMany') return
   const ended = new Set((event.state.sessions as unknown[] | undefined ?? []).map(String))
   if (ended.size === 0) return
-  afterCommit(strapi, () => void rt().disconnect((u) => u.sessionId !== undefined && ended.has(u.sessionId), 'signed out'))
+  afterCommit(strapi, () => void rt().disconnect({ match: { sessionId: [...ended] } }, 'signed out'))
 }
 
 async function idsOf(strapi: StrapiLike, uid: string, where: unknown, column: string): Promise<unknown[]> {

@@ -1,0 +1,86 @@
+/**
+ * Session life across nodes. A logout, a blocked user or a role change is
+ * handled by whichever node took the request, but the user's connections
+ * may be on any node: `rt.disconnect` and `rt.reauthorize` with a selector
+ * that is data (not a function) are also sent to every other node sharing
+ * the bus, on a topic of their own that no client may subscribe to. Peers:
+ * Socket.IO's `disconnectSockets()` through its adapter, Centrifugo's
+ * server API (which acts on every node).
+ */
+import { randomUUID } from 'node:crypto'
+import type { Bus, ConnectionSelector } from '../types'
+import type { Sessions } from './sessions'
+
+export const CONTROL_TOPIC = 'cms-realtime:control'
+
+/** Topics of the library's own (`cms-realtime:…`): never a client's. */
+export function reserved(topic: string): boolean {
+  return topic.startsWith('cms-realtime:')
+}
+
+export type DataSelector = Exclude<ConnectionSelector, (user: never) => boolean>
+
+export interface ControlMessage {
+  /** The node that sent it (it acted already). */
+  from: string
+  op: 'disconnect' | 'reauthorize'
+  /** Absent: every connection (`reauthorize()`). */
+  selector?: DataSelector
+  reason?: string
+}
+
+/** A control message from the bus, or undefined when it is not one (nothing on this topic is trusted blindly). */
+export function parseControl(data: string): ControlMessage | undefined {
+  let m: unknown
+  try {
+    m = JSON.parse(data)
+  } catch {
+    return undefined
+  }
+  if (typeof m !== 'object' || m === null) return undefined
+  const { from, op, selector, reason } = m as Record<string, unknown>
+  if (typeof from !== 'string' || (op !== 'disconnect' && op !== 'reauthorize')) return undefined
+  if (selector !== undefined && (typeof selector !== 'object' || selector === null)) return undefined
+  if (op === 'disconnect' && selector === undefined) return undefined
+  return { from, op, selector: selector as DataSelector | undefined, reason: typeof reason === 'string' ? reason : undefined }
+}
+
+export class Control {
+  /** This node, in its messages. */
+  private readonly node = randomUUID()
+
+  constructor(
+    private readonly bus: Bus,
+    private readonly sessions: Sessions,
+    /** Is the bus shared with other nodes (given in the options, not this node's own)? */
+    private readonly shared: boolean,
+    private readonly call: (fn: () => unknown) => Promise<void>,
+    private readonly error: (where: string, err: unknown) => void,
+  ) {
+    if (shared) void call(() => bus.subscribe(CONTROL_TOPIC))
+  }
+
+  disconnect(selector: ConnectionSelector, reason: string): number {
+    const n = this.sessions.disconnect(selector, reason)
+    if (typeof selector !== 'function') this.send({ from: this.node, op: 'disconnect', selector, reason })
+    return n
+  }
+
+  reauthorize(selector?: ConnectionSelector): Promise<number> {
+    const n = this.sessions.reauthorize(selector)
+    if (typeof selector !== 'function') this.send({ from: this.node, op: 'reauthorize', selector })
+    return n
+  }
+
+  /** A message on CONTROL_TOPIC, from the bus: act on it unless this node sent it. */
+  receive(data: string): void {
+    const m = parseControl(data)
+    if (m === undefined || m.from === this.node) return
+    if (m.op === 'disconnect') this.sessions.disconnect(m.selector!, m.reason ?? 'signed out')
+    else this.sessions.reauthorize(m.selector).catch((err: unknown) => this.error('reauthorize', err))
+  }
+
+  private send(m: ControlMessage): void {
+    if (this.shared) void this.call(() => this.bus.publish(CONTROL_TOPIC, 'control', JSON.stringify(m)))
+  }
+}
