@@ -118,9 +118,9 @@ export interface Running {
   stop(): Promise<void>
 }
 
-/** `strapi start` on database `db`, with the example's admin (ADMIN) created on first start. */
-export async function startStrapi(db: string, env: Record<string, string> = {}): Promise<Running> {
-  await resetDatabase(db)
+/** `strapi start` on database `db` (emptied first unless `reset: false`: a second node), with the example's admin (ADMIN) created on first start. */
+export async function startStrapi(db: string, env: Record<string, string> = {}, { reset = true } = {}): Promise<Running> {
+  if (reset) await resetDatabase(db)
   const port = await testPort()
   const base = `http://127.0.0.1:${port}`
   let output = ''

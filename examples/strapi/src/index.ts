@@ -1,12 +1,16 @@
 // cms-realtime in a Strapi 5 app: three lifecycle calls (see the README,
 // "Use it in Strapi"). The rest of this file is the example's own setup.
 import type { Core } from '@strapi/strapi';
+import { RedisBus } from 'cms-realtime/redis';
 import { strapiRealtime } from 'cms-realtime/strapi';
+import { createClient } from 'redis';
 
 export const live = strapiRealtime({
   contentTypes: ['api::article.article'],
   // Titles are readable by everyone who may read articles; the live page shows them.
   data: ({ result }) => ({ title: (result as { title?: string } | null)?.title }),
+  // More than one Strapi node: REDIS_URL=redis://127.0.0.1:6379 on each.
+  realtime: process.env.REDIS_URL ? { bus: new RedisBus(createClient({ url: process.env.REDIS_URL })) } : {},
 });
 
 export default {
