@@ -13,14 +13,14 @@ import { listen, type Listening } from '../helpers/net'
 import { PROTOCOL } from '../../lib/types'
 import type { Bus, BusEvent } from '../../lib/types'
 import { MemoryBus } from '../../lib/bus/memory'
-import { strapiRealtime, type StrapiLike, type StrapiAuth } from '../../lib/integrations/strapi'
+import { strapiRealtime, type StrapiLike, type StrapiAuth, type StrapiRealtimeOptions } from '../../lib/integrations/strapi'
 
 type DocMiddleware = Parameters<StrapiLike['documents']['use']>[0]
 
 /** Stored rows by content type, for the reads the integration makes (the draft before an update, a user's standing). */
 type Rows = Map<string, Array<Record<string, unknown>>>
 
-function fakeStrapi(bus?: Bus, rows: Rows = new Map()) {
+function fakeStrapi(bus?: Bus, rows: Rows = new Map(), options: Partial<StrapiRealtimeOptions> = {}) {
   let middleware: DocMiddleware | undefined
   let request: unknown
   let commitHooks: Array<() => void> | null = null
@@ -43,7 +43,7 @@ function fakeStrapi(bus?: Bus, rows: Rows = new Map()) {
     add: (name, resolver) => container.set(name, resolver()),
     get: (name) => container.get(name),
   }
-  const live = strapiRealtime({ contentTypes: ['api::article.article'], realtime: bus === undefined ? {} : { bus } })
+  const live = strapiRealtime({ contentTypes: ['api::article.article'], ...options, realtime: { ...(bus === undefined ? {} : { bus }), ...options.realtime } })
   live.register({ strapi })
   return {
     live,
@@ -246,5 +246,62 @@ describe('authentication and authorisation follow Strapi (its auth service and p
     expect(await answer('nope', 'strapi:api::article.article')).toBe('401')
     expect(await answer('api-token', 'strapi:api::article.article')).toBe('401')
     expect(await answer('public', 'strapi:api::article.article')).toBe('401')
+  })
+})
+
+describe('identities that were shared: anonymous visitors, credentials without an id', () => {
+  /** A channel whose Strapi auth grants what `auth(ctx)` says (undefined: 401), and a way to open sockets from an address. */
+  async function serve(options: Partial<StrapiRealtimeOptions>, auth: (authorization: string) => StrapiAuth | undefined) {
+    const s = fakeStrapi(undefined, new Map(), options)
+    s.strapi.add('auth', () => ({
+      authenticate: async (ctx: Koa.Context, next: () => Promise<void>) => {
+        const granted = auth(ctx.get('authorization'))
+        if (granted === undefined) { ctx.status = 401; return }
+        ctx.state.auth = granted
+        return next()
+      },
+    }))
+    const app = new Koa()
+    let handler: ReturnType<Koa['callback']> | undefined
+    const httpServer = createServer((req, res) => (handler ??= app.callback())(req, res))
+    s.live.bootstrap({ strapi: { ...s.strapi, server: { use: (mw) => app.use(mw), httpServer } } })
+    const srv = await listen(httpServer)
+    const opened: WebSocket[] = []
+    return {
+      status: (localAddress: string, token?: string) => new Promise<number>((resolve) => {
+        const ws = new WebSocket(`ws://127.0.0.1:${srv.port}/realtime`, PROTOCOL, { localAddress, headers: token === undefined ? {} : { Authorization: `Bearer ${token}` } })
+        opened.push(ws)
+        ws.once('open', () => resolve(101))
+        ws.once('unexpected-response', (_q, res) => resolve(res.statusCode ?? 0))
+        ws.on('error', () => {})
+      }),
+      async close() {
+        for (const ws of opened) ws.terminate()
+        await s.live.destroy()
+        await srv.close()
+      },
+    }
+  }
+  const up = (credentials: unknown): StrapiAuth => ({ strategy: { name: 'users-permissions', verify: () => undefined }, credentials, ability: null })
+
+  test("public: true: each anonymous visitor is their own user, so one address's connections are capped and the next visitor is still let in", async () => {
+    const c = await serve({ public: true, realtime: { maxConnectionsPerUser: 2 } }, (h) => (h === '' ? up(null) : undefined))
+    try {
+      expect([await c.status('127.0.0.1'), await c.status('127.0.0.1'), await c.status('127.0.0.1')]).toEqual([101, 101, 429])
+      // Another address is another visitor (they were all one `public` user before).
+      expect(await c.status('127.0.0.2')).toBe(101)
+    } finally {
+      await c.close()
+    }
+  })
+
+  test('credentials without an id (a custom strategy): two users are two identities, told apart by their tokens', async () => {
+    const c = await serve({ realtime: { maxConnectionsPerUser: 1 } }, (h) => (h.startsWith('Bearer noid-') ? up({ username: h.slice(7) }) : undefined))
+    try {
+      expect([await c.status('127.0.0.1', 'noid-1'), await c.status('127.0.0.1', 'noid-1')]).toEqual([101, 429])
+      expect(await c.status('127.0.0.1', 'noid-2')).toBe(101) // was `user:unknown`, the same user as noid-1
+    } finally {
+      await c.close()
+    }
   })
 })
