@@ -15,6 +15,11 @@ export type ParseResult =
 /** Topic names: printable, no spaces, so they are safe in URLs, logs and Redis keys. */
 const TOPIC = /^[A-Za-z0-9_.:\-/@]+$/
 
+/** Topics of the library's own (`cms-realtime:…`, the nodes' control topic): never a client's, whatever `authorize` says. */
+export function reserved(topic: string): boolean {
+  return topic.startsWith('cms-realtime:')
+}
+
 export function validTopic(topic: unknown, maxLength: number): topic is string {
   return typeof topic === 'string' && topic.length > 0 && topic.length <= maxLength && TOPIC.test(topic)
 }

@@ -11,12 +11,8 @@ import { randomUUID } from 'node:crypto'
 import type { Bus, ConnectionSelector } from '../types'
 import type { Sessions } from './sessions'
 
+/** One of the library's own topics (see `reserved`): no client may hold it. */
 export const CONTROL_TOPIC = 'cms-realtime:control'
-
-/** Topics of the library's own (`cms-realtime:…`): never a client's. */
-export function reserved(topic: string): boolean {
-  return topic.startsWith('cms-realtime:')
-}
 
 export type DataSelector = Exclude<ConnectionSelector, (user: never) => boolean>
 

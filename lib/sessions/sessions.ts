@@ -13,7 +13,7 @@ import type { ResolvedOptions } from '../options'
 import { userId } from '../users'
 import type { Refusal } from '../server/handshake'
 import type { ConnectionSelector, User } from '../types'
-import { reserved } from './control'
+import { reserved } from '../protocol/protocol'
 
 const log = debug('cms-realtime')
 
