@@ -159,9 +159,11 @@ export async function startStrapi(db: string, env: Record<string, string> = {}, 
     process: child, base, port, wsUrl: `ws://127.0.0.1:${port}/realtime`, api,
     output: () => output,
     async stop() {
-      if (child.exitCode !== null) return
+      // Gone already (a test killed it): its 'exit' has fired, and will not again.
+      if (child.exitCode !== null || child.signalCode !== null) return
+      const exited = once(child, 'exit')
       child.kill('SIGKILL')
-      await once(child, 'exit')
+      await exited
     },
   }
 }
