@@ -14,7 +14,7 @@ import type { Counters } from '../counters'
 import { Delivery } from '../delivery/delivery'
 import { Hub } from '../delivery/hub'
 import { resolveOptions, type ResolvedOptions } from '../options'
-import { CloseCode, validTopic } from '../protocol/protocol'
+import { CloseCode, reserved, validTopic } from '../protocol/protocol'
 import { Control, CONTROL_TOPIC } from '../sessions/control'
 import { Sessions } from '../sessions/sessions'
 import type { Core } from '../transports/transport'
@@ -70,6 +70,7 @@ export class Realtime<Ctx = IncomingMessage> {
     }))
     this.bus.onResync?.((topic) => this.guard('bus resync', () => {
       for (const sub of this.hub.subscribers(topic) ?? []) sub.resync(topic)
+      if (topic === CONTROL_TOPIC) this.control.missed()
     }))
     const error = (where: string, err: unknown): void => this.error(where, err)
     this.sessions = new Sessions(this.opts as ResolvedOptions<never>, this.counters, error)
@@ -159,7 +160,7 @@ export class Realtime<Ctx = IncomingMessage> {
 
   /** Publish an event to every subscriber of `topic`, on every node. `data` is serialised once, here. */
   publish(topic: string, type: string, data: unknown = null): Promise<Published> {
-    if (!validTopic(topic, this.opts.maxTopicLength)) throw new TypeError(`cms-realtime: invalid topic ${JSON.stringify(topic)}`)
+    if (!validTopic(topic, this.opts.maxTopicLength) || reserved(topic)) throw new TypeError(`cms-realtime: invalid topic ${JSON.stringify(topic)}`)
     if (typeof type !== 'string' || type.length === 0) throw new TypeError('cms-realtime: event type must be a non-empty string')
     const json = JSON.stringify(data) as string | undefined
     if (json === undefined) throw new TypeError('cms-realtime: event data must be JSON-serialisable')

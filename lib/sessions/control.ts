@@ -76,6 +76,15 @@ export class Control {
     else this.sessions.reauthorize(m.selector).catch((err: unknown) => this.error('reauthorize', err))
   }
 
+  /**
+   * Messages of other nodes may have been lost (the bus had a hole on the
+   * control topic): re-check every subscription now. A lost disconnect is
+   * caught by `revalidate`, or the user's next check.
+   */
+  missed(): void {
+    this.sessions.reauthorize().catch((err: unknown) => this.error('reauthorize', err))
+  }
+
   private send(m: ControlMessage): void {
     if (this.shared) void this.call(() => this.bus.publish(CONTROL_TOPIC, 'control', JSON.stringify(m)))
   }

@@ -33,7 +33,7 @@ function fakeStrapi(bus?: Bus, rows: Rows = new Map(), options: Partial<StrapiRe
       transaction: async (cb) => cb({ onCommit: (fn) => commitHooks!.push(fn) }),
       query: (uid) => ({
         // Every user is active, with a role: the socket tests below are about the strategies' abilities.
-        findOne: async () => (uid.endsWith('user') ? { id: 1, isActive: true, role: { id: 1 } } : null),
+        findOne: async () => (uid.endsWith('user') ? { id: 1, isActive: true, role: { id: 1 } } : uid === 'admin::api-token' ? { id: 3, type: 'read-only', permissions: [] } : null),
         findMany: async (q) => (rows.get(uid) ?? []).filter((r) => r.documentId === (q.where as { documentId?: unknown }).documentId),
       }),
       lifecycles: { subscribe: () => undefined },
@@ -175,6 +175,7 @@ describe('authentication and authorisation follow Strapi (its auth service and p
   })
   tokens.set('editor', { type: 'admin', auth: admin(['plugin::content-manager.explorer.read api::article.article']), session: 's1' })
   tokens.set('author-without-read', { type: 'admin', auth: admin([], 2) })
+  tokens.set('writer', { type: 'admin', auth: admin(['plugin::content-manager.explorer.read api::article.article', 'plugin::content-manager.explorer.update api::article.article'], 4) })
   tokens.set('reader-find', { type: 'content-api', auth: reader(['api::article.article.find']) })
   tokens.set('reader-findOne', { type: 'content-api', auth: reader(['api::article.article.findOne']) })
   tokens.set('api-token', { type: 'content-api', auth: reader(['api::article.article.find'], 'api-token', { id: 3 }) })
@@ -241,6 +242,21 @@ describe('authentication and authorisation follow Strapi (its auth service and p
     expect(await answer('reader-findOne', 'strapi:api::article.article:abc')).toBe('subscribed')
   })
 
+  test('a lock is for an admin who may edit the type: not for one who may only read it, nor for a users-permissions reader', async () => {
+    const lock = async (token: string): Promise<string> => {
+      const ws = new WebSocket(`ws://127.0.0.1:${srv.port}/realtime`, PROTOCOL, { headers: { Authorization: `Bearer ${token}` } })
+      await once(ws, 'open')
+      ws.send(JSON.stringify({ op: 'lock', key: `strapi:api::article.article:doc${token.replace(/-/g, '')}`, tab: 'tab-0001' }))
+      const [frame] = (await once(ws, 'message')) as [Buffer]
+      ws.close()
+      const f = JSON.parse(String(frame)) as { op: string; code?: string; result?: string }
+      return f.op === 'error' ? f.code! : f.result!
+    }
+    expect(await lock('writer')).toBe('held')
+    expect(await lock('editor')).toBe('forbidden') // may read, not update: could otherwise make an editor's form read-only
+    expect(await lock('reader-find')).toBe('forbidden')
+  })
+
   test('refused unless enabled: no token, an unknown token, API tokens, the public role', async () => {
     expect(await answer(undefined, 'strapi:api::article.article')).toBe('401')
     expect(await answer('nope', 'strapi:api::article.article')).toBe('401')
@@ -256,7 +272,9 @@ describe('identities that were shared: anonymous visitors, credentials without a
     s.strapi.add('auth', () => ({
       authenticate: async (ctx: Koa.Context, next: () => Promise<void>) => {
         const granted = auth(ctx.get('authorization'))
-        if (granted === undefined) { ctx.status = 401; return }
+        // Strapi runs only the strategies the route names.
+        const route = ctx.state.route as { config: { auth: { strategies: string[] } } }
+        if (granted === undefined || !route.config.auth.strategies.includes(granted.strategy.name)) { ctx.status = 401; return }
         ctx.state.auth = granted
         return next()
       },
@@ -290,6 +308,16 @@ describe('identities that were shared: anonymous visitors, credentials without a
       expect([await c.status('127.0.0.1'), await c.status('127.0.0.1'), await c.status('127.0.0.1')]).toEqual([101, 101, 429])
       // Another address is another visitor (they were all one `public` user before).
       expect(await c.status('127.0.0.2')).toBe(101)
+    } finally {
+      await c.close()
+    }
+  })
+
+  test("apiTokens: true accepts Strapi 5's API-token strategy (`content-api-token`), checked against the token as stored", async () => {
+    const token: StrapiAuth = { strategy: { name: 'content-api-token', verify: () => undefined }, credentials: { id: 3, type: 'read-only' }, ability: null }
+    const c = await serve({ apiTokens: true }, (h) => (h === 'Bearer tok-3' ? token : undefined))
+    try {
+      expect(await c.status('127.0.0.1', 'tok-3')).toBe(101)
     } finally {
       await c.close()
     }

@@ -96,9 +96,15 @@ describeStrapi({ admin: true })('the live Content Manager (two admins, Chromium)
     expect(await ben.textContent('[data-lock=other]')).toContain('Admin Example is editing this entry')
     await ben.waitForSelector('[data-member="Admin Example"]')
     await anna.waitForSelector('[data-member="Ben Hale"]', { timeout: 5000 })
+    // Publish (enabled on a draft never published, for an editor who may publish) is the action to watch:
+    // Strapi itself disables Save on an unchanged form.
+    const publish = (p: typeof ben) => p.locator('button', { hasText: /^Publish$/ })
     expect(await ben.evaluate(() => document.querySelector('input[name=title]')!.closest('[inert]') !== null)).toBe(true)
-    expect(await ben.locator('button', { hasText: /^Save$/ }).isDisabled()).toBe(true)
+    expect(await publish(ben).isDisabled()).toBe(true)
     expect(await anna.evaluate(() => document.querySelector('input[name=title]')!.closest('[inert]') !== null)).toBe(false)
+    expect(await publish(anna).isDisabled()).toBe(false)
+    // Anna has unsaved changes when Ben takes over.
+    await anna.fill('input[name=title]', 'Anna was typing')
     // A second tab of Anna's: one admin, two tabs.
     const annaTab2 = await anna.context().newPage()
     await annaTab2.goto(edit)
@@ -114,7 +120,16 @@ describeStrapi({ admin: true })('the live Content Manager (two admins, Chromium)
     await ben.waitForSelector('[data-lock=mine]')
     expect(await anna.evaluate(() => document.querySelector('input[name=title]')!.closest('[inert]') !== null)).toBe(true)
     expect(await anna.locator('button', { hasText: /^Save$/ }).isDisabled()).toBe(true)
+    expect(await publish(anna).isDisabled()).toBe(true)
     expect(await ben.evaluate(() => document.querySelector('input[name=title]')!.closest('[inert]') !== null)).toBe(false)
+    expect(await publish(ben).isDisabled()).toBe(false)
+    // Strapi's own save shortcuts (Ctrl+S, Ctrl+Enter) do not get past the lock either.
+    const saves: string[] = []
+    anna.on('request', (r) => { if (r.method() === 'PUT' && r.url().includes(`/content-manager/collection-types/${UID}/`)) saves.push(r.url()) })
+    await anna.keyboard.press('Control+s')
+    await anna.keyboard.press('Control+Enter')
+    await anna.waitForTimeout(1000)
+    expect(saves).toEqual([])
   })
 
   test('a save made meanwhile: the stale warning names who and what ("Admin Example changed title N s ago"); Reload takes the new version', async () => {

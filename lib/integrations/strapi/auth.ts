@@ -30,7 +30,12 @@ export interface AuthOptions {
 export interface Grant {
   active: boolean
   ability: StrapiAuth['ability']
+  /** The credentials as stored now, where a strategy's `verify` reads them (an API token's type). */
+  credentials?: unknown
 }
+
+/** Strapi's API-token strategy: `content-api-token` since 5.x's admin tokens, `api-token` before. */
+export const API_TOKEN_STRATEGIES = ['content-api-token', 'api-token']
 
 type Ability = NonNullable<StrapiAuth['ability']> & { rules?: unknown }
 
@@ -66,6 +71,8 @@ export class Grants {
   changed(user: StrapiUser, grant: Grant): boolean {
     const now = JSON.stringify((grant.ability as Ability | null)?.rules ?? null)
     const before = this.rules.get(user.id)
+    // Bounded: anonymous visitors (`public:<address>`) come and go for good.
+    if (before === undefined && this.rules.size >= 10_000) this.rules.clear()
     this.rules.set(user.id, now)
     return before !== undefined && before !== now
   }
@@ -96,8 +103,13 @@ export class Grants {
       case 'public':
         return { active: true, ability: await this.contentAbility((p) => p.findPublicPermissions()) }
       case 'api-token': {
-        const row = await s.db.query('admin::api-token').findOne({ where: { id } })
-        return { active: row !== null, ability: user.auth.ability }
+        // Regenerated, narrowed, expired or deleted since the handshake: as stored now.
+        const row = await s.db.query('admin::api-token').findOne({ where: { id }, populate: ['permissions'] })
+        if (row === null || (row.expiresAt != null && new Date(row.expiresAt as string).getTime() <= Date.now())) return { active: false, ability: null }
+        const actions = ((row.permissions ?? []) as Array<{ action?: unknown }>).map((p) => p.action)
+        const engine = s.contentAPI?.permissions.engine
+        const ability = row.type === 'custom' && engine !== undefined ? (await engine.generateAbility(actions.map((action) => ({ action })))) as StrapiAuth['ability'] : user.auth.ability
+        return { active: true, ability, credentials: { ...row, permissions: actions } }
       }
     }
   }
@@ -148,7 +160,7 @@ export async function authenticate(strapi: StrapiLike, koaCtx: Context, o: AuthO
     const auth = await runStrategies(strapi, ctx, 'admin', ['admin'])
     if (auth !== undefined) return withSession({ id: idFor('admin', auth.credentials, authorization), kind: 'admin', auth }, ctx, koaCtx)
   }
-  const names = [...(o.users !== false ? ['users-permissions'] : []), ...(o.apiTokens === true ? ['api-token'] : [])]
+  const names = [...(o.users !== false ? ['users-permissions'] : []), ...(o.apiTokens === true ? API_TOKEN_STRATEGIES : [])]
   if (names.length === 0) return null
   const auth = await runStrategies(strapi, ctx, 'content-api', names)
   if (auth === undefined) return null
@@ -157,8 +169,12 @@ export async function authenticate(strapi: StrapiLike, koaCtx: Context, o: AuthO
   // caps one visitor (behind a proxy: the forwarded address, with Strapi's
   // `server.proxy` on) and not every anonymous visitor at once.
   if (auth.credentials == null) return o.public === true ? { id: `public:${koaCtx.ip || randomUUID()}`, kind: 'public', auth } : null
-  if (auth.strategy.name === 'api-token') return { id: idFor('api-token', auth.credentials, authorization), kind: 'api-token', auth }
-  return withSession({ id: idFor('user', auth.credentials, authorization), kind: 'user', auth }, ctx, koaCtx)
+  if (API_TOKEN_STRATEGIES.includes(auth.strategy.name)) return { id: idFor('api-token', auth.credentials, authorization), kind: 'api-token', auth }
+  const user = withSession({ id: idFor('user', auth.credentials, authorization), kind: 'user', auth }, ctx, koaCtx)
+  // users-permissions does not check the session behind an access token: a
+  // signed-out device's token, still within its lifetime, must not reconnect.
+  if (user.sessionId !== undefined && strapi.sessionManager !== undefined && !(await strapi.sessionManager('users-permissions').isSessionActive(user.sessionId))) return null
+  return user
 }
 
 /**
@@ -193,7 +209,15 @@ export async function authorize(grants: Grants, user: StrapiUser, topic: string,
   if (!grant.active) return false
   if (user.kind === 'admin') return grant.ability?.can('plugin::content-manager.explorer.read', uid) === true
   const scopes = m[2] === undefined ? [`${uid}.find`] : [`${uid}.find`, `${uid}.findOne`]
-  return verifyAny({ ...user.auth, ability: grant.ability }, scopes)
+  return verifyAny({ ...user.auth, ability: grant.ability, credentials: grant.credentials ?? user.auth.credentials }, scopes)
+}
+
+/** May `user` edit the document behind lock key `key` (an admin with the Content Manager's update permission on its type)? */
+export async function mayEdit(grants: Grants, user: StrapiUser, key: string): Promise<boolean> {
+  const uid = STRAPI_TOPIC.exec(key)?.[1]
+  if (uid === undefined || user.kind !== 'admin') return false
+  const grant = await grants.get(user)
+  return grant.active && grant.ability?.can('plugin::content-manager.explorer.update', uid) === true
 }
 
 /** Strapi's own check for a content-API route with this scope (users-permissions role, API token). */

@@ -150,21 +150,30 @@ function actorOf(strapi: StrapiLike): Actor | null {
   switch (auth?.strategy?.name) {
     case 'admin': return { id: `admin:${c.id}`, kind: 'admin', name: adminName(c) }
     case 'users-permissions': return { id: `user:${c.id}`, kind: 'user', name: String(c.username ?? c.email ?? c.id) }
-    case 'api-token': return { id: `api-token:${c.id}`, kind: 'api-token', name: String(c.name ?? c.id) }
+    case 'api-token':
+    case 'content-api-token': return { id: `api-token:${c.id}`, kind: 'api-token', name: String(c.name ?? c.id) }
     default: return null
   }
 }
 
-/** How Strapi's admin shows a user: first and last name, else the username, else the email. */
+/** How Strapi's admin shows a user: first and last name, else the username; never the email (events and presence are seen by others). */
 export function adminName(u: Record<string, unknown>): string {
   const full = [u.firstname, u.lastname].filter((s) => typeof s === 'string' && s !== '').join(' ')
-  return full !== '' ? full : String(u.username ?? u.email ?? u.id)
+  return full !== '' ? full : typeof u.username === 'string' && u.username !== '' ? u.username : `Admin ${String(u.id)}`
 }
 
 /** Publish once the write is committed: at once, or when the surrounding transaction commits (never on rollback). */
 export function afterCommit(strapi: StrapiLike, fn: () => void): void {
-  if (!strapi.db.inTransaction()) return fn()
-  void strapi.db.transaction(({ onCommit }) => onCommit(fn)).catch((err: unknown) => log('onCommit: %O', err))
+  // Strapi runs commit callbacks in a plain loop: a throw would fail the committed write's request.
+  const safe = (): void => {
+    try {
+      fn()
+    } catch (err) {
+      log('after commit: %O', err)
+    }
+  }
+  if (!strapi.db.inTransaction()) return safe()
+  void strapi.db.transaction(({ onCommit }) => onCommit(safe)).catch((err: unknown) => log('onCommit: %O', err))
 }
 
 export function eventData(change: DocumentChange, o: Pick<EventOptions, 'data' | 'actor'>): DocumentEventData {

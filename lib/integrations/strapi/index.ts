@@ -26,7 +26,7 @@
  */
 import { realtime, type KoaRealtime, type KoaRealtimeOptions } from '../../adapters/koa'
 import type { MaybePromise } from '../../types'
-import { authenticate, authorize, Grants, revalidate } from './auth'
+import { authenticate, authorize, Grants, mayEdit, revalidate } from './auth'
 import { adminName, documentMiddleware, type DocumentChange } from './events'
 import { watchAccess } from './lifecycles'
 import type { StrapiLike, StrapiUser } from './types'
@@ -99,7 +99,8 @@ export function strapiRealtime(options: StrapiRealtimeOptions): StrapiRealtime {
         ticketSecret: appKeys(strapi),
         ...configured,
         revalidateMs,
-        collab: { profile: profileOf, ...configured.collab },
+        // Locks are for editors: an admin who may update the type (a reader could otherwise make an editor's form read-only).
+        collab: { profile: profileOf, canLock: (u, key) => mayEdit(grants, u, key), canTakeOver: (u, key) => mayEdit(grants, u, key), ...configured.collab },
         authenticate: (ctx) => authenticate(strapi, ctx, options),
         authorize: (user, topic) => authorize(grants, user, topic, watched, options),
         revalidate: (user) => revalidate(strapi, grants, user, (id) => {

@@ -78,11 +78,20 @@ function LiveEdit({ model, documentId, document }: EditViewProps & { documentId:
   const root = useRef<HTMLDivElement | null>(null)
   const [, tick] = useState(0)
 
+  /**
+   * The server refused presence on the document's topic (its type is not in
+   * `contentTypes`, or no read permission). A refusal after joining is a
+   * lock's (an admin who may read but not edit), not this.
+   */
+  const [refused, setRefused] = useState(false)
+  const joined = useRef(false)
+  useEffect(() => rt.on('error', (e) => { if (e.topic === topic && e.code === 'forbidden' && !joined.current) setRefused(true) }), [rt, topic])
   // Presence on the document's topic; the lock on the same key.
   useEffect(() => {
     const p = rt.presence(topic, { editing: true })
     setPresence(p)
     const off = p.on('change', (now) => {
+      joined.current = true
       setMembers(now.members)
       setHolder(now.lock)
     })
@@ -92,10 +101,17 @@ function LiveEdit({ model, documentId, document }: EditViewProps & { documentId:
     }
   }, [rt, topic])
 
+  // The view may be gone by the time a lock is granted: such a lock is given back at once.
+  const mounted = useRef(true)
+  useEffect(() => {
+    mounted.current = true
+    return () => { mounted.current = false }
+  }, [])
   const take = async (takeover: boolean): Promise<void> => {
     try {
       const r = await rt.lock(topic, { takeover })
       if (!r.held) return
+      if (!mounted.current) return r.release()
       held.current = r
       setLostTo(null)
       r.on('lost', ({ by }) => {
@@ -115,13 +131,14 @@ function LiveEdit({ model, documentId, document }: EditViewProps & { documentId:
   }, [state, topic, free]) // eslint-disable-line react-hooks/exhaustive-deps
   useEffect(() => () => { held.current?.release(); held.current = undefined }, [topic])
 
-  // Someone else saved since this editor opened the entry.
+  // Someone else saved this locale of the entry since this editor opened it.
   const opened = document?.updatedAt == null ? undefined : Date.parse(document.updatedAt)
+  const locale = typeof document?.locale === 'string' ? document.locale : null
   useEffect(() => {
     if (opened === undefined || Number.isNaN(opened)) return
-    const watch = watchRevision(rt, topic, { revision: opened, self }, setStale)
+    const watch = watchRevision(rt, topic, { revision: opened, self, match: (d) => (d.locale ?? null) === locale }, setStale)
     return () => watch.stop()
-  }, [rt, topic, opened, self])
+  }, [rt, topic, opened, self, locale])
   // "12 s ago" stays true.
   useEffect(() => {
     if (stale === null) return
@@ -135,16 +152,28 @@ function LiveEdit({ model, documentId, document }: EditViewProps & { documentId:
     setLockedBy(topic, other)
     return () => setLockedBy(topic, null)
   }, [topic, other])
-  // Read-only while another tab holds the lock: the fields are out of reach (see `fieldsOf`).
+  // Read-only while another tab holds the lock: the fields are out of reach
+  // (see `fieldsOf`), and Strapi's save and publish shortcuts, which check
+  // their own state and not the actions', are stopped before they run.
   useEffect(() => {
+    if (other === null) return
     const fields = fieldsOf(root.current)
-    if (fields === undefined) return
-    if (other !== null) fields.setAttribute('inert', '')
-    else fields.removeAttribute('inert')
-    return () => fields.removeAttribute('inert')
+    fields?.setAttribute('inert', '')
+    const shortcut = (e: KeyboardEvent): void => {
+      if ((e.ctrlKey || e.metaKey) && (e.key === 's' || e.key === 'S' || e.key === 'Enter')) {
+        e.preventDefault()
+        e.stopImmediatePropagation()
+      }
+    }
+    window.addEventListener('keydown', shortcut, true)
+    return () => {
+      fields?.removeAttribute('inert')
+      window.removeEventListener('keydown', shortcut, true)
+    }
   }, [other])
 
   const others = byUser(members.filter((m) => m.tab !== presence?.tab))
+  if (refused) return h(Typography, { variant: 'pi', textColor: 'neutral600', 'data-cms-realtime': 'edit', 'data-state': 'refused' }, 'Not live for this content type.')
   return h(Flex, { ref: root, direction: 'column', alignItems: 'stretch', gap: 3, 'data-cms-realtime': 'edit', 'data-state': state },
     h(Typography, { variant: 'pi', textColor: state === 'live' || state === 'fallback' ? 'success600' : 'neutral600' },
       state === 'live' || state === 'fallback' ? '● Live' : '○ Not live'),

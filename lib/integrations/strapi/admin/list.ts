@@ -10,7 +10,7 @@
  */
 import { adminApi } from '@strapi/strapi/admin'
 import { Flex, Typography, Button } from '@strapi/design-system'
-import { createElement as h, useEffect, useRef, type ReactElement } from 'react'
+import { createElement as h, useEffect, useRef, useState, type ReactElement } from 'react'
 import { useDispatch } from 'react-redux'
 import { useParams } from 'react-router-dom'
 import { strapiTopic } from '../topics'
@@ -24,9 +24,13 @@ export function LiveList(): ReactElement | null {
   const { rt, state } = useLive()
   const dispatch = useDispatch()
   const timer = useRef<ReturnType<typeof setTimeout> | undefined>(undefined)
+  /** The server refused the type's topic (not in `contentTypes`, or no read permission): this view is not live. */
+  const [refused, setRefused] = useState(false)
   useEffect(() => {
     if (slug === undefined) return
     const topic = strapiTopic(slug)
+    setRefused(false)
+    const offError = rt.on('error', (e) => { if (e.topic === topic && e.code === 'forbidden') setRefused(true) })
     const refetch = (): void => {
       clearTimeout(timer.current)
       timer.current = setTimeout(() => dispatch(adminApi.util.invalidateTags([tags.list(slug)])), COALESCE_MS)
@@ -38,6 +42,7 @@ export function LiveList(): ReactElement | null {
       clearTimeout(timer.current)
       offEvents()
       offResync()
+      offError()
     }
   }, [slug, rt, dispatch])
   // Back from a state without events: the list may be behind.
@@ -50,7 +55,7 @@ export function LiveList(): ReactElement | null {
       if (slug !== undefined) dispatch(adminApi.util.invalidateTags([tags.list(slug)]))
     }
   }, [state, slug, dispatch])
-  if (slug === undefined) return null
+  if (slug === undefined || refused) return null
   const live = state === 'live' || state === 'fallback'
   return h(Flex, { gap: 2, 'data-cms-realtime': 'list', 'data-state': state },
     h(Typography, { variant: 'pi', textColor: live ? 'success600' : 'neutral600' }, live ? '● Live' : state === 'connecting' ? '○ Connecting…' : '○ Not live'),
