@@ -59,7 +59,7 @@ export interface DocumentEventData {
   status: 'draft' | 'published' | null
   /** Field names (see `DocumentChange.changed`); never values. */
   changed: string[]
-  /** Who (null outside a request; omitted with `actor: false`). */
+  /** Who (null outside a request; omitted with `actor: false`, which keeps `updatedBy`, an id). */
   by?: Actor | null
   /** `updatedBy` and `revision` (the stored `updatedAt`, in ms) drive the client's stale-edit warning (`watchRevision`). */
   updatedBy?: string
@@ -181,10 +181,9 @@ export function eventData(change: DocumentChange, o: Pick<EventOptions, 'data' |
   const status = change.action === 'delete' ? null : change.action === 'publish' ? 'published'
     : change.action === 'unpublish' || change.action === 'discardDraft' ? 'draft' : r.publishedAt == null && 'publishedAt' in r ? 'draft' : 'published'
   let data: DocumentEventData = { uid: change.uid, documentId: change.documentId, locale: change.locale, action: change.action, status, changed: change.changed }
-  if (o.actor !== false) {
-    data.by = change.by
-    if (change.by !== null) data.updatedBy = change.by.id
-  }
+  if (o.actor !== false) data.by = change.by
+  // The id, even without names: an editor's own saves are not someone else's (the stale warning).
+  if (change.by !== null) data.updatedBy = change.by.id
   const updatedAt = r.updatedAt instanceof Date ? r.updatedAt.toISOString() : typeof r.updatedAt === 'string' ? r.updatedAt : undefined
   if (updatedAt !== undefined && change.action !== 'delete') {
     data.updatedAt = updatedAt

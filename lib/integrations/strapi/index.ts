@@ -55,7 +55,7 @@ export interface StrapiRealtimeOptions {
    * applied to events.
    */
   data?: (change: DocumentChange) => Record<string, unknown> | undefined
-  /** Say who made a change (`by`: id, kind and name; `updatedBy`). Default true; false keeps names out of events. */
+  /** Say who made a change (`by`: id, kind and name). Default true; false keeps names out of events (`updatedBy`, an id, stays). */
   actor?: boolean
   /** For your own topics (not `strapi:…`): may this user subscribe? Default: no. */
   authorize?: (user: StrapiUser, topic: string) => MaybePromise<boolean>
