@@ -236,6 +236,8 @@ test('a client on topics that take turns (a bulk edit over 100 projects) gets on
     const seen = [...text.matchAll(/"n":(\d+)/g)].map((m) => Number(m[1]))
     expect(seen).toEqual(range(0, count - 1).filter((n) => n % 10 === i % 10))
     // 100 events: the first inline, the rest in a few slices, not 100 writes.
-    expect(writes[i]).toBeLessThanOrEqual(5)
+    // Slices end on a time budget, so a loaded machine cuts more of them (6
+    // once in a full CI run): the bound says "per slice", not an exact count.
+    expect(writes[i]).toBeLessThanOrEqual(10)
   }
 })
