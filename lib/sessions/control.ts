@@ -36,9 +36,17 @@ export function parseControl(data: string): ControlMessage | undefined {
   if (typeof m !== 'object' || m === null) return undefined
   const { from, op, selector, reason } = m as Record<string, unknown>
   if (typeof from !== 'string' || (op !== 'disconnect' && op !== 'reauthorize')) return undefined
-  if (selector !== undefined && (typeof selector !== 'object' || selector === null)) return undefined
-  if (op === 'disconnect' && selector === undefined) return undefined
+  if (selector === undefined ? op === 'disconnect' : !dataSelector(selector)) return undefined
   return { from, op, selector: selector as DataSelector | undefined, reason: typeof reason === 'string' ? reason : undefined }
+}
+
+/** `{ user }`, `{ topic }` or `{ match }` of the right types: anything else from the wire is dropped, not thrown at. */
+function dataSelector(s: unknown): boolean {
+  if (typeof s !== 'object' || s === null) return false
+  const { user, topic, match } = s as Record<string, unknown>
+  if (user !== undefined) return typeof user === 'string' || typeof user === 'number'
+  if (topic !== undefined) return typeof topic === 'string'
+  return typeof match === 'object' && match !== null && Object.keys(match).length > 0
 }
 
 export class Control {

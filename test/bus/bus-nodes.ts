@@ -7,6 +7,7 @@
 import { createClient } from 'redis'
 import { RedisBus, type RedisBusOptions } from '../../lib/bus/redis'
 import { createRealtime, type Realtime } from '../../lib/server/realtime'
+import type { RealtimeOptions } from '../../lib/types'
 import { connect, listen, type TestClient } from '../helpers/net'
 import { until } from './redis-helpers'
 
@@ -16,11 +17,12 @@ export function busNodes(defaults: RedisBusOptions) {
   const cleanup: Array<() => unknown> = []
   return {
     cleanup,
-    async node(redisPort: number, options: RedisBusOptions = {}): Promise<BusNode> {
+    /** `realtime`: the node's own options (authenticate, authorize…), besides its bus. */
+    async node(redisPort: number, options: RedisBusOptions = {}, realtime: RealtimeOptions = {}): Promise<BusNode> {
       const client = await createClient({ url: `redis://127.0.0.1:${redisPort}`, socket: { reconnectStrategy: () => 50, connectTimeout: 1000 } }).connect()
       client.on('error', () => undefined)
       const bus = new RedisBus(client, { ...defaults, ...options })
-      const rt = createRealtime({ bus })
+      const rt = createRealtime({ ...realtime, bus })
       const srv = await listen((req, res) => { if (!rt.handleRequest(req, res)) res.writeHead(404).end() })
       rt.attach(srv.server)
       cleanup.push(() => client.destroy(), () => bus.close(), () => srv.close(), () => rt.close())

@@ -5,11 +5,14 @@
  * not at the next `revalidateMs`. A predicate stays on its node (a function
  * cannot cross the wire); `{ match }` is the data selector that does.
  */
-import { createRealtime, type Realtime } from 'cms-realtime'
-import { RedisBus } from 'cms-realtime/redis'
 import type { IncomingMessage } from 'node:http'
+import { MemoryBus } from '../../lib/bus/memory'
+import { createRealtime } from '../../lib/server/realtime'
+import { CONTROL_TOPIC } from '../../lib/sessions/control'
+import type { RealtimeOptions } from '../../lib/types'
 import { connect, listen, type TestClient } from '../helpers/net'
-import { connectRedis, deleteKeys, redisReachable, uniquePrefix, until, type TestRedis } from './redis-helpers'
+import { busNodes } from './bus-nodes'
+import { connectRedis, deleteKeys, redisReachable, uniquePrefix, type TestRedis } from './redis-helpers'
 
 const d = redisReachable('session life across nodes') ? describe : describe.skip
 
@@ -17,39 +20,30 @@ interface Who { id: string; sessionId: string }
 
 d('disconnect and reauthorize reach every node on the bus', () => {
   const prefix = uniquePrefix()
+  const nodes = busNodes({ keyPrefix: prefix })
   let direct: TestRedis
-  const cleanup: Array<() => unknown> = []
   /** Who may read which topic: the app's own store, shared by both nodes. */
   const readers = new Map<string, Set<string>>()
+  const options: RealtimeOptions = {
+    authenticate: (req) => {
+      const h = (req as IncomingMessage).headers
+      return typeof h['x-user'] === 'string' ? { id: h['x-user'], sessionId: String(h['x-session']) } : null
+    },
+    authorize: (user, topic) => readers.get(topic)?.has((user as Who).id) === true,
+  }
 
   beforeAll(async () => { direct = await connectRedis() })
-  afterEach(async () => { for (const fn of cleanup.splice(0).reverse()) await fn() })
+  afterEach(() => nodes.close())
   afterAll(async () => {
     await deleteKeys(direct, prefix)
     await direct.close()
   })
 
-  async function node(): Promise<{ rt: Realtime; port: number }> {
-    const client = await connectRedis()
-    const bus = new RedisBus(client, { keyPrefix: prefix })
-    const rt = createRealtime({
-      bus,
-      authenticate: (req) => {
-        const h = (req as IncomingMessage).headers
-        return typeof h['x-user'] === 'string' ? { id: h['x-user'], sessionId: String(h['x-session']) } : null
-      },
-      authorize: (user, topic) => readers.get(topic)?.has((user as Who).id) === true,
-    })
-    const srv = await listen((req, res) => { if (!rt.handleRequest(req, res)) res.writeHead(404).end() })
-    rt.attach(srv.server)
-    cleanup.push(() => client.destroy(), () => bus.close(), () => srv.close(), () => rt.close())
-    await until(() => bus.connected, 3000, 'bus connected')
-    return { rt, port: srv.port }
-  }
+  const node = () => nodes.node(6379, {}, options)
 
   async function editor(port: number, id: string, session: string, topic: string): Promise<TestClient> {
     const c = await connect(port, { headers: { 'x-user': id, 'x-session': session } })
-    cleanup.push(() => c.close())
+    nodes.cleanup.push(() => c.close())
     expect((await c.subscribe(topic)).op).toBe('subscribed')
     return c
   }
@@ -106,7 +100,56 @@ d('disconnect and reauthorize reach every node on the bus', () => {
     readers.set('cms-realtime:control', new Set(['mallory'])) // even if the app's authorize says yes
     const a = await node()
     const c = await connect(a.port, { headers: { 'x-user': 'mallory', 'x-session': 'm' } })
-    cleanup.push(() => c.close())
+    nodes.cleanup.push(() => c.close())
     expect(await c.subscribe('cms-realtime:control')).toMatchObject({ op: 'error', code: 'forbidden' })
+  })
+})
+
+describe('the control topic, from the bus', () => {
+  /** A node on a bus given to it (so shared, as with Redis), whose `onResync` the test can fire. */
+  async function node(readers: Set<string>) {
+    let resync: ((topic: string) => void) | undefined
+    const bus = Object.assign(new MemoryBus(), { onResync: (l: (topic: string) => void) => { resync = l } })
+    const rt = createRealtime({
+      bus,
+      authenticate: (req) => ({ id: String((req as IncomingMessage).headers['x-user']) }),
+      authorize: (user) => readers.has((user as { id: string }).id),
+    })
+    const srv = await listen((req, res) => { if (!rt.handleRequest(req, res)) res.writeHead(404).end() })
+    rt.attach(srv.server)
+    const c = await connect(srv.port, { headers: { 'x-user': 'anna' } })
+    expect((await c.subscribe('project:1')).op).toBe('subscribed')
+    return { rt, bus, c, resync: (t: string) => resync!(t), close: async () => { c.close(); await rt.close(); await srv.close() } }
+  }
+
+  test('what is not a control message (not JSON, a bad selector, no selector for a disconnect) is dropped, not acted on or thrown', async () => {
+    const n = await node(new Set(['anna']))
+    try {
+      const errors = n.rt.stats().errors
+      for (const data of ['not json', '{"from":"x","op":"disconnect","selector":{}}', '{"from":"x","op":"disconnect"}',
+        '{"from":"x","op":"disconnect","selector":{"match":{}}}', '{"from":"x","op":"explode","selector":{"user":"anna"}}']) {
+        n.bus.publish(CONTROL_TOPIC, 'control', data)
+      }
+      await new Promise((r) => setTimeout(r, 100))
+      expect(n.c.closeCode).toBeUndefined()
+      expect(n.rt.stats().errors).toBe(errors)
+      // A well-formed one from another node is acted on.
+      n.bus.publish(CONTROL_TOPIC, 'control', '{"from":"another-node","op":"disconnect","selector":{"user":"anna"}}')
+      expect(await n.c.closed(2000)).toBe(4401)
+    } finally {
+      await n.close()
+    }
+  })
+
+  test('a hole in the control topic (messages of other nodes lost) re-checks every subscription at once', async () => {
+    const readers = new Set(['anna'])
+    const n = await node(readers)
+    try {
+      readers.delete('anna') // withdrawn on another node, whose reauthorize was lost
+      n.resync(CONTROL_TOPIC)
+      expect(await n.c.next((f) => f.op === 'unsubscribed' && f.topic === 'project:1', 2000)).toMatchObject({ reason: 'forbidden' })
+    } finally {
+      await n.close()
+    }
   })
 })

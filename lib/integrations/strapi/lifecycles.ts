@@ -117,9 +117,8 @@ async function sessions(strapi: StrapiLike, rt: () => KoaRealtime<StrapiUser>, e
     return
   }
   if (event.action !== 'afterDelete' && event.action !== 'afterDeleteMany') return
-  const ended = new Set((event.state.sessions as unknown[] | undefined ?? []).map(String))
-  if (ended.size === 0) return
-  afterCommit(strapi, () => void rt().disconnect({ match: { sessionId: [...ended] } }, 'signed out'))
+  const ended = ((event.state.sessions as unknown[] | undefined) ?? []).map(String)
+  if (ended.length > 0) afterCommit(strapi, () => void rt().disconnect({ match: { sessionId: ended } }, 'signed out'))
 }
 
 async function idsOf(strapi: StrapiLike, uid: string, where: unknown, column: string): Promise<unknown[]> {

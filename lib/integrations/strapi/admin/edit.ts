@@ -49,11 +49,12 @@ function setLockedBy(topic: string, holder: LockHolder | null): void {
   else lockedBy.set(topic, holder)
   for (const l of listeners) l()
 }
+function subscribeLocks(l: () => void): () => void {
+  listeners.add(l)
+  return () => void listeners.delete(l)
+}
 function useLockedBy(topic: string | undefined): LockHolder | undefined {
-  return useSyncExternalStore(
-    (l) => { listeners.add(l); return () => void listeners.delete(l) },
-    () => (topic === undefined ? undefined : lockedBy.get(topic)),
-  )
+  return useSyncExternalStore(subscribeLocks, () => (topic === undefined ? undefined : lockedBy.get(topic)))
 }
 
 const nameOf = (info: unknown): string => (info as Profile | undefined)?.name ?? 'Someone'

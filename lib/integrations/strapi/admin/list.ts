@@ -45,14 +45,16 @@ export function LiveList(): ReactElement | null {
       offError()
     }
   }, [slug, rt, dispatch])
-  // Back from a state without events: the list may be behind.
-  const wasLive = useRef(true)
+  // Back from a loss of the channel: the list may be behind. (Not on the
+  // first connect: the list has just been loaded.)
+  const channel = useRef<'new' | 'live' | 'lost'>('new')
   useEffect(() => {
     const live = state === 'live' || state === 'fallback'
-    if (!live) wasLive.current = false
-    else if (!wasLive.current) {
-      wasLive.current = true
-      if (slug !== undefined) dispatch(adminApi.util.invalidateTags([tags.list(slug)]))
+    if (!live) {
+      if (channel.current === 'live') channel.current = 'lost'
+    } else {
+      if (channel.current === 'lost' && slug !== undefined) dispatch(adminApi.util.invalidateTags([tags.list(slug)]))
+      channel.current = 'live'
     }
   }, [state, slug, dispatch])
   if (slug === undefined || refused) return null
